@@ -1,0 +1,1 @@
+"""The benchmark suite behind ``realtime-erc bench`` (JSON + markdown reports)."""

@@ -1,0 +1,100 @@
+"""``realtime-erc bench replay``: latency at real-time pace and throughput at full speed.
+
+At ``--speed realtime`` the replay delivers audio as a microphone would, so each event's
+``latency_ms.total`` is end-of-speech → publish and ``total - segment`` is segment-close → publish.
+At ``--speed max`` the figure of merit is the ×real-time factor: audio seconds per wall second.
+Each mode runs ``runs`` times; the report gives medians over runs of the per-run figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from pathlib import Path
+
+from realtime_erc.bench.report import BenchReport, percentile
+from realtime_erc.config import Config
+from realtime_erc.sources.recording import read_recording
+
+
+class CollectingPublisher:
+    """Keeps every emotion document published (in memory), for measurement."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.documents: list[dict] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, topic: str, document: dict) -> None:
+        if document.get("schema") == "erc.emotion/1":
+            self.documents.append(document)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _replay_once(recording: Path, config: Config) -> tuple[list[dict], float]:
+    """One replay; returns the emotion documents and the running time (model loading excluded)."""
+    from realtime_erc.session import plan_replay, run_session
+
+    collector = CollectingPublisher()
+    stats = await run_session(plan_replay(recording, config, [collector]), config)
+    return collector.documents, stats.running_s
+
+
+def run_replay_benchmark(
+    recording: Path, config: Config, runs: int = 3, include_realtime: bool = True
+) -> BenchReport:
+    duration = read_recording(recording).duration
+    base = config.model_copy(deep=True)
+    base.output.zmq.enabled = False
+    base.output.jsonl.path = ""
+    report = BenchReport(
+        name="replay",
+        title=f"Replay benchmark: {recording}",
+        columns=[
+            ("speed", "speed"),
+            ("runs", "runs"),
+            ("utterances", "utterances"),
+            ("close_to_publish_p50_ms", "segment-close→publish p50 (ms)"),
+            ("close_to_publish_p95_ms", "segment-close→publish p95 (ms)"),
+            ("eos_to_publish_p50_ms", "end-of-speech→publish p50 (ms)"),
+            ("eos_to_publish_p95_ms", "end-of-speech→publish p95 (ms)"),
+            ("x_realtime", "× real time"),
+        ],
+        meta={
+            "recording_duration_s": round(duration, 2),
+            "asr_model": config.asr.model,
+            "asr_device": config.asr.device,
+            "hangover_ms": config.vad.hangover_ms,
+        },
+    )
+    modes = (["realtime"] if include_realtime else []) + ["max"]
+    for speed in modes:
+        cfg = base.model_copy(deep=True)
+        cfg.replay.speed = speed
+        per_run = [asyncio.run(_replay_once(recording, cfg)) for _ in range(runs)]
+        close, eos = [], []
+        for docs, _ in per_run:
+            totals = [d["latency_ms"]["total"] for d in docs]
+            closes = [d["latency_ms"]["total"] - d["latency_ms"]["segment"] for d in docs]
+            eos.append((percentile(totals, 50), percentile(totals, 95)))
+            close.append((percentile(closes, 50), percentile(closes, 95)))
+        row = {
+            "speed": speed,
+            "runs": runs,
+            "utterances": statistics.median(len(d) for d, _ in per_run),
+            "x_realtime": statistics.median(duration / wall for _, wall in per_run),
+        }
+        if speed == "realtime":
+            row |= {
+                "close_to_publish_p50_ms": statistics.median(c[0] for c in close),
+                "close_to_publish_p95_ms": statistics.median(c[1] for c in close),
+                "eos_to_publish_p50_ms": statistics.median(e[0] for e in eos),
+                "eos_to_publish_p95_ms": statistics.median(e[1] for e in eos),
+            }
+        report.rows.append(row)
+    return report

@@ -1,0 +1,237 @@
+"""Configuration: pydantic models for every section, loaded from TOML, overridden from the CLI.
+
+Precedence (last wins): the defaults below (mirrored in ``configs/default.toml``), a ``--config``
+file, then ``--set section.key=value`` overrides and the dedicated CLI options. Unknown keys and
+wrong types are refused with a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key and the fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SessionConfig(Section):
+    id: str = Field("", description="Session id; empty = the recording's id, or a generated one.")
+    label_set: Literal["meld7", "iemocap6"] = "meld7"
+
+
+class VadConfig(Section):
+    """Voice activity detection and utterance segmentation."""
+
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability threshold.")
+    webrtc_gate: bool = Field(True, description="Skip Silero on frames webrtcvad calls silence.")
+    webrtc_mode: int = Field(2, ge=0, le=3, description="webrtcvad aggressiveness 0..3.")
+    hangover_ms: int = Field(400, ge=50, le=5000, description="Silence that ends an utterance.")
+    pre_roll_ms: int = Field(200, ge=0, le=2000, description="Audio kept before speech onset.")
+    min_utterance_ms: int = Field(250, ge=0, description="Shorter speech bursts are discarded.")
+    max_utterance_s: float = Field(15.0, gt=1.0, description="Longer speech is split at a pause.")
+    split_pause_ms: int = Field(
+        150, ge=10, description="Shortest pause used to split an over-long utterance."
+    )
+
+
+class AsrConfig(Section):
+    model: Literal["tiny.en", "base"] = "tiny.en"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field("auto", description="auto = int8 on CPU, float16 on CUDA.")
+    beam_size: int = Field(1, ge=1, le=10)
+    language: str = "en"
+    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2's default.")
+    model_dir: str = Field("", description="Load weights from this directory instead of packages.")
+
+
+class ZmqConfig(Section):
+    enabled: bool = True
+    endpoint: str = "tcp://127.0.0.1:5556"
+    wait_for_subscriber_s: float = Field(
+        0.0, ge=0.0, description="Hold the first event until a subscriber joins (up to this long)."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if "://" not in v:
+            raise ValueError("must look like tcp://127.0.0.1:5556 or ipc:///path")
+        return v
+
+
+class JsonlConfig(Section):
+    path: str = Field("", description="Append every document to this file; empty = off.")
+
+
+class OutputConfig(Section):
+    topic_prefix: str = "erc"
+    zmq: ZmqConfig = ZmqConfig()
+    jsonl: JsonlConfig = JsonlConfig()
+
+
+class ReplayConfig(Section):
+    speed: str = Field("realtime", description="realtime | max | a factor such as 2.0")
+    chunk_ms: int = Field(32, ge=10, le=1000, description="Audio block size fed to the pipeline.")
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _speed(cls, v: object) -> str:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)  # --set replay.speed=2 parses as a number
+        if not isinstance(v, str):
+            raise ValueError("must be realtime, max or a number")
+        parse_speed(v)
+        return v
+
+
+class PipelineConfig(Section):
+    queue_size: int = Field(256, ge=1, description="Bound of every inter-stage queue.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="Time allowed to flush on shutdown.")
+
+
+class Config(Section):
+    session: SessionConfig = SessionConfig()
+    vad: VadConfig = VadConfig()
+    asr: AsrConfig = AsrConfig()
+    output: OutputConfig = OutputConfig()
+    replay: ReplayConfig = ReplayConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def parse_speed(value: str) -> float | None:
+    """``realtime`` → 1.0, ``max`` → None (no pacing), ``"2.5"`` → 2.5."""
+    if value == "realtime":
+        return 1.0
+    if value == "max":
+        return None
+    try:
+        factor = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not realtime, max or a number") from None
+    if not factor > 0:
+        raise ValueError(f"{value!r} must be positive")
+    return factor
+
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, **options: Any
+) -> Config:
+    """Build the effective configuration.
+
+    ``path``: a TOML file merged over the defaults. ``overrides``: ``section.key=value`` strings
+    (values parsed as TOML, bare words as strings). ``options``: dotted keys set by dedicated CLI
+    options (``{"output.zmq.endpoint": "tcp://..."}``); None values are ignored.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(Path(path))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. asr.model=base")
+        _set_dotted(data, key.strip(), _parse_value(raw.strip()))
+    for key, value in options.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source=str(path) if path else "command line")) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: pass an existing file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = _section_at(err["loc"][:-1])
+            known = ", ".join(parent.model_fields) if parent else ""
+            lines.append(f"{key}: unknown key (known keys here: {known})")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration from {source}:\n  " + "\n  ".join(lines)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        model = field.annotation
+    return model
+
+
+def config_to_toml(config: Config, comments: bool = False) -> str:
+    """Render a configuration as TOML (``realtime-erc config show``); ``comments`` adds each
+    key's description."""
+    lines: list[str] = []
+
+    def emit(model: BaseModel, prefix: str) -> None:
+        fields = type(model).model_fields
+        scalars = {k: v for k, v in model if not isinstance(v, BaseModel)}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for key, value in scalars.items():
+            line = f"{key} = {_toml_value(value)}"
+            description = fields[key].description
+            if comments and description:
+                line = f"{line:<40} # {description}"
+            lines.append(line)
+        for key, value in model:
+            if isinstance(value, BaseModel):
+                emit(value, f"{prefix}.{key}" if prefix else key)
+
+    emit(config, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

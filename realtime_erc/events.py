@@ -1,0 +1,183 @@
+"""Typed, frozen events that flow between pipeline stages.
+
+Times named ``start``/``end``/``time`` are seconds on the *session clock* (0 = first audio
+sample). Times named ``*_at`` are ``time.perf_counter()`` readings taken when something happened
+in this process; differences between them are the per-hop latencies reported on the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+"""The pipeline's audio rate: every source resamples to 16 kHz mono float32."""
+
+
+def now() -> float:
+    """Monotonic clock used for every ``*_at`` field."""
+    return time.perf_counter()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AudioChunk:
+    """A block of mono float32 audio at ``SAMPLE_RATE``.
+
+    ``samples``: ``[n]`` float32 in [-1, 1]. ``start``: session time of the first sample.
+    ``received_at``: when the block entered the pipeline (the mic callback or the replay clock).
+    """
+
+    samples: np.ndarray
+    start: float
+    received_at: float = field(default_factory=now)
+
+    @property
+    def end(self) -> float:
+        return self.start + len(self.samples) / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VideoFrame:
+    """One camera frame. ``image``: ``[H, W, 3]`` uint8 BGR (OpenCV order)."""
+
+    image: np.ndarray
+    index: int
+    time: float
+    received_at: float = field(default_factory=now)
+
+
+CloseReason = Literal["silence", "max_length", "end_of_stream"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechSegment:
+    """A closed stretch of speech found by the segmenter.
+
+    ``samples``: ``[n]`` float32 at ``SAMPLE_RATE`` covering ``start``..``end`` (with pre-roll).
+    ``last_audio_at``: when the chunk holding the segment's last speech sample entered the
+    pipeline; ``closed_at``: when the segmenter decided the segment had ended. Their difference is
+    the end-of-speech hangover as the user experiences it.
+    """
+
+    segment_id: int
+    start: float
+    end: float
+    samples: np.ndarray
+    last_audio_at: float
+    closed_at: float
+    reason: CloseReason = "silence"
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Utterance:
+    """A transcribed speech segment. ``speaker`` is None until speaker attribution assigns one."""
+
+    utterance_id: int
+    segment: SpeechSegment
+    text: str
+    words: tuple[Word, ...] = ()
+    language: str = "en"
+    speaker: str | None = None
+    transcribed_at: float = field(default_factory=now)
+
+    @property
+    def start(self) -> float:
+        return self.segment.start
+
+    @property
+    def end(self) -> float:
+        return self.segment.end
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionEvent:
+    """One ``erc.emotion/1`` document (see STREAM_PROTOCOL.md).
+
+    ``label``/``scores`` are None until an emotion model is configured: the event then carries
+    speaker, timing, transcript and latency only.
+    """
+
+    session_id: str
+    utterance_id: int
+    speaker: str
+    start: float
+    end: float
+    text: str
+    label: str | None
+    scores: dict[str, float] | None
+    label_set: str
+    modalities: dict[str, bool]
+    provisional: bool
+    model: str | None
+    latency_ms: dict[str, float]
+    emitted_at: str
+
+    def to_document(self) -> dict:
+        return {
+            "schema": "erc.emotion/1",
+            "session_id": self.session_id,
+            "utterance_id": self.utterance_id,
+            "speaker": self.speaker,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "label": self.label,
+            "scores": self.scores,
+            "label_set": self.label_set,
+            "modalities": self.modalities,
+            "provisional": self.provisional,
+            "model": self.model,
+            "latency_ms": self.latency_ms,
+            "emitted_at": self.emitted_at,
+        }
+
+
+StatusState = Literal["online", "offline", "lost"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """One ``erc.status/1`` document: the session's lifecycle."""
+
+    session_id: str
+    state: StatusState
+    model: str | None
+    label_set: str
+    at: str
+
+    def to_document(self) -> dict:
+        return {
+            "schema": "erc.status/1",
+            "session_id": self.session_id,
+            "state": self.state,
+            "model": self.model,
+            "label_set": self.label_set,
+            "at": self.at,
+        }
+
+
+Event = AudioChunk | VideoFrame | SpeechSegment | Utterance | EmotionEvent | StatusEvent
+"""Anything that travels on a pipeline queue."""
+
+
+def utc_timestamp(epoch: float | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z`` suffix, as the stream protocol writes times."""
+    from datetime import datetime, timezone
+
+    t = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

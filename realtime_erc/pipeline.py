@@ -1,0 +1,195 @@
+"""Stages and the runner that joins them with bounded asyncio queues.
+
+A *source* is an async iterable of events (microphone, camera, a replayed recording). A *stage*
+turns each incoming event into zero or more outgoing ones; events it does not handle pass through
+unchanged, so a video frame travels past the speech stages to whoever uses it. The last stages are
+sinks (publishers) that yield nothing.
+
+Shutdown: :meth:`Pipeline.request_stop` (Ctrl-C / SIGTERM) stops the source only; every stage then
+drains what is queued, flushes (the segmenter closes its open utterance, publishers send
+``offline``) and is closed. A stage that raises stops the pipeline with a :class:`StageError`
+naming it; every stage is still closed so files are flushed and sockets released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from realtime_erc.events import Event
+
+log = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream marker on the queues; never leaves this module
+
+
+class Stage:
+    """Base class of a pipeline stage. Override :meth:`process`; the default passes through."""
+
+    name: str = "stage"
+
+    async def start(self) -> None:
+        """Acquire resources (load models, bind sockets) before the first event."""
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        yield event
+
+    async def flush(self) -> AsyncIterator[Event]:
+        """Emit what is still pending at end of stream."""
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    async def close(self) -> None:
+        """Release resources. Always called, also after a failure elsewhere."""
+
+
+class StageError(RuntimeError):
+    """A stage (or the source) raised; ``stage`` is its name."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+@dataclass
+class PipelineStats:
+    events_in: dict[str, int] = field(default_factory=dict)
+    stopped_early: bool = False
+    started_at: float = 0.0
+    """perf_counter when the source started (every stage was started by then)."""
+    finished_at: float = 0.0
+    """perf_counter when the last stage had flushed."""
+
+    @property
+    def running_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+class Pipeline:
+    """Runs ``source → stages[0] → … → stages[-1]``, one asyncio task per hop.
+
+    ``queue_size`` bounds every queue: a slow stage backpressures the ones before it down to the
+    source (a replay slows down; a live source decides what it may drop).
+    """
+
+    def __init__(
+        self,
+        source: AsyncIterable[Event],
+        stages: Sequence[Stage],
+        *,
+        source_name: str = "source",
+        queue_size: int = 256,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.source = source
+        self.source_name = source_name
+        self.stages = list(stages)
+        self.queue_size = queue_size
+        self.drain_timeout_s = drain_timeout_s
+        self.stats = PipelineStats()
+        self._source_task: asyncio.Task | None = None
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Stop reading the source; what is already in the pipeline is processed and flushed."""
+        self._stop_requested = True
+        self.stats.stopped_early = True
+        if self._source_task is not None and not self._source_task.done():
+            self._source_task.cancel()
+
+    async def run(self) -> PipelineStats:
+        queues: list[asyncio.Queue] = [
+            asyncio.Queue(self.queue_size) for _ in range(len(self.stages))
+        ]
+        started: list[Stage] = []
+        tasks: list[asyncio.Task] = []
+        try:
+            for stage in self.stages:
+                try:
+                    await stage.start()
+                except Exception as e:
+                    raise StageError(stage.name, e) from e
+                started.append(stage)
+            self.stats.started_at = time.perf_counter()
+            self._source_task = asyncio.create_task(self._pump_source(queues[0]), name="source")
+            if self._stop_requested:
+                self._source_task.cancel()
+            tasks = [self._source_task]
+            for i, stage in enumerate(self.stages):
+                out = queues[i + 1] if i + 1 < len(queues) else None
+                tasks.append(asyncio.create_task(self._run_stage(stage, queues[i], out)))
+            await self._wait(tasks)
+            self.stats.finished_at = time.perf_counter()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for stage in reversed(started):
+                try:
+                    await stage.close()
+                except Exception:
+                    log.exception("closing stage '%s' failed", stage.name)
+        return self.stats
+
+    async def _wait(self, tasks: list[asyncio.Task]) -> None:
+        pending = set(tasks)
+        while pending:
+            timeout = self.drain_timeout_s if self._stop_requested else None
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                log.warning("pipeline did not drain within %.0f s; stopping", self.drain_timeout_s)
+                return
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _pump_source(self, out: asyncio.Queue) -> None:
+        try:
+            async for event in self.source:
+                self._count(self.source_name)
+                await out.put(event)
+        except asyncio.CancelledError:
+            if not self._stop_requested:
+                raise
+        except Exception as e:
+            raise StageError(self.source_name, e) from e
+        finally:
+            close = getattr(self.source, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        await out.put(_END)
+
+    async def _run_stage(self, stage: Stage, inbox: asyncio.Queue, out: asyncio.Queue | None) -> None:
+        async def emit(event: Event) -> None:
+            if out is not None:
+                await out.put(event)
+
+        try:
+            while True:
+                event = await inbox.get()
+                if event is _END:
+                    async for produced in stage.flush():
+                        await emit(produced)
+                    if out is not None:
+                        await out.put(_END)
+                    return
+                self._count(stage.name)
+                async for produced in stage.process(event):
+                    await emit(produced)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise StageError(stage.name, e) from e
+
+    def _count(self, name: str) -> None:
+        self.stats.events_in[name] = self.stats.events_in.get(name, 0) + 1

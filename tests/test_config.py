@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from realtime_erc.config import (
+    DEFAULT_CONFIG_FILE,
+    Config,
+    ConfigError,
+    config_to_toml,
+    load_config,
+    parse_speed,
+)
+
+
+def test_default_toml_mirrors_the_models():
+    assert load_config(DEFAULT_CONFIG_FILE) == Config()
+
+
+def test_show_output_round_trips(tmp_path: Path):
+    config = load_config(overrides=["asr.model=base", "vad.hangover_ms=300", "replay.speed=2.5"])
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path) == config
+    assert config.asr.model == "base" and config.vad.hangover_ms == 300
+
+
+def test_precedence_file_then_set_then_options(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('[asr]\nmodel = "base"\nbeam_size = 3\n[output.zmq]\nendpoint = "tcp://127.0.0.1:1"\n')
+    config = load_config(
+        path, ["asr.beam_size=2"], **{"output.zmq.endpoint": "tcp://127.0.0.1:2", "asr.model": None}
+    )
+    assert (config.asr.model, config.asr.beam_size) == ("base", 2)
+    assert config.output.zmq.endpoint == "tcp://127.0.0.1:2"
+
+
+def test_unknown_key_is_named_with_the_known_ones(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text("[asr]\nmodle = 'base'\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert "asr.modle: unknown key" in message and "model" in message and str(path) in message
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match=r"vadd: unknown key"):
+        load_config(overrides=["vadd.threshold=0.3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("vad.hangover_ms=soon", "vad.hangover_ms"),
+        ("vad.threshold=2.0", "vad.threshold"),
+        ("asr.model=large", "asr.model"),
+        ("replay.speed=fast", "replay.speed"),
+        ("output.zmq.endpoint=localhost", "output.zmq.endpoint"),
+    ],
+)
+def test_wrong_type_or_value_names_the_key(override: str, key: str):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert key in str(e.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["asr.model"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[asr\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_parse_speed():
+    assert parse_speed("realtime") == 1.0
+    assert parse_speed("max") is None
+    assert parse_speed("2") == 2.0
+    for bad in ("0", "-1", "fast"):
+        with pytest.raises(ValueError):
+            parse_speed(bad)

@@ -1,0 +1,110 @@
+"""Runner logic: ordering, backpressure, drain on stop, failures named by stage."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from realtime_erc.events import AudioChunk
+from realtime_erc.pipeline import Pipeline, Stage, StageError
+
+
+def chunk(i: int) -> AudioChunk:
+    return AudioChunk(samples=np.full(16, i, dtype=np.float32), start=i * 0.001)
+
+
+async def count_source(n: int, delay: float = 0.0):
+    for i in range(n):
+        if delay:
+            await asyncio.sleep(delay)
+        yield chunk(i)
+
+
+class Double(Stage):
+    name = "double"
+
+    async def process(self, event):
+        yield event
+        yield event
+
+
+class Collect(Stage):
+    name = "collect"
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.flushed = False
+        self.closed = False
+
+    async def process(self, event):
+        self.seen.append(int(event.samples[0]))
+        return
+        yield
+
+    async def flush(self):
+        self.flushed = True
+        return
+        yield
+
+    async def close(self):
+        self.closed = True
+
+
+class Boom(Stage):
+    name = "boom"
+
+    async def process(self, event):
+        if event.start > 0.002:
+            raise RuntimeError("kaput")
+        yield event
+
+
+async def test_events_flow_in_order_through_a_small_queue():
+    sink = Collect()
+    stats = await Pipeline(count_source(100), [Double(), sink], queue_size=1).run()
+    assert sink.seen == [i for i in range(100) for _ in range(2)]
+    assert sink.flushed and sink.closed
+    assert stats.events_in == {"source": 100, "double": 100, "collect": 200}
+    assert not stats.stopped_early
+
+
+async def test_failing_stage_is_named_and_everything_is_closed():
+    sink = Collect()
+    with pytest.raises(StageError) as e:
+        await Pipeline(count_source(10), [Boom(), sink]).run()
+    assert e.value.stage == "boom" and "kaput" in str(e.value)
+    assert sink.closed
+
+
+async def test_failing_source_is_named():
+    async def broken():
+        yield chunk(0)
+        raise OSError("device unplugged")
+
+    sink = Collect()
+    with pytest.raises(StageError, match="stage 'mic' failed: OSError: device unplugged"):
+        await Pipeline(broken(), [sink], source_name="mic").run()
+    assert sink.closed
+
+
+async def test_request_stop_drains_and_flushes():
+    sink = Collect()
+    pipeline = Pipeline(count_source(10_000, delay=0.001), [sink])
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.1)
+    pipeline.request_stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.stopped_early and sink.flushed and sink.closed
+    assert 0 < len(sink.seen) < 10_000
+    assert sink.seen == list(range(len(sink.seen)))
+
+
+async def test_failing_start_is_named():
+    class NoModel(Stage):
+        name = "asr"
+
+        async def start(self):
+            raise FileNotFoundError("model.bin")
+
+    with pytest.raises(StageError, match="stage 'asr' failed"):
+        await Pipeline(count_source(1), [NoModel()]).run()
