@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -76,9 +77,7 @@ def _load(config_file: Path | None, overrides: list[str] | None, **options) -> C
 @app.command()
 def replay(
     recording: Annotated[Path, typer.Argument(help="A recording directory (RECORDING_FORMAT).")],
-    speed: Annotated[
-        str | None, typer.Option(help="realtime | max | a factor such as 2.0")
-    ] = None,
+    speed: Annotated[str | None, typer.Option(help="realtime | max | a factor such as 2.0")] = None,
     zmq: Annotated[
         str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")
     ] = None,
@@ -160,10 +159,8 @@ def watch(
                 await writer.close()
 
     def run() -> None:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(main())
-        except KeyboardInterrupt:
-            pass
 
     _guard(run)
 
@@ -190,9 +187,7 @@ def config_show(config_file: ConfigOpt = None, overrides: SetOpt = None) -> None
 
 @bench_app.command("replay")
 def bench_replay(
-    recording: Annotated[Path, typer.Option(help="Recording to replay.")] = Path(
-        "recordings/demo"
-    ),
+    recording: Annotated[Path, typer.Option(help="Recording to replay.")] = Path("recordings/demo"),
     out: Annotated[Path, typer.Option(help="Directory for replay.json and replay.md.")] = Path(
         "bench-results"
     ),

@@ -7,10 +7,10 @@ wrong types are refused with a :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
@@ -30,7 +30,9 @@ class SessionConfig(Section):
 class VadConfig(Section):
     """Voice activity detection and utterance segmentation."""
 
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability threshold.")
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Silero speech probability threshold."
+    )
     webrtc_gate: bool = Field(True, description="Skip Silero on frames webrtcvad calls silence.")
     webrtc_mode: int = Field(2, ge=0, le=3, description="webrtcvad aggressiveness 0..3.")
     hangover_ms: int = Field(400, ge=50, le=5000, description="Silence that ends an utterance.")

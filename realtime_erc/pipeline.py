@@ -169,7 +169,9 @@ class Pipeline:
                     await close()
         await out.put(_END)
 
-    async def _run_stage(self, stage: Stage, inbox: asyncio.Queue, out: asyncio.Queue | None) -> None:
+    async def _run_stage(
+        self, stage: Stage, inbox: asyncio.Queue, out: asyncio.Queue | None
+    ) -> None:
         async def emit(event: Event) -> None:
             if out is not None:
                 await out.put(event)

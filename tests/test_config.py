@@ -26,7 +26,9 @@ def test_show_output_round_trips(tmp_path: Path):
 
 def test_precedence_file_then_set_then_options(tmp_path: Path):
     path = tmp_path / "c.toml"
-    path.write_text('[asr]\nmodel = "base"\nbeam_size = 3\n[output.zmq]\nendpoint = "tcp://127.0.0.1:1"\n')
+    path.write_text(
+        '[asr]\nmodel = "base"\nbeam_size = 3\n[output.zmq]\nendpoint = "tcp://127.0.0.1:1"\n'
+    )
     config = load_config(
         path, ["asr.beam_size=2"], **{"output.zmq.endpoint": "tcp://127.0.0.1:2", "asr.model": None}
     )

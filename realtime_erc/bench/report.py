@@ -27,7 +27,8 @@ def machine_info() -> dict[str, str | int]:
 
 @dataclass
 class BenchReport:
-    """``rows``: one dict per measured configuration; ``columns``: (key, header) shown in markdown."""
+    """Benchmark figures. ``rows``: one dict per measured configuration; ``columns``: the
+    (key, header) pairs shown in the markdown table."""
 
     name: str
     title: str
@@ -42,7 +43,8 @@ class BenchReport:
         head = "| " + " | ".join(h for _, h in self.columns) + " |"
         sep = "|" + "|".join("---" for _ in self.columns) + "|"
         body = [
-            "| " + " | ".join(_cell(row.get(k)) for k, _ in self.columns) + " |" for row in self.rows
+            "| " + " | ".join(_cell(row.get(k)) for k, _ in self.columns) + " |"
+            for row in self.rows
         ]
         notes = [f"- {k}: {v}" for k, v in self.meta.items() if not isinstance(v, (dict, list))]
         return "\n".join([f"## {self.title}", "", *notes, "", head, sep, *body, ""])

@@ -1,0 +1,3 @@
+from realtime_erc.cli import main
+
+main()

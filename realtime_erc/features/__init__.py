@@ -1,0 +1,1 @@
+"""Per-utterance feature extractors (text, audio, visual) and the packaged weights they use."""

@@ -1,0 +1,1 @@
+"""Event sources: microphone, camera and recorded sessions (read, write, replay)."""

@@ -1,0 +1,1 @@
+"""Speech: voice activity detection, utterance segmentation, speech recognition."""

@@ -1,0 +1,235 @@
+"""Speech recognition with faster-whisper (CTranslate2): one transcript per speech segment.
+
+The model is always loaded from a directory (packaged weights, see
+:mod:`realtime_erc.features.assets`); loading by name would try a hub download. Decoding is set
+up for live latency: no VAD filter (the segmenter already cut the audio), no conditioning on
+previous text, greedy by default (``beam_size`` from the config), no timestamps unless word
+timestamps are asked for, and a short temperature fallback that only costs time when the greedy
+pass degenerates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from realtime_erc.config import AsrConfig
+from realtime_erc.events import SAMPLE_RATE, Event, SpeechSegment, Utterance, Word, now
+from realtime_erc.pipeline import Stage
+
+log = logging.getLogger(__name__)
+
+TEMPERATURES = (0.0, 0.4)
+"""Greedy first; one sampled retry when the compression-ratio / log-prob checks fail."""
+
+_NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
+"""Whisper's sound-event annotations: ``[BLANK_AUDIO]``, ``(music)``, ``*coughs*``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptResult:
+    """What one segment said. ``words`` (empty unless word timestamps were asked for) carry
+    times offset by the ``offset`` given to :meth:`Transcriber.transcribe`."""
+
+    text: str
+    words: tuple[Word, ...]
+    language: str
+    audio_s: float
+    elapsed_s: float
+
+    @property
+    def real_time_factor(self) -> float:
+        """Compute time / audio time (< 1 is faster than real time)."""
+        return self.elapsed_s / self.audio_s if self.audio_s > 0 else 0.0
+
+
+def resolve_device(config: AsrConfig) -> tuple[str, str]:
+    """``(device, compute_type)`` for the config: auto = CUDA if CTranslate2 sees a GPU, else
+    CPU; compute type auto = float16 on CUDA, int8 on CPU."""
+    device = config.device
+    if device == "auto":
+        import ctranslate2
+
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    compute_type = config.compute_type
+    if compute_type == "auto":
+        compute_type = "float16" if device == "cuda" else "int8"
+    return device, compute_type
+
+
+class Transcriber:
+    """A loaded Whisper model. Construction loads the weights (seconds): do it off the loop.
+
+    ``model_dir`` overrides ``config.model_dir``, which overrides the packaged ``config.model``.
+    If CUDA initialisation fails, a warning is logged and the CPU is used with int8.
+    """
+
+    def __init__(
+        self,
+        config: AsrConfig | None = None,
+        *,
+        word_timestamps: bool = False,
+        model_dir: Path | None = None,
+    ) -> None:
+        from realtime_erc.features.assets import whisper_model_dir
+
+        self.config = config or AsrConfig()
+        self.word_timestamps = word_timestamps
+        if model_dir is None:
+            model_dir = (
+                Path(self.config.model_dir)
+                if self.config.model_dir
+                else whisper_model_dir(self.config.model)
+            )
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "model.bin").is_file():
+            from realtime_erc.features.assets import AssetError
+
+            raise AssetError(
+                f"{self.model_dir} holds no model.bin: point asr.model_dir at a CTranslate2 "
+                "Whisper directory, or leave it empty to use the packaged model"
+            )
+        self.device, self.compute_type = resolve_device(self.config)
+        self.model = self._load()
+
+    def _load(self):  # -> faster_whisper.WhisperModel
+        from faster_whisper import WhisperModel
+
+        try:
+            return WhisperModel(
+                str(self.model_dir),
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=self.config.cpu_threads,
+            )
+        except (RuntimeError, ValueError, OSError) as e:
+            if self.device != "cuda":
+                raise
+            log.warning("CUDA initialisation failed (%s); falling back to CPU int8", e)
+        self.device, self.compute_type = "cpu", "int8"
+        return WhisperModel(
+            str(self.model_dir),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=self.config.cpu_threads,
+        )
+
+    def transcribe(self, samples: np.ndarray, offset: float = 0.0) -> TranscriptResult:
+        """Transcribe ``[n]`` float32 mono audio at 16 kHz. Blocking; call it off the loop.
+
+        ``offset`` (seconds) is added to word times, e.g. the session time of ``samples[0]``.
+        """
+        audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+        t0 = now()
+        language = self.config.language if self.config.language not in ("", "auto") else None
+        segments, info = self.model.transcribe(
+            audio,
+            language=language,
+            beam_size=self.config.beam_size,
+            temperature=list(TEMPERATURES),
+            condition_on_previous_text=False,
+            without_timestamps=not self.word_timestamps,
+            word_timestamps=self.word_timestamps,
+            vad_filter=False,
+        )
+        texts: list[str] = []
+        words: list[Word] = []
+        for seg in segments:  # a generator: decoding happens here
+            texts.append(seg.text)
+            for w in seg.words or ():
+                start, end = offset + float(w.start), offset + float(w.end)
+                words.append(Word(w.word.strip(), start, end, float(w.probability)))
+        text = " ".join(_NON_SPEECH.sub(" ", "".join(texts)).split())
+        return TranscriptResult(
+            text=text,
+            words=tuple(w for w in words if w.text),
+            language=info.language,
+            audio_s=len(audio) / SAMPLE_RATE,
+            elapsed_s=now() - t0,
+        )
+
+
+class AsrStage(Stage):
+    """Pipeline stage: :class:`SpeechSegment` in, :class:`Utterance` out (others pass through).
+
+    Loads the model in :meth:`start` and transcribes in a worker thread, so the event loop keeps
+    moving audio meanwhile. Segments that transcribe to nothing (noise, breaths) are dropped.
+    ``transcriber`` may be given ready-made (tests, or sharing one model across sessions).
+    """
+
+    name = "asr"
+
+    def __init__(
+        self,
+        config: AsrConfig | None = None,
+        *,
+        word_timestamps: bool = False,
+        transcriber: Transcriber | None = None,
+    ) -> None:
+        self.config = config or AsrConfig()
+        self.word_timestamps = word_timestamps
+        self.transcriber = transcriber
+        self._next_id = 0
+
+    async def start(self) -> None:
+        if self.transcriber is None:
+            self.transcriber = await asyncio.to_thread(
+                Transcriber, self.config, word_timestamps=self.word_timestamps
+            )
+            log.info(
+                "whisper %s loaded from %s on %s (%s)",
+                self.config.model,
+                self.transcriber.model_dir,
+                self.transcriber.device,
+                self.transcriber.compute_type,
+            )
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        if not isinstance(event, SpeechSegment):
+            yield event
+            return
+        utterance = await self.transcribe(event)
+        if utterance is not None:
+            yield utterance
+
+    async def transcribe(self, segment: SpeechSegment) -> Utterance | None:
+        """The segment's :class:`Utterance`, or None if nothing was said."""
+        if self.transcriber is None:
+            await self.start()
+        assert self.transcriber is not None
+        result = await asyncio.to_thread(self.transcriber.transcribe, segment.samples, segment.start)
+        if not result.text:
+            log.debug(
+                "segment %d (%.2f–%.2f s) transcribed to nothing; dropped",
+                segment.segment_id,
+                segment.start,
+                segment.end,
+            )
+            return None
+        log.debug(
+            "segment %d: %.2f s audio in %.2f s (RTF %.2f): %s",
+            segment.segment_id,
+            result.audio_s,
+            result.elapsed_s,
+            result.real_time_factor,
+            result.text,
+        )
+        utterance = Utterance(
+            utterance_id=self._next_id,
+            segment=segment,
+            text=result.text,
+            words=result.words,
+            language=result.language,
+            transcribed_at=now(),
+        )
+        self._next_id += 1
+        return utterance
+
+    async def close(self) -> None:
+        self.transcriber = None  # frees the model (and its GPU memory) with the last reference

@@ -1,0 +1,49 @@
+"""The command line: one clear line for user errors, exit codes, config show, schema."""
+
+import json
+from pathlib import Path
+
+from realtime_erc.config import Config, load_config
+
+
+def test_config_show_prints_the_effective_configuration(run_cli, tmp_path: Path):
+    result = run_cli("config", "show", "--set", "asr.model=base", "--set", "vad.hangover_ms=300")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "shown.toml"
+    path.write_text(result.stdout)
+    shown = load_config(path)
+    assert shown.asr.model == "base" and shown.vad.hangover_ms == 300
+    assert shown.output == Config().output
+
+
+def test_unknown_config_key_is_one_clear_error(run_cli, tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text("[vad]\nhangover = 300\n")
+    result = run_cli("config", "show", "--config", str(path))
+    assert result.returncode == 2
+    assert "vad.hangover: unknown key" in result.stderr and "hangover_ms" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_type_on_replay_is_refused_before_anything_runs(run_cli, demo_dir: Path):
+    result = run_cli("replay", str(demo_dir), "--set", "vad.hangover_ms=long")
+    assert result.returncode == 2
+    assert "vad.hangover_ms" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schema_prints_both_schemas(run_cli):
+    result = run_cli("schema")
+    assert result.returncode == 0
+    schemas = json.loads(result.stdout)
+    assert set(schemas) == {"erc.emotion/1", "erc.status/1"}
+    one = json.loads(run_cli("schema", "erc.status/1").stdout)
+    assert one == schemas["erc.status/1"]
+    assert run_cli("schema", "erc.nope/1").returncode == 2
+
+
+def test_replay_of_a_broken_recording_names_the_file(run_cli, tmp_path: Path):
+    (tmp_path / "session.json").write_text('{"format": "realtime-erc.recording/9"}')
+    result = run_cli("replay", str(tmp_path), "--no-zmq")
+    assert result.returncode == 2
+    assert "session.json" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 1
