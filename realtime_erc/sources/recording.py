@@ -324,7 +324,7 @@ def _audio_path(root: Path, meta_path: Path, meta: dict[str, Any]) -> Path:
         has_video = meta.get("video") is not None
         problem = "no 'audio' entry: audio is required"
         if has_video:
-            problem += " (a video-only session cannot be replayed)"
+            problem += ", a video-only session cannot be replayed"
         raise _error(meta_path, problem, 'add "audio": {"file": "audio.flac"} and the file')
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
         raise _error(
@@ -367,7 +367,7 @@ def _probe_audio(audio_path: Path) -> tuple[int, int, int]:
     if frames <= 0:
         raise _error(
             audio_path,
-            "zero-length audio (no frames)",
+            "zero-length audio: no frames",
             "record at least some audio or remove the session",
         )
     if sample_rate <= 0:
@@ -421,7 +421,7 @@ def _video(
             raise _error(
                 video_path,
                 "cannot be opened or decoded by OpenCV",
-                "the file is damaged or uses an unsupported codec; re-encode it (mp4v)",
+                "the file is damaged or uses an unsupported codec; re-encode it, e.g. as mp4v",
             )
         if fps is None:
             probed = cap.get(cv2.CAP_PROP_FPS)
@@ -478,7 +478,9 @@ def _read_frame_times(times_path: Path) -> np.ndarray:
         times.append(t)
     if not times:
         raise _error(times_path, "is empty", "write one line per video frame, or delete it")
-    return np.asarray(times, dtype=np.float64)
+    array = np.asarray(times, dtype=np.float64)
+    array.setflags(write=False)  # part of a frozen Recording
+    return array
 
 
 def _speakers(meta_path: Path, meta: dict[str, Any]) -> tuple[Speaker, ...]:
@@ -609,22 +611,28 @@ async def _prefetch(items: Iterator[T], batch: int) -> AsyncIterator[T]:
     def take() -> list[T]:
         return list(itertools.islice(items, batch))
 
+    def close(done: asyncio.Future[list[T]] | None = None) -> None:
+        if done is not None and not done.cancelled():
+            done.exception()  # retrieved: a failure after the consumer left is moot
+        closer = getattr(items, "close", None)
+        if closer is not None:
+            closer()
+
     pending: asyncio.Future[list[T]] = asyncio.ensure_future(asyncio.to_thread(take))
     try:
         while True:
-            got = await pending
+            got = await asyncio.shield(pending)  # a cancelled wait must not orphan the thread
             if not got:
                 return
             pending = asyncio.ensure_future(asyncio.to_thread(take))
             for item in got:
                 yield item
     finally:
-        if not pending.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(pending)
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        if pending.done():
+            close(pending)
+        else:
+            # A thread is still inside the iterator: close it only once that batch is done.
+            pending.add_done_callback(close)
 
 
 def _rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -664,21 +672,23 @@ class ReplaySource:
 
     async def __aiter__(self) -> AsyncIterator[AudioChunk | VideoFrame]:
         rec = self.recording
-        audio = _prefetch(_rechunk(rec.iter_audio(block_s=0.5), self.chunk_samples), batch=16)
-        video = _prefetch(rec.iter_frames(), batch=1)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        warned = False
-        offset = 0  # samples of audio already yielded
-        next_chunk = await anext(audio, None)
-        next_frame = await anext(video, None)
-        try:
+        blocks = _rechunk(rec.iter_audio(block_s=0.5), self.chunk_samples)
+        async with (
+            contextlib.aclosing(_prefetch(blocks, batch=16)) as audio,
+            contextlib.aclosing(_prefetch(rec.iter_frames(), batch=1)) as video,
+        ):
+            loop = asyncio.get_running_loop()
+            warned = False
+            offset = 0  # samples of audio already yielded
+            next_chunk = await anext(audio, None)
+            next_frame = await anext(video, None)
+            t0 = loop.time()  # the session clock starts once both tracks can deliver
             for count in itertools.count():
                 if next_chunk is None and next_frame is None:
                     return
-                chunk_end = (
-                    (offset + len(next_chunk)) / SAMPLE_RATE if next_chunk is not None else math.inf
-                )
+                chunk_end = math.inf
+                if next_chunk is not None:
+                    chunk_end = (offset + len(next_chunk)) / SAMPLE_RATE
                 take_frame = next_frame is not None and next_frame[1] <= chunk_end
                 due = next_frame[1] if take_frame else chunk_end  # type: ignore[index]
                 if self.speed is None:
@@ -705,9 +715,6 @@ class ReplaySource:
                     offset += len(samples)  # type: ignore[arg-type]
                     yield AudioChunk(samples=samples, start=start, received_at=now())
                     next_chunk = await anext(audio, None)
-        finally:
-            await audio.aclose()
-            await video.aclose()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,12 +16,16 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from realtime_erc.config import AsrConfig
 from realtime_erc.events import SAMPLE_RATE, Event, SpeechSegment, Utterance, Word, now
 from realtime_erc.pipeline import Stage
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ class Transcriber:
         self.device, self.compute_type = resolve_device(self.config)
         self.model = self._load()
 
-    def _load(self):  # -> faster_whisper.WhisperModel
+    def _load(self) -> WhisperModel:
         from faster_whisper import WhisperModel
 
         try:
@@ -203,7 +207,9 @@ class AsrStage(Stage):
         if self.transcriber is None:
             await self.start()
         assert self.transcriber is not None
-        result = await asyncio.to_thread(self.transcriber.transcribe, segment.samples, segment.start)
+        result = await asyncio.to_thread(
+            self.transcriber.transcribe, segment.samples, segment.start
+        )
         if not result.text:
             log.debug(
                 "segment %d (%.2f–%.2f s) transcribed to nothing; dropped",

@@ -73,7 +73,9 @@ def test_streaming_equals_one_batch(silero: SileroVad, speech: np.ndarray) -> No
     silero.reset()
     one_by_one = np.array([silero(w) for w in windows])
     silero.reset()
-    in_pieces = np.concatenate([silero.probabilities(windows[i : i + 7]) for i in range(0, len(windows), 7)])
+    in_pieces = np.concatenate(
+        [silero.probabilities(windows[i : i + 7]) for i in range(0, len(windows), 7)]
+    )
     np.testing.assert_allclose(one_by_one, batch, atol=1e-5)
     np.testing.assert_allclose(in_pieces, batch, atol=1e-5)
 
@@ -109,7 +111,9 @@ def test_gated_detector_skips_silence_but_finds_speech(speech: np.ndarray) -> No
     silence = np.zeros(SAMPLE_RATE, np.float32)
     windows = windows_of(np.concatenate([silence, speech, silence]))
     detector = SpeechDetector(SileroVad(), WebRtcGate(2))
-    probs = np.concatenate([detector.probabilities(windows[i : i + 2]) for i in range(0, len(windows), 2)])
+    probs = np.concatenate(
+        [detector.probabilities(windows[i : i + 2]) for i in range(0, len(windows), 2)]
+    )
     lead = SAMPLE_RATE // WINDOW  # whole windows of leading silence
     assert (probs[: lead - 1] == 0).all()
     assert detector.windows_gated >= 2 * (lead - 1)
