@@ -1,6 +1,7 @@
 """Terminal rendering of the stream, and the loop behind ``realtime-erc watch``.
 
-One line per document::
+One line per document (:func:`format_document`), printed by :class:`ConsolePublisher` during a
+run and by :func:`watch` for a subscriber::
 
     [12.3–14.0] A: "oh my god"  joy 0.70 (final)  412 ms
     [12.3–14.0] A: "oh my god"  label — (final)  412 ms      (no emotion model yet)
@@ -88,6 +89,25 @@ def _format_status(doc: dict[str, Any]) -> Text:
     return line
 
 
+class ConsolePublisher:
+    """A :class:`~realtime_erc.outputs.publisher.Publisher` that prints each document as one
+    line (``realtime-erc replay`` without ``--quiet``)."""
+
+    name = "console"
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, topic: str, document: dict[str, Any]) -> None:
+        self.console.print(format_document(document))
+
+    async def close(self) -> None:
+        pass
+
+
 async def watch(
     subscriber: ZmqSubscriber,
     console: Console,
@@ -98,30 +118,25 @@ async def watch(
     """Print every document the subscriber receives; optionally append them to ``jsonl``.
 
     Stops after ``max_events`` documents, or (``until_offline``) after a session's ``offline``
-    or ``lost`` status; otherwise runs until cancelled (Ctrl-C). Takes ownership: connects the
-    subscriber and starts the writer, and closes both on the way out. Returns the number of
-    documents received.
+    or ``lost`` status; otherwise runs until cancelled (Ctrl-C). Connects the subscriber and
+    starts the writer if the caller has not (both idempotent) but closes neither: the caller owns
+    them (see :func:`watch_zmq`). Returns the number of documents received.
     """
-    count = 0
     subscriber.connect()
-    try:
+    if jsonl is not None:
+        await jsonl.start()
+    count = 0
+    if max_events is not None and max_events <= 0:
+        return count
+    async for topic, doc in subscriber:
+        console.print(format_document(doc))
         if jsonl is not None:
-            await jsonl.start()
-        if max_events is not None and max_events <= 0:
-            return 0
-        async for topic, doc in subscriber:
-            console.print(format_document(doc))
-            if jsonl is not None:
-                await jsonl.publish(topic, doc)
-            count += 1
-            if max_events is not None and count >= max_events:
-                break
-            if until_offline and _is_end(doc):
-                break
-    finally:
-        subscriber.close()
-        if jsonl is not None:
-            await jsonl.close()
+            await jsonl.publish(topic, doc)
+        count += 1
+        if max_events is not None and count >= max_events:
+            break
+        if until_offline and _is_end(doc):
+            break
     return count
 
 
@@ -134,12 +149,19 @@ async def watch_zmq(
     session_id: str | None = None,
     console: Console | None = None,
 ) -> int:
-    """``realtime-erc watch --zmq URL [--jsonl FILE]``: build the subscriber (all sessions, or
-    one) and run :func:`watch`. Raises :class:`~realtime_erc.outputs.publisher.OutputError` for a
-    bad endpoint or an unwritable file."""
-    subscriber = ZmqSubscriber(endpoint, prefix=subscription_prefix(topic_prefix, session_id))
+    """``realtime-erc watch --zmq URL [--jsonl FILE]``: subscribe (to all sessions, or one), run
+    :func:`watch`, and close the subscriber and the writer on the way out.
+
+    Raises :class:`~realtime_erc.outputs.publisher.OutputError` for a bad endpoint or an
+    unwritable file.
+    """
     writer = JsonlWriter(jsonl_path) if jsonl_path else None
-    return await watch(subscriber, console or Console(), writer, max_events, until_offline)
+    try:
+        async with ZmqSubscriber(endpoint, subscription_prefix(topic_prefix, session_id)) as sub:
+            return await watch(sub, console or Console(), writer, max_events, until_offline)
+    finally:
+        if writer is not None:
+            await writer.close()
 
 
 def _is_end(doc: dict[str, Any]) -> bool:

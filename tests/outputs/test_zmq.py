@@ -14,7 +14,8 @@ import zmq.asyncio
 from rich.console import Console
 
 from realtime_erc.events import EmotionEvent, utc_timestamp
-from realtime_erc.outputs.console import format_document, watch_zmq
+from realtime_erc.outputs.console import ConsolePublisher, format_document, watch, watch_zmq
+from realtime_erc.outputs.jsonl import JsonlWriter
 from realtime_erc.outputs.publisher import OutputError, Publisher, PublishStage
 from realtime_erc.outputs.schema import validate_document
 from realtime_erc.outputs.topics import emotion_topic
@@ -220,6 +221,39 @@ async def test_watch_stops_after_max_events() -> None:
     finally:
         watcher.cancel()
         await pub.close()
+
+
+async def test_watch_leaves_what_it_was_given_open(tmp_path: Path) -> None:
+    pub = ZmqPublisher(ANY_PORT, wait_for_subscriber_s=TIMEOUT)
+    pub.bind()
+    writer = JsonlWriter(tmp_path / "w.jsonl")
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    try:
+        async with ZmqSubscriber(pub.bound_endpoint) as sub:
+            await asyncio.wait_for(pub.start(), TIMEOUT + 1)
+            for i in range(3):
+                await pub.publish("erc/demo-01/A/emotion", emotion_doc(i))
+            assert await asyncio.wait_for(watch(sub, console, writer, max_events=2), TIMEOUT) == 2
+            _, doc = await asyncio.wait_for(sub.receive(), TIMEOUT)  # still connected
+            await writer.publish("t", doc)  # still open
+    finally:
+        await writer.close()
+        await pub.close()
+    ids = [json.loads(x)["utterance_id"] for x in (tmp_path / "w.jsonl").read_text().splitlines()]
+    assert ids == [0, 1, 2]
+
+
+async def test_console_publisher_prints_one_line_per_document() -> None:
+    out = io.StringIO()
+    stage = PublishStage("demo-01", "meld7", None, [ConsolePublisher(Console(file=out, width=200))])
+    assert isinstance(stage.publishers[0], Publisher)
+    await stage.start()
+    async for _ in stage.process(_event(0, None)):
+        pass
+    await stage.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "online" in lines[0] and "label —" in lines[1] and "offline" in lines[2]
 
 
 def test_format_document_lines() -> None:
