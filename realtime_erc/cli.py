@@ -63,6 +63,10 @@ def _setup_logging(level: str) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    # faster-whisper logs every segment's duration at INFO.
+    logging.getLogger("faster_whisper").setLevel(
+        max(logging.WARNING, logging.getLevelName(level.upper()))
+    )
 
 
 def _load(config_file: Path | None, overrides: list[str] | None, **options) -> Config:

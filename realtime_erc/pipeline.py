@@ -109,7 +109,9 @@ class Pipeline:
         started: list[Stage] = []
         tasks: list[asyncio.Task] = []
         try:
-            for stage in self.stages:
+            # Downstream first: publishers are bound before anything can reach them, and a
+            # bad output address fails before models load.
+            for stage in reversed(self.stages):
                 try:
                     await stage.start()
                 except Exception as e:
@@ -131,7 +133,7 @@ class Pipeline:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            for stage in reversed(started):
+            for stage in reversed(started):  # upstream first: publishers close last
                 try:
                     await stage.close()
                 except Exception:
