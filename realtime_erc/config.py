@@ -7,10 +7,10 @@ wrong types are refused with a :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
@@ -52,6 +52,9 @@ class AsrConfig(Section):
     language: str = "en"
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2's default.")
     model_dir: str = Field("", description="Load weights from this directory instead of packages.")
+    fit_window: bool = Field(
+        True, description="Encode only the audio an utterance needs, not a padded 30 s window."
+    )
 
 
 class ZmqConfig(Section):

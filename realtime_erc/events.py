@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Literal
 
 import numpy as np
@@ -56,7 +57,9 @@ CloseReason = Literal["silence", "max_length", "end_of_stream"]
 class SpeechSegment:
     """A closed stretch of speech found by the segmenter.
 
-    ``samples``: ``[n]`` float32 at ``SAMPLE_RATE`` covering ``start``..``end`` (with pre-roll).
+    ``start``/``end``: speech onset and end of the last speech window (session seconds).
+    ``samples``: ``[n]`` float32 at ``SAMPLE_RATE``; sample 0 is at ``audio_start`` (the onset
+    minus the pre-roll), and the audio runs a short tail past ``end``.
     ``last_audio_at``: when the chunk holding the segment's last speech sample entered the
     pipeline; ``closed_at``: when the segmenter decided the segment had ended. Their difference is
     the end-of-speech hangover as the user experiences it.
@@ -69,6 +72,12 @@ class SpeechSegment:
     last_audio_at: float
     closed_at: float
     reason: CloseReason = "silence"
+    audio_start: float = -1.0
+    """Session time of ``samples[0]``; defaults to ``start`` (no pre-roll)."""
+
+    def __post_init__(self) -> None:
+        if self.audio_start < 0:
+            object.__setattr__(self, "audio_start", self.start)
 
     @property
     def duration(self) -> float:
@@ -177,7 +186,7 @@ Event = AudioChunk | VideoFrame | SpeechSegment | Utterance | EmotionEvent | Sta
 
 def utc_timestamp(epoch: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z`` suffix, as the stream protocol writes times."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    t = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
+    t = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

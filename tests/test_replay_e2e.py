@@ -159,3 +159,51 @@ def test_8khz_stereo_audio_only_session_replays(tmp_path: Path, run_cli, demo_di
     emotions = [d for d in read_jsonl(out) if d["schema"] == "erc.emotion/1"]
     assert len(emotions) == len(demo.annotations)
     assert all(e["session_id"] == "narrow-band" and e["text"] for e in emotions)
+
+
+def short_recording(directory: Path, seconds: float = 8.0) -> Path:
+    """The first ``seconds`` of the demo as an audio-only recording (two utterances)."""
+    audio = read_recording(DEMO).read_audio()[: int(seconds * 16_000)]
+    sf.write(directory / "audio.flac", audio, 16_000)
+    meta = {
+        "format": "realtime-erc.recording/1",
+        "session_id": "short",
+        "audio": {"file": "audio.flac"},
+    }
+    (directory / "session.json").write_text(json.dumps(meta))
+    return directory
+
+
+def test_watch_shows_and_saves_what_replay_publishes(tmp_path: Path, start_cli, free_port: int):
+    recording = short_recording(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    watched, published = tmp_path / "watched.jsonl", tmp_path / "published.jsonl"
+    watcher = start_cli("watch", "--zmq", endpoint, "--jsonl", str(watched), "--until-offline")
+    replay = start_cli("replay", str(recording), "--speed", "max", "--quiet", "--zmq", endpoint,
+                       "--jsonl", str(published),
+                       "--set", "output.zmq.wait_for_subscriber_s=60")  # fmt: skip
+    assert replay.wait(timeout=120) == 0, replay.stderr.read()
+    stdout, stderr = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, stderr
+    assert read_jsonl(watched) == read_jsonl(published)
+    emotions = [d for d in read_jsonl(watched) if d["schema"] == "erc.emotion/1"]
+    assert len(emotions) == 2
+    for doc in emotions:
+        assert doc["text"][:20] in stdout  # the terminal view shows each transcript
+    assert "offline" in stdout
+
+
+def test_sigterm_ends_the_session_cleanly(tmp_path: Path, start_cli):
+    recording = short_recording(tmp_path)
+    out = tmp_path / "stream.jsonl"
+    proc = start_cli("replay", str(recording), "--speed", "realtime", "--no-zmq", "--quiet",
+                     "--jsonl", str(out))  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.read_text()):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    docs = read_jsonl(out)
+    assert docs[0]["state"] == "online" and docs[-1]["state"] == "offline"

@@ -81,7 +81,7 @@ class ZmqPublisher:
         try:
             await asyncio.wait_for(self._socket.recv(), self.wait_for_subscriber_s)
             log.info("a subscriber joined %s", self.bound_endpoint)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info(
                 "no subscriber on %s within %.1f s; publishing anyway",
                 self.bound_endpoint,

@@ -4,9 +4,10 @@
 made-up probability sequence); :class:`Segmenter` is the pipeline stage that re-frames
 :class:`AudioChunk` audio into windows, scores them with the VAD and feeds the tracker.
 
-Segment times: ``start`` is the session time of ``samples[0]``, i.e. speech onset minus the
-pre-roll (less at the very start of a session), so ``start + i / SAMPLE_RATE`` is the time of
-sample ``i``; ``end`` is the end of the last speech window. ``samples`` run on past ``end`` by a
+Segment times: ``start`` is the speech onset; ``audio_start`` the session time of ``samples[0]``,
+i.e. the onset minus the pre-roll (less at the very start of a session), so
+``audio_start + i / SAMPLE_RATE`` is the time of sample ``i``; ``end`` is the end of the last
+speech window. ``samples`` run on past ``end`` by a
 short tail (:data:`TAIL_MS`, never past the audio received) so the last phoneme is not clipped.
 """
 
@@ -201,8 +202,9 @@ class SpeechTracker:
             return []
         seg = SpeechSegment(
             segment_id=self._next_id,
-            start=self.origin + start / SAMPLE_RATE,
+            start=self.origin + onset / SAMPLE_RATE,
             end=self.origin + end / SAMPLE_RATE,
+            audio_start=self.origin + start / SAMPLE_RATE,
             samples=self._buf.slice(start, audio_end),
             last_audio_at=last_audio_at,
             closed_at=now(),

@@ -141,6 +141,26 @@ def test_word_times_are_offset(
     assert all(isinstance(w.start, float) and 0 <= w.probability <= 1 for w in result.words)
 
 
+def test_fitted_window_matches_the_full_window(
+    tiny: Transcriber, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted = tiny.transcribe(speech).text
+    monkeypatch.setattr(tiny.config, "fit_window", False)
+    assert word_error_rate(tiny.transcribe(speech).text, fitted) <= 0.1
+
+
+def test_fitted_window_falls_back_when_it_repeats(
+    tiny: Transcriber, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny, "_transcribe_fitted", lambda audio, lang: "the window " * 30)
+    assert word_error_rate(SENTENCE, tiny.transcribe(speech).text) <= 0.15
+
+
+def test_long_audio_uses_the_full_window(tiny: Transcriber) -> None:
+    assert tiny._fits_short_window(np.zeros(20 * SAMPLE_RATE, np.float32), "en")
+    assert not tiny._fits_short_window(np.zeros(29 * SAMPLE_RATE, np.float32), "en")
+
+
 def test_silence_transcribes_to_nothing(tiny: Transcriber) -> None:
     assert tiny.transcribe(np.zeros(SAMPLE_RATE, np.float32)).text == ""
 

@@ -52,9 +52,11 @@ def test_speech_pause_speech_gives_two_segments() -> None:
     assert [s.segment_id for _, s in closed] == [0, 1]
     assert [s.reason for _, s in closed] == ["silence", "silence"]
     (i0, a), (i1, b) = closed
-    assert a.start == pytest.approx(1.0 - 0.2, abs=0.1)  # onset minus pre-roll
+    assert a.start == pytest.approx(1.0, abs=0.1)  # speech onset
+    assert a.audio_start == pytest.approx(1.0 - 0.2, abs=0.1)  # onset minus pre-roll
     assert a.end == pytest.approx(2.0, abs=0.1)
-    assert b.start == pytest.approx(3.0 - 0.2, abs=0.1)
+    assert b.start == pytest.approx(3.0, abs=0.1)
+    assert b.audio_start == pytest.approx(3.0 - 0.2, abs=0.1)
     assert b.end == pytest.approx(4.5, abs=0.1)
     # closed once the hangover had passed, not before
     assert (i0 + 1) * W_S - a.end == pytest.approx(0.4, abs=W_S)
@@ -66,7 +68,7 @@ def test_speech_pause_speech_gives_two_segments() -> None:
 
 def test_samples_line_up_with_times_and_keep_a_tail() -> None:
     (_, seg), *_ = run(SpeechTracker(config()), pattern((1, 0.0), (1, 0.9), (1, 0.0)))
-    assert first_sample_index(seg) == round(seg.start * SAMPLE_RATE)
+    assert first_sample_index(seg) == round(seg.audio_start * SAMPLE_RATE)
     last = round(float(seg.samples[-1]) * 1e6)
     assert last + 1 == round(seg.end * SAMPLE_RATE) + 100 * SAMPLE_RATE // 1000
     np.testing.assert_allclose(np.diff(seg.samples.astype(np.float64)) * 1e6, 1.0, atol=0.05)
@@ -92,13 +94,14 @@ def test_short_bursts_are_discarded() -> None:
     closed = run(SpeechTracker(config(min_utterance_ms=250)), probs)
     assert len(closed) == 1
     assert closed[0][1].segment_id == 0
-    assert closed[0][1].start == pytest.approx(1.66 - 0.2, abs=0.1)
+    assert closed[0][1].start == pytest.approx(1.66, abs=0.1)
 
 
 def test_pre_roll_is_clipped_at_the_start_of_the_session() -> None:
     closed = run(SpeechTracker(config(), origin=5.0), pattern((0.064, 0.0), (1, 0.9), (1, 0.0)))
     seg = closed[0][1]
-    assert seg.start == pytest.approx(5.0)
+    assert seg.audio_start == pytest.approx(5.0)
+    assert seg.start == pytest.approx(5.064, abs=0.04)
     assert first_sample_index(seg) == 0
 
 
@@ -118,11 +121,13 @@ def test_long_monologue_is_split_at_pauses() -> None:
     for seg in closed:
         assert seg.duration <= 15.0
         assert min(abs(seg.end - p) for p in pauses) < 1e-6  # every cut is at a pause
-        assert first_sample_index(seg) == round(seg.start * SAMPLE_RATE)
+        assert first_sample_index(seg) == round(seg.audio_start * SAMPLE_RATE)
     for prev, nxt in zip(closed, closed[1:], strict=False):
-        assert prev.end < nxt.start < prev.end + 0.256  # the next piece starts inside the pause
+        assert prev.end < nxt.audio_start < prev.end + 0.256  # next piece's audio: in the pause
+        assert nxt.start == pytest.approx(prev.end + 0.256, abs=0.04)  # its speech: after it
         assert prev.duration > 7.5  # balanced pieces: cut in the second half
-    assert closed[0].start == pytest.approx(0.3, abs=0.1)
+    assert closed[0].start == pytest.approx(0.5, abs=0.1)
+    assert closed[0].audio_start == pytest.approx(0.3, abs=0.1)
     assert closed[-1].end == pytest.approx(len(probs) * W_S - 1.0, abs=0.05)
 
 
@@ -138,7 +143,7 @@ def test_monologue_without_pauses_is_cut_at_the_limit() -> None:
     probs = pattern((0.5, 0.0), (40, 0.95), (1, 0.0))
     closed = [s for _, s in run(SpeechTracker(config(max_utterance_s=15.0)), probs)]
     assert [s.reason for s in closed] == ["max_length", "max_length", "silence"]
-    assert closed[0].duration == pytest.approx(15.0)
+    assert closed[0].end - closed[0].audio_start == pytest.approx(15.0)
     assert closed[1].start == closed[0].end
     assert closed[2].start == closed[1].end
     assert closed[2].end == pytest.approx(40.5, abs=0.05)
@@ -217,9 +222,11 @@ async def test_stage_finds_both_sentences(dialogue: tuple, chunk_ms: int) -> Non
     segments = [e for e in out if isinstance(e, SpeechSegment)]
     assert [s.reason for s in segments] == ["silence", "silence"]
     for seg, (first, last) in zip(segments, extents, strict=True):
-        assert seg.start + 0.2 == pytest.approx(first, abs=0.1)
+        assert seg.start == pytest.approx(first, abs=0.1)
+        assert seg.audio_start == pytest.approx(seg.start - 0.2, abs=1e-6)
         assert seg.end == pytest.approx(last, abs=0.15)
-        assert len(seg.samples) == pytest.approx(seg.duration * SAMPLE_RATE + 1600, abs=2)
+        audio_s = seg.end - seg.audio_start
+        assert len(seg.samples) == pytest.approx(audio_s * SAMPLE_RATE + 1600, abs=2)
         assert seg.closed_at >= seg.last_audio_at
 
 
