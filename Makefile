@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 APT_PACKAGES := espeak-ng
+# live capture: PortAudio; the tests' virtual microphone (PulseAudio, reached via ALSA's pulse plugin)
+APT_PACKAGES += libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+# MQTT tests' broker; the dashboard tests' headless browser (Debian's, driven by Playwright)
+APT_PACKAGES += mosquitto chromium
 PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint bench clean

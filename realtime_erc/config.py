@@ -76,10 +76,59 @@ class JsonlConfig(Section):
     path: str = Field("", description="Append every document to this file; empty = off.")
 
 
+class MqttTlsConfig(Section):
+    """TLS towards the broker (also switched on by an ``mqtts://`` url)."""
+
+    enabled: bool = False
+    ca_file: str = Field("", description="CA bundle (PEM); empty = the system's.")
+    certfile: str = Field("", description="Client certificate (PEM), for brokers that ask.")
+    keyfile: str = Field("", description="Client private key (PEM).")
+    insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+
+class MqttConfig(Section):
+    """MQTT output (STREAM_PROTOCOL.md): QoS 1, retained state and status, last will ``lost``."""
+
+    enabled: bool = False
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    username: str = ""
+    password: str = ""
+    tls: MqttTlsConfig = MqttTlsConfig()
+    qos: int = Field(1, ge=0, le=2)
+    buffer_size: int = Field(
+        10000, ge=1, description="Messages kept while the broker is unreachable (oldest dropped)."
+    )
+    client_id: str = Field("", description="Empty = realtime-erc-{session}-{random}.")
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_min_s: float = Field(0.2, gt=0, description="First reconnect delay (doubles).")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Longest reconnect delay.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="First connection at start-up.")
+    close_timeout_s: float = Field(5.0, ge=0, description="Time to deliver the backlog on exit.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must look like mqtt://127.0.0.1:1883 or mqtts://host:8883")
+        return v
+
+
+class BrokerConfig(Section):
+    """The embedded amqtt broker (``--broker embedded``) and the dashboard served beside it."""
+
+    embedded: bool = Field(False, description="Start an in-process broker for this run.")
+    host: str = Field("127.0.0.1", description="Listen address (loopback).")
+    port: int = Field(0, ge=0, le=65535, description="MQTT port; 0 = a free one.")
+    ws_port: int = Field(0, ge=0, le=65535, description="MQTT-over-WebSockets port; 0 = free.")
+    dashboard: bool = Field(True, description="Serve the web dashboard with the broker.")
+    dashboard_port: int = Field(0, ge=0, le=65535, description="Dashboard HTTP port; 0 = free.")
+
+
 class OutputConfig(Section):
     topic_prefix: str = "erc"
     zmq: ZmqConfig = ZmqConfig()
     jsonl: JsonlConfig = JsonlConfig()
+    mqtt: MqttConfig = MqttConfig()
 
 
 class ReplayConfig(Section):
@@ -107,6 +156,7 @@ class Config(Section):
     vad: VadConfig = VadConfig()
     asr: AsrConfig = AsrConfig()
     output: OutputConfig = OutputConfig()
+    broker: BrokerConfig = BrokerConfig()
     replay: ReplayConfig = ReplayConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -113,6 +113,54 @@ class Utterance:
         return self.segment.end
 
 
+MODALITIES = ("text", "audio", "visual")
+"""The modalities in the order every tensor and presence mask uses."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ModalityFeatures:
+    """One modality of one utterance.
+
+    ``pooled``: ``[D]`` float32, the utterance-level vector. ``sequence``: ``[T, D_seq]`` float32
+    (tokens, audio frames, video frames) or None; ``mask``: ``[T]`` bool, True = valid step (None
+    = all valid). ``present`` is False when the modality is missing (no face in view, no speech
+    recognised); the vectors are then zeros and models must ignore them.
+    """
+
+    pooled: np.ndarray
+    sequence: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    present: bool = True
+
+    @classmethod
+    def absent(cls, dim: int, seq_dim: int | None = None) -> ModalityFeatures:
+        seq = None if seq_dim is None else np.zeros((1, seq_dim), np.float32)
+        mask = None if seq_dim is None else np.zeros(1, bool)
+        return cls(np.zeros(dim, np.float32), seq, mask, present=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UtteranceFeatures:
+    """Everything the ERC models see of one utterance (dims fixed by the config/checkpoint)."""
+
+    utterance_id: int
+    speaker: str
+    start: float
+    end: float
+    text: ModalityFeatures
+    audio: ModalityFeatures
+    visual: ModalityFeatures
+    utterance: Utterance | None = None
+    extracted_at: float = field(default_factory=now)
+
+    def modality(self, name: str) -> ModalityFeatures:
+        return getattr(self, name)
+
+    @property
+    def present(self) -> tuple[bool, bool, bool]:
+        return (self.text.present, self.audio.present, self.visual.present)
+
+
 @dataclass(frozen=True, slots=True)
 class EmotionEvent:
     """One ``erc.emotion/1`` document (see STREAM_PROTOCOL.md).
@@ -180,7 +228,15 @@ class StatusEvent:
         }
 
 
-Event = AudioChunk | VideoFrame | SpeechSegment | Utterance | EmotionEvent | StatusEvent
+Event = (
+    AudioChunk
+    | VideoFrame
+    | SpeechSegment
+    | Utterance
+    | UtteranceFeatures
+    | EmotionEvent
+    | StatusEvent
+)
 """Anything that travels on a pipeline queue."""
 
 
