@@ -39,8 +39,8 @@ MEL_FRAMES = 3000
 FIT_MARGIN_FRAMES = 300
 """Padding kept after an utterance when encoding a fitted window (3 s)."""
 
-MAX_COMPRESSION_RATIO = 2.4
-"""A fitted transcript more repetitive than this is redone on the full window."""
+MAX_COMPRESSION_RATIO, MAX_WORDS_PER_SECOND = 2.4, 6.0
+"""A fitted transcript more repetitive or faster than this is redone on the full window."""
 
 MIN_FIT_FRAMES = 500
 """Shortest fitted window (5 s): shorter ones make Whisper repeat itself."""
@@ -150,7 +150,7 @@ class Transcriber:
         language = self.config.language if self.config.language not in ("", "auto") else None
         if self._fits_short_window(audio, language):
             text = self._transcribe_fitted(audio, language or "en")
-            if get_compression_ratio(text) <= MAX_COMPRESSION_RATIO:
+            if not _looks_repetitive(text, len(audio) / SAMPLE_RATE):
                 return TranscriptResult(
                     text, (), language or "en", len(audio) / SAMPLE_RATE, now() - t0
                 )
@@ -233,6 +233,18 @@ class Transcriber:
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
             return ""  # Whisper's own silence rule
         return " ".join(_NON_SPEECH.sub(" ", tokenizer.decode(tokens)).split())
+
+
+def _looks_repetitive(text: str, seconds: float) -> bool:
+    """Whisper's failure mode on a short window: the same phrase again and again. Caught by
+    gzip compression (long loops), repeated 4-grams (short ones) or an impossible speech rate."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    return (
+        get_compression_ratio(text) > MAX_COMPRESSION_RATIO
+        or len(grams) != len(set(grams))
+        or len(words) > MAX_WORDS_PER_SECOND * seconds + 4
+    )
 
 
 class AsrStage(Stage):
