@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements-nodeps.txt $(VEN
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/realtime-erc replay recordings/demo --speed realtime
+	$(VENV)/bin/realtime-erc replay recordings/demo --speed realtime --broker embedded
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

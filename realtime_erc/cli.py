@@ -45,10 +45,50 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from realtime_erc.features.assets import AssetError
+    from realtime_erc.outputs.report import ReportError
     from realtime_erc.outputs.zmq import OutputError
+    from realtime_erc.sources.camera import CameraError
+    from realtime_erc.sources.microphone import MicrophoneError
     from realtime_erc.sources.recording import RecordingError
+    from realtime_erc.speech.speakers import SpeakerError
+    from realtime_erc.training.emotion_data import DataError
 
-    return (UserError, ConfigError, RecordingError, OutputError, AssetError)
+    return (
+        UserError,
+        DataError,
+        ConfigError,
+        RecordingError,
+        OutputError,
+        AssetError,
+        ReportError,
+        MicrophoneError,
+        CameraError,
+        SpeakerError,
+        *_model_errors(),
+    )
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    """Model/engine errors; only imported once torch is loaded (nothing else can raise them)."""
+    if "torch" not in sys.modules:
+        return ()
+    from realtime_erc.engine import EngineError
+    from realtime_erc.features.face_expression import FaceExpressionError
+    from realtime_erc.features.speech_emotion import SpeechEmotionError
+    from realtime_erc.models.base import FeatureDimError
+    from realtime_erc.models.checkpoint import CheckpointError
+    from realtime_erc.models.options import ModelConfigError
+    from realtime_erc.models.registry import UnknownModelError
+
+    return (
+        EngineError,
+        FeatureDimError,
+        CheckpointError,
+        ModelConfigError,
+        UnknownModelError,
+        SpeechEmotionError,
+        FaceExpressionError,
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -78,6 +118,30 @@ def _load(config_file: Path | None, overrides: list[str] | None, **options) -> C
     return config
 
 
+MqttOpt = Annotated[
+    str | None,
+    typer.Option("--mqtt", help="Also publish to this MQTT broker, e.g. mqtt://127.0.0.1:1883."),
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        help="embedded: run an MQTT broker (and the dashboard) for this session; none: don't.",
+    ),
+]
+
+
+def _mqtt_options(mqtt: str | None, broker: str | None) -> dict[str, object]:
+    """Config keys set by ``--mqtt URL`` and ``--broker embedded|none``."""
+    if broker not in (None, "embedded", "none"):
+        _fail(f"--broker {broker!r}: choose embedded or none")
+    return {
+        "output.mqtt.url": mqtt,
+        "output.mqtt.enabled": True if mqtt else None,
+        "broker.embedded": None if broker is None else broker == "embedded",
+    }
+
+
 @app.command()
 def replay(
     recording: Annotated[Path, typer.Argument(help="A recording directory (RECORDING_FORMAT).")],
@@ -87,6 +151,8 @@ def replay(
     ] = None,
     no_zmq: Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")] = False,
     jsonl: Annotated[Path | None, typer.Option(help="Also append every document here.")] = None,
+    mqtt: MqttOpt = None,
+    broker: BrokerOpt = None,
     session_id: Annotated[str | None, typer.Option(help="Override the session id.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the stream.")] = False,
     config_file: ConfigOpt = None,
@@ -102,19 +168,173 @@ def replay(
             "output.zmq.enabled": False if no_zmq else None,
             "output.jsonl.path": str(jsonl) if jsonl else None,
             "session.id": session_id,
+            **_mqtt_options(mqtt, broker),
         },
     )
+    from realtime_erc.dashboard.server import embedded_services
     from realtime_erc.outputs.console import ConsolePublisher
     from realtime_erc.session import plan_replay, run_session
 
+    extra = [] if quiet else [ConsolePublisher(console)]
+
+    async def session_with_services():
+        async with embedded_services(config, announce=console.print):
+            plan = plan_replay(recording, config, extra)
+            return await run_session(plan, config)
+
     def run() -> None:
-        extra = [] if quiet else [ConsolePublisher(console)]
-        plan = plan_replay(recording, config, extra)
-        stats = asyncio.run(run_session(plan, config))
+        stats = asyncio.run(session_with_services())
         if stats.stopped_early:
             err_console.print("[yellow]stopped early; outputs flushed[/]")
 
     _guard(run)
+
+
+MicOpt = Annotated[
+    str | None,
+    typer.Option("--mic", help="Audio input: default | an index | part of its name (see devices)."),
+]
+CameraOpt = Annotated[
+    str | None,
+    typer.Option("--camera", help="none | a camera index | a video file | a stream URL."),
+]
+DurationOpt = Annotated[
+    float | None, typer.Option("--duration", min=0.1, help="Stop after this many seconds.")
+]
+
+
+@app.command()
+def devices() -> None:
+    """List audio inputs (for --mic) and cameras (for --camera)."""
+    _setup_logging("warning")
+    from rich.table import Table
+
+    from realtime_erc.sources.devices import list_audio_inputs, list_cameras
+
+    inputs, problem = list_audio_inputs()
+    table = Table(title="audio inputs (--mic)", title_justify="left")
+    for column in ("index", "name", "host API", "channels", "rate (Hz)", "default"):
+        table.add_column(column)
+    for d in inputs:
+        table.add_row(
+            str(d.index),
+            d.name,
+            d.hostapi,
+            str(d.max_channels),
+            f"{d.default_samplerate:g}",
+            "*" if d.is_default else "",
+        )
+    console.print(table if inputs else f"audio inputs (--mic): none found. {problem or ''}")
+    cameras = list_cameras()
+    table = Table(title="cameras (--camera)", title_justify="left")
+    for column in ("index", "device", "size", "fps", "status"):
+        table.add_column(column)
+    for c in cameras:
+        size = f"{c.width}x{c.height}" if c.usable else ""
+        status = "ok" if c.usable else "busy or not a capture device"
+        table.add_row(str(c.index), c.path, size, f"{c.fps:g}" if c.usable else "", status)
+    console.print(
+        table
+        if cameras
+        else "cameras (--camera): none found (a video file path works where an index goes)"
+    )
+
+
+@app.command()
+def run(
+    mic: MicOpt = None,
+    camera: CameraOpt = None,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Also record the session to this directory.")
+    ] = None,
+    duration: DurationOpt = None,
+    zmq: Annotated[
+        str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")
+    ] = None,
+    no_zmq: Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")] = False,
+    jsonl: Annotated[Path | None, typer.Option(help="Also append every document here.")] = None,
+    mqtt: MqttOpt = None,
+    broker: BrokerOpt = None,
+    session_id: Annotated[str | None, typer.Option(help="Session id (default: generated).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the stream.")] = False,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Run the whole pipeline live from the microphone (and camera); Ctrl-C ends the session."""
+    config = _load(
+        config_file,
+        overrides,
+        **{
+            "mic.device": mic,
+            "camera.device": camera,
+            "output.zmq.endpoint": zmq,
+            "output.zmq.enabled": False if no_zmq else None,
+            "output.jsonl.path": str(jsonl) if jsonl else None,
+            "session.id": session_id,
+            **_mqtt_options(mqtt, broker),
+        },
+    )
+    from realtime_erc.dashboard.server import embedded_services
+    from realtime_erc.outputs.console import ConsolePublisher
+    from realtime_erc.session import plan_live, run_session
+
+    async def session_with_services(plan) -> None:
+        async with embedded_services(config, announce=console.print):
+            await run_session(plan, config)
+
+    def body() -> None:
+        extra = [] if quiet else [ConsolePublisher(console)]
+        plan = plan_live(config, record_dir=record, duration_s=duration, extra_publishers=extra)
+        err_console.print(f"session {plan.session_id}: capturing (Ctrl-C to stop)", highlight=False)
+        try:
+            asyncio.run(session_with_services(plan))
+        finally:
+            plan.source.close()  # type: ignore[attr-defined]
+            _capture_summary(plan.source)
+        if plan.source.lost:  # type: ignore[attr-defined]
+            _fail(plan.source.lost, code=1)  # type: ignore[attr-defined]
+
+    _guard(body)
+
+
+@app.command("record")
+def record_command(
+    directory: Annotated[Path, typer.Argument(help="New directory for the recording.")],
+    mic: MicOpt = None,
+    camera: CameraOpt = None,
+    duration: DurationOpt = None,
+    session_id: Annotated[str | None, typer.Option(help="Session id (default: generated).")] = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Record the microphone (and camera) to a replayable recording; Ctrl-C ends it."""
+    config = _load(
+        config_file,
+        overrides,
+        **{"mic.device": mic, "camera.device": camera, "session.id": session_id},
+    )
+    from realtime_erc.session import live_options, new_session_id
+    from realtime_erc.sources.live import open_live, record_live
+
+    def body() -> None:
+        sid = config.session.id or new_session_id()
+        source = open_live(live_options(config, duration), sid, directory, "realtime-erc record")
+        err_console.print(f"recording {sid} to {directory} (Ctrl-C to stop)", highlight=False)
+        try:
+            asyncio.run(record_live(source))
+        finally:
+            _capture_summary(source)
+        if source.lost:
+            _fail(f"{source.lost}; the recording up to then is in {directory}", code=1)
+
+    _guard(body)
+
+
+def _capture_summary(source) -> None:
+    summary = getattr(source, "summary", None)
+    if summary is not None:
+        fields = ", ".join(f"{k}={v}" for k, v in summary().items())
+        err_console.print(f"capture: {fields}", highlight=False)
 
 
 def _guard(fn) -> None:
@@ -144,6 +364,10 @@ def watch(
     until_offline: Annotated[
         bool, typer.Option(help="Exit when a session reports offline.")
     ] = False,
+    mqtt: Annotated[
+        str | None,
+        typer.Option("--mqtt", help="Subscribe to this MQTT broker instead of ZeroMQ."),
+    ] = None,
 ) -> None:
     """Show a live emotion stream in the terminal."""
     _setup_logging("info")
@@ -151,13 +375,20 @@ def watch(
     from realtime_erc.outputs.jsonl import JsonlWriter
     from realtime_erc.outputs.zmq import ZmqSubscriber
 
+    def subscriber():
+        if mqtt is None:
+            return ZmqSubscriber(zmq, prefix=topic)
+        from realtime_erc.outputs.mqtt import MqttSubscriber
+
+        return MqttSubscriber(mqtt, topic_prefix=topic.rstrip("/"))
+
     async def main() -> None:
         writer = JsonlWriter(jsonl) if jsonl else None
         if writer is not None:
             await writer.start()
         try:
-            async with ZmqSubscriber(zmq, prefix=topic) as subscriber:
-                await watch_stream(subscriber, console, writer, count, until_offline)
+            async with subscriber() as sub:
+                await watch_stream(sub, console, writer, count, until_offline)
         finally:
             if writer is not None:
                 await writer.close()
@@ -189,6 +420,81 @@ def config_show(config_file: ConfigOpt = None, overrides: SetOpt = None) -> None
     sys.stdout.write(config_to_toml(config))
 
 
+@app.command()
+def dashboard(
+    broker_ws: Annotated[
+        str, typer.Option("--broker-ws", help="The broker's MQTT-over-WebSockets address.")
+    ] = "ws://127.0.0.1:9001",
+    broker: BrokerOpt = None,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1 (0 = a free one).")] = 8765,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Serve the web dashboard (until Ctrl-C); with --broker embedded, a broker too."""
+    config = _load(config_file, overrides, **_mqtt_options(None, broker))
+    from realtime_erc.dashboard.server import DashboardServer, embedded_services
+
+    async def main() -> None:
+        config.broker.dashboard = False
+        async with embedded_services(config, announce=console.print) as services:
+            ws = services[0].ws_url if services else broker_ws
+            with DashboardServer(ws, port, topic_prefix=config.output.topic_prefix) as server:
+                console.print(f"dashboard: {server.url}")
+                await asyncio.Event().wait()
+
+    def run() -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+
+    _guard(run)
+
+
+@app.command()
+def report(
+    stream: Annotated[Path, typer.Argument(help="A JSONL stream file (replay --jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="report.html or report.png")] = Path(
+        "report.html"
+    ),
+    session_id: Annotated[str | None, typer.Option(help="Which session (default: first).")] = None,
+) -> None:
+    """An emotion timeline per speaker and a summary table, as HTML or PNG."""
+    _setup_logging("info")
+    from realtime_erc.outputs.report import write_report
+
+    def run() -> None:
+        path = write_report(stream, out, session_id)
+        console.print(f"wrote {path}")
+
+    _guard(run)
+
+
+@bench_app.command("stream")
+def bench_stream(
+    out: Annotated[Path, typer.Option(help="Directory for stream.json and stream.md.")] = Path(
+        "bench-results"
+    ),
+    events: Annotated[int, typer.Option(min=10, help="Events per latency run.")] = 500,
+    rate: Annotated[float, typer.Option(help="Events per second in the latency runs.")] = 200.0,
+    burst: Annotated[int, typer.Option(min=10, help="Events per throughput run.")] = 5000,
+    runs: Annotated[int, typer.Option(min=1, help="Runs per transport.")] = 3,
+    mqtt: Annotated[
+        str | None,
+        typer.Option("--mqtt", help="Use this broker instead of starting mosquitto."),
+    ] = None,
+) -> None:
+    """Publish → receive latency (p50/p99) and sustained events/s: ZeroMQ and MQTT (QoS 1)."""
+    _setup_logging("warning")
+    from realtime_erc.bench.stream import run_stream_benchmark
+
+    def run() -> None:
+        result = run_stream_benchmark(events, rate, burst, runs, mqtt_url=mqtt)
+        paths = result.write(out)
+        console.print(result.markdown())
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
 @bench_app.command("replay")
 def bench_replay(
     recording: Annotated[Path, typer.Option(help="Recording to replay.")] = Path("recordings/demo"),
@@ -211,6 +517,197 @@ def bench_replay(
         paths = report.write(out)
         console.print(report.markdown())
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="Dataset directory (default: $REALTIME_ERC_DATA, else data.dir)."),
+]
+
+
+@bench_app.command("features")
+def bench_features(
+    runs: Annotated[int, typer.Option(min=3, help="Timed repetitions per part.")] = 20,
+    data: DataOpt = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for features.json and features.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Per-utterance feature extraction time per modality: 2 s speech, 15 fps video."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.bench.features import FeatureBenchOptions, run_features_benchmark
+
+        data_dir = config.data.resolve(data)
+        options = FeatureBenchOptions(runs=runs, data_dir=data_dir, threads=threads)
+        report = run_features_benchmark(options)
+        paths = report.write(out)
+        console.print(report.markdown(), soft_wrap=True)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
+@bench_app.command("speakers")
+def bench_speakers(
+    data: DataOpt = None,
+    actors: Annotated[int, typer.Option(min=2, help="RAVDESS actors in the session.")] = 4,
+    utterances: Annotated[int, typer.Option(min=4, help="Utterances per session.")] = 40,
+    seeds: Annotated[int, typer.Option(min=1, help="Random sessions (medians reported).")] = 5,
+    out: Annotated[Path, typer.Option(help="Directory for speakers.json and speakers.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Speaker-attributed utterance accuracy on sessions assembled from RAVDESS actors."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.bench.speakers import DataMissingError, run_speakers_benchmark
+
+        try:
+            report = run_speakers_benchmark(
+                config.data.resolve(data), actors=actors, utterances=utterances, seeds=seeds
+            )
+        except DataMissingError as e:
+            raise UserError(str(e)) from None
+        paths = report.write(out)
+        console.print(report.markdown(), soft_wrap=True)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
+@bench_app.command("models")
+def bench_models(
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names (default: all registered).")
+    ] = None,
+    lengths: Annotated[str, typer.Option(help="Conversation lengths, comma-separated.")] = (
+        "10,100,1000"
+    ),
+    steps: Annotated[int, typer.Option(min=1, help="Steps timed per length.")] = 20,
+    runs: Annotated[int, typer.Option(min=1, help="Repetitions (medians are reported).")] = 3,
+    device: Annotated[
+        str, typer.Option(help="auto (CPU, plus CUDA when available) | cpu | cuda")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for models.json and models.md.")] = Path(
+        "bench-results"
+    ),
+) -> None:
+    """Per-utterance step latency of every model vs re-running the full forward pass."""
+    _setup_logging("warning")
+
+    def run() -> None:
+        from realtime_erc.bench.models import ModelBenchOptions, run_models_benchmark
+        from realtime_erc.models.registry import MODELS
+
+        names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+        unknown = [m for m in names or [] if m not in MODELS]
+        if unknown:
+            raise UserError(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
+        try:
+            sizes = [int(x) for x in lengths.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(
+                f"--lengths {lengths!r}: expected integers such as 10,100,1000"
+            ) from None
+        if not sizes or min(sizes) < 1:
+            raise UserError(f"--lengths {lengths!r}: expected positive integers")
+        options = ModelBenchOptions(
+            models=names,
+            lengths=sizes,
+            steps=steps,
+            runs=runs,
+            devices=None if device == "auto" else [device],
+            threads=threads,
+        )
+        report = run_models_benchmark(options)
+        paths = report.write(out)
+        console.print(report.markdown(), soft_wrap=True)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
+ExtractorArg = Annotated[str, typer.Argument(help="speech (RAVDESS) | face (FER2013)")]
+
+
+def _extractor_kind(kind: str) -> str:
+    from realtime_erc.training.extractors import EXTRACTORS
+
+    if kind not in EXTRACTORS:
+        raise UserError(f"unknown extractor {kind!r}: choose speech or face")
+    return kind
+
+
+@app.command("train-extractor")
+def train_extractor_command(
+    kind: ExtractorArg,
+    data: Annotated[
+        Path | None, typer.Option(help="Data directory (default: data.dir / $REALTIME_ERC_DATA).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint to write (default: the packaged one).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="face: epochs; speech: optimiser steps.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = default).")] = 0,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train the speech-emotion (RAVDESS) or facial-expression (FER2013) head."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.training.extractors import train_extractor
+
+        info = train_extractor(
+            _extractor_kind(kind), config.data.resolve(data), out, seed, epochs, console, threads
+        )
+        summary = {k: v for k, v in info.items() if k not in ("history", "subset", "options")}
+        console.print_json(json.dumps(summary))
+
+    _guard(run)
+
+
+@app.command("evaluate-extractor")
+def evaluate_extractor_command(
+    kind: ExtractorArg,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="RAVDESS-layout directory/file or FER2013-layout .npz (or its dir)."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint (default: the packaged one).")
+    ] = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Score a trained head on any data in the RAVDESS / FER2013 layout."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.training.extractors import evaluate_extractor
+
+        result = evaluate_extractor(
+            _extractor_kind(kind), config.data.resolve(data), checkpoint, console
+        )
+        console.print_json(json.dumps(result))
 
     _guard(run)
 

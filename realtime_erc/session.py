@@ -38,7 +38,14 @@ class SessionPlan:
     stages: list[Stage]
 
 
-def build_publishers(config: Config, extra: list[Publisher] | None = None) -> list[Publisher]:
+def build_publishers(
+    config: Config,
+    extra: list[Publisher] | None = None,
+    session_id: str = "",
+    label_set: str = "",
+    model: str | None = None,
+) -> list[Publisher]:
+    """The configured outputs. ``session_id``/``label_set``/``model`` go into MQTT's last will."""
     publishers: list[Publisher] = []
     if config.output.zmq.enabled:
         publishers.append(
@@ -49,6 +56,19 @@ def build_publishers(config: Config, extra: list[Publisher] | None = None) -> li
         )
     if config.output.jsonl.path:
         publishers.append(JsonlWriter(Path(config.output.jsonl.path)))
+    if config.output.mqtt.enabled:
+        from realtime_erc.outputs.mqtt import MqttOptions, MqttPublisher
+
+        publishers.append(
+            MqttPublisher(
+                config.output.mqtt.url,
+                session_id=session_id or config.session.id or "unknown",
+                label_set=label_set or config.session.label_set,
+                model=model,
+                topic_prefix=config.output.topic_prefix,
+                options=MqttOptions.from_config(config.output.mqtt),
+            )
+        )
     return publishers + list(extra or [])
 
 
@@ -57,15 +77,21 @@ def build_stages(
 ) -> list[Stage]:
     """The processing chain shared by live capture and replay."""
     label_set = config.session.label_set
+    speakers: list[Stage] = []
+    if config.speakers.enabled:
+        from realtime_erc.speech.speakers import SpeakerOptions, SpeakerStage
+
+        speakers.append(SpeakerStage(SpeakerOptions.from_config(config.speakers)))
     return [
         Segmenter(config.vad),
         AsrStage(config.asr),
+        *speakers,
         EmitStage(session_id, label_set),
         PublishStage(
             session_id=session_id,
             label_set=label_set,
             model=None,
-            publishers=build_publishers(config, extra_publishers),
+            publishers=build_publishers(config, extra_publishers, session_id, label_set),
             topic_prefix=config.output.topic_prefix,
         ),
     ]
@@ -87,6 +113,42 @@ def plan_replay(
 
 def new_session_id() -> str:
     return f"live-{uuid.uuid4().hex[:8]}"
+
+
+def live_options(config: Config, duration_s: float | None = None):  # -> LiveOptions
+    """The capture options of ``[mic]`` and ``[camera]``."""
+    from realtime_erc.sources.camera import CameraOptions
+    from realtime_erc.sources.live import LiveOptions
+    from realtime_erc.sources.microphone import MicrophoneOptions
+
+    return LiveOptions(
+        mic=MicrophoneOptions.from_config(config.mic),
+        camera=CameraOptions.from_config(config.camera),
+        duration_s=duration_s,
+    )
+
+
+def plan_live(
+    config: Config,
+    record_dir: Path | None = None,
+    duration_s: float | None = None,
+    extra_publishers: list[Publisher] | None = None,
+) -> SessionPlan:
+    """Open the microphone (and camera) of the configuration and build the live pipeline.
+
+    Devices are validated here, before any model loads; ``record_dir`` also records the
+    session there (``run --record``). The plan's source is a :class:`LiveSource`.
+    """
+    from realtime_erc.sources.live import open_live
+
+    session_id = config.session.id or new_session_id()
+    source = open_live(live_options(config, duration_s), session_id, record_dir, "realtime-erc run")
+    try:
+        stages = build_stages(config, session_id, extra_publishers)
+    except BaseException:
+        source.close()
+        raise
+    return SessionPlan(session_id, source, "live", stages)
 
 
 async def run_session(

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 import zmq
-from conftest import DEMO, popen_cli
+from cli_support import DEMO, popen_cli
 
 from realtime_erc.outputs.schema import validate_document
 from realtime_erc.sources.recording import read_recording

@@ -40,6 +40,11 @@ class RingCache:
         start = self._count % self.horizon
         return torch.cat([self._data[start:], self._data[:start]])
 
+    def stored(self) -> Tensor:
+        """The same rows as :meth:`rows` in storage order, without a copy — for consumers to
+        which order does not matter (attention without positional terms)."""
+        return self._data[: len(self)]
+
     def last(self, k: int) -> Tensor:
         """The newest ``min(k, len)`` rows, newest first: ``[k', *shape]``."""
         k = min(k, len(self))

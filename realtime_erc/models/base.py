@@ -275,6 +275,17 @@ class ERCModel(nn.Module, ABC):
     ) -> tuple[Tensor, ConversationState]:
         """Logits ``[C]`` for the newest utterance given only what came before it."""
 
+    batched_step: ClassVar[bool] = False
+    """True when :meth:`step_many` runs the conversations' steps as one batch."""
+
+    def step_many(
+        self, states: Sequence[ConversationState], utterances: Sequence[UtteranceFeatures]
+    ) -> tuple[Tensor, list[ConversationState]]:
+        """One new utterance for each of ``S`` distinct conversations → logits ``[S, C]``.
+        This default loops over :meth:`step`; models that batch set ``batched_step``."""
+        results = [self.step(s, u) for s, u in zip(states, utterances, strict=True)]
+        return torch.stack([r[0] for r in results]), [r[1] for r in results]
+
     def utterance_batch(
         self, state: ConversationState, utterance: UtteranceFeatures
     ) -> DialogueBatch:

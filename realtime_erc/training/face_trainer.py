@@ -1,0 +1,245 @@
+"""Training and scoring of the facial-expression head on FER2013.
+
+Training set: FER2013 ``Training`` minus its all-black images, the images pixel-identical to a
+``PublicTest`` image and the extra copies of duplicates (see
+:func:`~realtime_erc.training.emotion_data.clean_fer_training`). Model selection: the epoch with
+the best ``PublicTest`` accuracy (flip-averaged). Recipe: random affine crops (40×40 windows with
+±4 px shifts, ±10° rotation, ±10 % scale, mirror), label smoothing, SGD with a one-cycle (warm-up
+then cosine) schedule. A run resumes from ``<work_dir>/last.pt`` after an interruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realtime_erc.features.face_expression import (
+    FER_LABELS,
+    FaceExpressionHead,
+    FaceExpressionNet,
+    FaceNetOptions,
+    _flip_averaged_logits,
+    center_crop,
+    options_dict,
+    standardize,
+)
+from realtime_erc.training.emotion_data import FaceImages, clean_fer_training, load_fer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+"""``progress(phase, done, total, metrics)``: called per training step and per epoch."""
+
+
+@dataclass(frozen=True)
+class FaceTrainOptions:
+    """Hyperparameters of :func:`train_face` (stored in the checkpoint)."""
+
+    epochs: int = 6
+    batch_size: int = 128
+    max_lr: float = 0.05
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    rotation_deg: float = 10.0
+    scale_jitter: float = 0.1
+    warmup_fraction: float = 0.15
+    seed: int = 0
+    subset_size: int = 300
+    max_train_images: int = 0  # 0 = all; small values for smoke tests
+    threads: int = 0  # 0 = torch's default
+
+
+def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
+    pass
+
+
+def augment(images: torch.Tensor, crop: int, opts: FaceTrainOptions, gen: torch.Generator):
+    """Random affine crops of ``[B, 1, 48, 48]`` floats → ``[B, 1, crop, crop]``."""
+    b = images.shape[0]
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(opts.rotation_deg)
+    scale = (crop / 48) * (1 + (torch.rand(b, generator=gen) * 2 - 1) * opts.scale_jitter)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (1 - crop / 48)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta, [b, 1, crop, crop], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The fixed evaluation subset: ``size`` sorted indices drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+
+
+@torch.inference_mode()
+def score_faces(net: nn.Module, data: FaceImages, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy, unweighted accuracy (mean per-class recall) and mean NLL, flip-averaged."""
+    net.eval()
+    crop = net.options.crop
+    preds, nll = [], 0.0
+    for i in range(0, len(data.images), batch_size):
+        x = torch.from_numpy(data.images[i : i + batch_size]).float().unsqueeze(1) / 255.0
+        logp = _flip_averaged_logits(net, standardize(center_crop(x, crop)))
+        y = torch.from_numpy(data.labels[i : i + batch_size])
+        nll += float(F.nll_loss(logp, y, reduction="sum"))
+        preds.append(logp.argmax(-1).numpy())
+    pred = np.concatenate(preds) if preds else np.array([], dtype=np.int64)
+    return _metrics(pred, data.labels, nll, len(net.options.labels))
+
+
+def _metrics(pred: np.ndarray, labels: np.ndarray, nll: float, n_classes: int) -> dict[str, float]:
+    n = max(len(labels), 1)
+    recalls = [float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
+    return {
+        "accuracy": round(float((pred == labels).mean()) if len(labels) else 0.0, 6),
+        "unweighted_accuracy": round(float(np.mean(recalls)) if recalls else 0.0, 6),
+        "nll": round(nll / n, 6),
+        "n": int(len(labels)),
+    }
+
+
+def train_face(
+    data_dir: Path,
+    out: Path,
+    work_dir: Path,
+    options: FaceTrainOptions = FaceTrainOptions(),
+    net_options: FaceNetOptions = FaceNetOptions(),
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """Train on FER2013 Training, select on PublicTest, write the best checkpoint to ``out``.
+
+    Returns the ``info`` dict stored in the checkpoint (scores, data provenance, timings).
+    """
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    fer = load_fer(data_dir)
+    test = fer.split("PublicTest")
+    train, dropped = clean_fer_training(fer.split("Training"), test)
+    if options.max_train_images:
+        train = FaceImages(
+            train.images[: options.max_train_images],
+            train.labels[: options.max_train_images],
+            train.usage[: options.max_train_images],
+            train.source,
+        )
+    log.info("FER2013: %d training images after cleaning (%s), %d PublicTest", len(train.images),
+             dropped, len(test.images))
+    torch.manual_seed(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    net = FaceExpressionNet(net_options).to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train.images) / options.batch_size)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=options.max_lr, momentum=0.9, nesterov=True,
+        weight_decay=options.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=options.max_lr, total_steps=options.epochs * steps_per_epoch,
+        pct_start=options.warmup_fraction, anneal_strategy="cos",
+    )
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_model": None, "history": [],
+                             "train_seconds": 0.0}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    last = work_dir / "last.pt"
+    signature = {"train": asdict(options), "net": options_dict(net_options)}
+    if last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        if saved.get("signature") == signature:
+            net.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            log.info("resuming from %s after epoch %d", last, state["epoch"])
+        else:
+            log.info("ignoring %s: it was written with other options", last)
+    images = torch.from_numpy(train.images).float().unsqueeze(1) / 255.0
+    labels = torch.from_numpy(train.labels)
+    for epoch in range(state["epoch"], options.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(images), generator=gen)
+        total_loss = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * options.batch_size : (step + 1) * options.batch_size]
+            x = standardize(augment(images[idx], net_options.crop, options, gen))
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(net(x), labels[idx], label_smoothing=options.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach())
+            progress("train", step + 1, steps_per_epoch,
+                     {"epoch": epoch + 1, "loss": total_loss / (step + 1)})
+        seconds = time.perf_counter() - t0
+        scores = score_faces(net, test)
+        entry = {"epoch": epoch + 1, "train_loss": round(total_loss / steps_per_epoch, 5),
+                 "seconds": round(seconds, 1), **{f"public_test_{k}": v for k, v in scores.items()}}
+        state["history"].append(entry)
+        state["train_seconds"] += seconds
+        if scores["accuracy"] > state["best"]:
+            state["best"] = scores["accuracy"]
+            state["best_model"] = {k: v.clone() for k, v in net.state_dict().items()}
+        state["epoch"] = epoch + 1
+        log.info("epoch %d: %s", epoch + 1, entry)
+        progress("epoch", epoch + 1, options.epochs, {"accuracy": scores["accuracy"],
+                                                       "loss": entry["train_loss"]})
+        torch.save({"signature": signature, "model": net.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "state": state}, last)
+    return _write_face_checkpoint(out, net_options, options, state, test, dropped, len(train.images))
+
+
+def _write_face_checkpoint(
+    out: Path, net_options: FaceNetOptions, options: FaceTrainOptions, state: dict[str, Any],
+    test: FaceImages, dropped: dict[str, int], n_train: int,
+) -> dict[str, Any]:
+    net = FaceExpressionNet(net_options)
+    net.load_state_dict(state["best_model"])
+    best_epoch = max(state["history"], key=lambda e: e["public_test_accuracy"])["epoch"]
+    full = score_faces(net, test)
+    idx = subset_indices(len(test.images), options.subset_size, options.seed)
+    subset = FaceImages(test.images[idx], test.labels[idx], test.usage[idx], test.source)
+    info = {
+        "task": "facial expression (7 classes)",
+        "labels": list(net_options.labels),
+        "training_data": "FER2013 Training (research use only; Goodfellow et al. 2013), cleaned: "
+        + ", ".join(f"{k}={v}" for k, v in dropped.items()),
+        "selection_data": "FER2013 PublicTest (model selected on it: best epoch)",
+        "n_train": n_train,
+        "best_epoch": best_epoch,
+        "epochs": options.epochs,
+        "train_seconds": round(state["train_seconds"], 1),
+        "public_test": full,
+        "subset": {"split": "PublicTest", "seed": options.seed, "indices": idx.tolist(),
+                   "scores": score_faces(net, subset)},
+        "history": state["history"],
+        "options": asdict(options),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"options": options_dict(net_options), "model": net.state_dict(), "info": info},
+               out)
+    return info
+
+
+def evaluate_face(head: FaceExpressionHead, data: FaceImages) -> dict[str, float]:
+    """Score a loaded head on FER2013-layout images (labels in the head's label order)."""
+    if tuple(head.labels) != FER_LABELS:
+        log.warning("checkpoint labels %s differ from FER2013's order", head.labels)
+    return score_faces(head.net, data)

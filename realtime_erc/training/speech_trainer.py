@@ -1,0 +1,252 @@
+"""Training and scoring of the speech-emotion head on RAVDESS (speaker-independent).
+
+Protocol: actors 1–16 train the committed model and actors 17–20 are its fixed held-out test
+set; hyperparameters are judged by leave-4-actors-out cross-validation over actors 1–20 (five
+folds: 1–4, 5–8, …, 17–20), reported as mean ± std unweighted accuracy (UA, mean per-class
+recall). Features are standardised per actor over that actor's clips (the offline analogue of the
+live running statistics). Extracted features are cached per clip under
+``~/.cache/realtime-erc/features/speech`` (outside the repository).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from realtime_erc.features.assets import cache_root
+from realtime_erc.features.speech_emotion import (
+    RAVDESS_LABELS,
+    SAMPLE_RATE,
+    SpeechEmotionHead,
+    SpeechEmotionNet,
+    SpeechFeatureExtractor,
+    SpeechFeatureOptions,
+    SpeechNetOptions,
+    feature_options_dict,
+    standardize_by_group,
+)
+from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+TRAIN_ACTORS = tuple(range(1, 17))
+HELD_OUT_ACTORS = (17, 18, 19, 20)
+
+
+@dataclass(frozen=True)
+class SpeechTrainOptions:
+    """Hyperparameters of the classifier (full-batch AdamW on standardised features)."""
+
+    steps: int = 200
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    hidden: int = 64
+    dropout: float = 0.5
+    seed: int = 0
+    folds: int = 5
+    subset_size: int = 40
+
+
+def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
+    pass
+
+
+def read_clip(path: Path) -> np.ndarray:
+    """A clip as float32 mono 16 kHz (other rates are resampled with soxr)."""
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DataError(f"{path}: cannot read audio ({e})") from None
+    audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def clip_features(
+    clips: list[SpeechClip],
+    options: SpeechFeatureOptions,
+    cache_dir: Path | None = None,
+    progress: Progress = _noop,
+) -> np.ndarray:
+    """Raw (unnormalised) features ``[N, D]`` of ``clips``, cached per clip and options."""
+    cache = (cache_dir or cache_root() / "features" / "speech") / _options_key(options)
+    cache.mkdir(parents=True, exist_ok=True)
+    extractor: SpeechFeatureExtractor | None = None
+    rows = []
+    for i, clip in enumerate(clips):
+        stat = clip.path.stat()
+        key = hashlib.sha1(f"{clip.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        file = cache / f"{key.hexdigest()}.npy"
+        if file.is_file():
+            rows.append(np.load(file))
+        else:
+            extractor = extractor or SpeechFeatureExtractor(options)
+            feats = extractor.features(read_clip(clip.path))
+            np.save(file, feats)
+            rows.append(feats)
+        progress("features", i + 1, len(clips), {})
+    return np.stack(rows).astype(np.float32)
+
+
+def _options_key(options: SpeechFeatureOptions) -> str:
+    d = {k: v for k, v in asdict(options).items() if k != "threads"}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def unweighted_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    recalls = [float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def fit_net(
+    x: np.ndarray, y: np.ndarray, options: SpeechTrainOptions, progress: Progress = _noop
+) -> tuple[SpeechEmotionNet, list[float]]:
+    """Full-batch AdamW on standardised ``x [N, D]``; returns the net and its loss curve."""
+    torch.manual_seed(options.seed)
+    net = SpeechEmotionNet(
+        SpeechNetOptions(input_dim=x.shape[1], hidden=options.hidden, dropout=options.dropout)
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, options.steps)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    losses = []
+    net.train()
+    for step in range(options.steps):
+        loss = F.cross_entropy(net(xt), yt, label_smoothing=options.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        progress("train", step + 1, options.steps, {"loss": losses[-1]})
+    return net.eval(), losses
+
+
+@torch.inference_mode()
+def score_speech(net: SpeechEmotionNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy, UA and NLL of ``net`` on standardised features."""
+    logits = net.eval()(torch.from_numpy(x))
+    pred = logits.argmax(-1).numpy()
+    nll = float(F.cross_entropy(logits, torch.from_numpy(y.astype(np.int64))))
+    return {
+        "accuracy": round(float((pred == y).mean()), 6),
+        "unweighted_accuracy": round(unweighted_accuracy(pred, y, len(net.options.labels)), 6),
+        "nll": round(nll, 6),
+        "n": int(len(y)),
+    }
+
+
+def cross_validate(
+    x_raw: np.ndarray, y: np.ndarray, actors: np.ndarray, options: SpeechTrainOptions
+) -> list[dict[str, float]]:
+    """Leave-actors-out folds over the actors present (consecutive groups of equal size)."""
+    x = standardize_by_group(x_raw, actors)
+    ids = np.unique(actors)
+    results = []
+    for fold in np.array_split(ids, options.folds):
+        test = np.isin(actors, fold)
+        net, _ = fit_net(x[~test], y[~test], options)
+        results.append({"actors": [int(a) for a in fold], **score_speech(net, x[test], y[test])})
+    return results
+
+
+def subset_rows(actors: np.ndarray, held_out: tuple[int, ...], size: int, seed: int) -> np.ndarray:
+    """The fixed evaluation subset: ``size`` clips of the held-out actors (indices, sorted)."""
+    pool = np.flatnonzero(np.isin(actors, held_out))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, size=min(size, len(pool)), replace=False))
+
+
+def train_speech(
+    data_dir: Path,
+    out: Path,
+    options: SpeechTrainOptions = SpeechTrainOptions(),
+    feature_options: SpeechFeatureOptions = SpeechFeatureOptions(),
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """Cross-validate, train on actors 1–16, score on 17–20, write the checkpoint to ``out``."""
+    t0 = time.perf_counter()
+    clips = ravdess_clips(data_dir)
+    x_raw = clip_features(clips, feature_options, progress=progress)
+    y = np.array([c.emotion for c in clips])
+    actors = np.array([c.actor for c in clips])
+    folds = cross_validate(x_raw, y, actors, options)
+    uas = [f["unweighted_accuracy"] for f in folds]
+    train = np.isin(actors, TRAIN_ACTORS)
+    test = np.isin(actors, HELD_OUT_ACTORS)
+    if not train.any() or not test.any():
+        raise DataError(f"{data_dir}: needs RAVDESS actors 1–20 to train (found {sorted(set(actors))})")
+    x_train = standardize_by_group(x_raw[train], actors[train])
+    net, losses = fit_net(x_train, y[train], options, progress)
+    held = score_speech(net, standardize_by_group(x_raw[test], actors[test]), y[test])
+    idx = subset_rows(actors, HELD_OUT_ACTORS, options.subset_size, options.seed)
+    sub = score_speech(net, standardize_by_group(x_raw[idx], actors[idx]), y[idx])
+    # Population prior for live normalisation: the spread of per-actor statistics.
+    means = np.stack([x_raw[train][actors[train] == a].mean(0) for a in TRAIN_ACTORS])
+    stds = np.stack([x_raw[train][actors[train] == a].std(0) for a in TRAIN_ACTORS])
+    info = {
+        "task": "speech emotion (8 RAVDESS classes)",
+        "labels": list(RAVDESS_LABELS),
+        "training_data": "RAVDESS speech, actors 1-16 (CC BY-NC-SA 4.0; Livingstone & Russo 2018)",
+        "held_out": {"actors": list(HELD_OUT_ACTORS), **held},
+        "cross_validation": {
+            "protocol": f"leave-{len(np.unique(actors)) // options.folds}-actors-out, "
+            f"{options.folds} folds over actors {int(actors.min())}-{int(actors.max())}",
+            "ua_mean": round(float(np.mean(uas)), 6),
+            "ua_std": round(float(np.std(uas)), 6),
+            "folds": folds,
+        },
+        "normalisation": "per speaker (offline: over the actor's clips; live: running stats)",
+        "subset": {
+            "paths": [str(clips[i].path.relative_to(clips[i].path.parent.parent)) for i in idx],
+            "scores": sub,
+        },
+        "final_loss": round(losses[-1], 5),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "options": asdict(options),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "net_options": asdict(net.options),
+            "feature_options": feature_options_dict(feature_options),
+            "model": net.state_dict(),
+            "prior_mean": means.mean(0).astype(np.float32),
+            "prior_std": stds.mean(0).astype(np.float32),
+            "info": info,
+        },
+        out,
+    )
+    return info
+
+
+def evaluate_speech(
+    head: SpeechEmotionHead,
+    clips: list[SpeechClip],
+    progress: Progress = _noop,
+    cache_dir: Path | None = None,
+) -> dict[str, float]:
+    """Score a head on labelled clips, standardising per actor over the given clips."""
+    x_raw = clip_features(clips, head.feature_options, cache_dir, progress)
+    if x_raw.shape[1] != head.net.options.input_dim:
+        raise DataError(f"features are {x_raw.shape[1]}-d, the checkpoint wants {head.net.options.input_dim}")
+    y = np.array([c.emotion for c in clips])
+    actors = np.array([c.actor for c in clips])
+    return score_speech(head.net, standardize_by_group(x_raw, actors), y)

@@ -1,0 +1,125 @@
+"""The feature stage with the real extractors: frames in as they come, one UtteranceFeatures out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from feature_media import espeak, face_frame, fer_faces
+
+from realtime_erc.config import FeaturesConfig
+from realtime_erc.events import SpeechSegment, Utterance, UtteranceFeatures, VideoFrame
+from realtime_erc.features.stage import FeatureStage, feature_dims
+from realtime_erc.features.visual import VisualOptions
+from realtime_erc.models.base import FeatureDimError, FeatureDims
+
+pytestmark = pytest.mark.slow
+
+TEXT = "The meeting was moved to Friday afternoon."
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return espeak(TEXT)
+
+
+def utterance(samples: np.ndarray, start: float, text: str = TEXT) -> Utterance:
+    end = start + len(samples) / 16000
+    seg = SpeechSegment(7, start, end, samples, 0.0, 0.0, audio_start=start)
+    return Utterance(7, seg, text, speaker="S1")
+
+
+def run_stage(stage: FeatureStage, events: list) -> list:
+    async def go() -> list:
+        await stage.start()
+        out = []
+        try:
+            for event in events:
+                out += [e async for e in stage.process(event)]
+        finally:
+            await stage.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def config(**visual) -> FeaturesConfig:
+    cfg = FeaturesConfig()
+    cfg.visual.min_confidence = 0.3  # upscaled 48 px faces are blurry
+    for key, value in visual.items():
+        setattr(cfg.visual, key, value)
+    return cfg
+
+
+def test_an_utterance_with_a_face_gives_all_three_modalities(speech) -> None:
+    face = face_frame(fer_faces([3])[0])
+    blank = face_frame(None)
+    # 1 s before the utterance (no face), then the utterance's frames (a face) at 15 fps
+    frames = [VideoFrame(blank, i, i / 15) for i in range(15)]
+    dur = len(speech) / 16000
+    frames += [VideoFrame(face, 15 + i, 1.0 + i / 15) for i in range(int(dur * 15))]
+    stage = FeatureStage(config())
+    out = run_stage(stage, [*frames, utterance(speech, 1.0)])
+
+    assert out[: len(frames)] == frames  # frames pass through, in order
+    feats = out[-1]
+    assert len(out) == len(frames) + 1 and isinstance(feats, UtteranceFeatures)
+    assert feats.utterance is not None and feats.utterance.text == TEXT
+    assert feats.speaker == "S1" and feats.present == (True, True, True)
+    assert (feats.start, feats.utterance_id) == (1.0, 7)
+    dims = feature_dims(stage.config)
+    dims.check(feats)  # the shapes a model trained on this configuration accepts
+    assert dims == FeatureDims()  # the defaults describe the default extractors
+    assert feats.visual.mask.all()  # only the utterance's frames (all with the face)
+    n_visual = feats.visual.sequence.shape[0]
+    assert abs(n_visual - dur * 5) <= 1  # analysed at max_fps = 5
+    assert stage.stats.frames_seen == len(frames) and stage.stats.frames_analysed >= 5
+    assert stage.stats.frames_skipped > stage.stats.frames_analysed
+    assert stage.last_visual is not None and stage.last_visual.face_crop.shape == (48, 48)
+    for m in (feats.text, feats.audio, feats.visual):
+        assert np.isfinite(m.pooled).all() and np.isfinite(m.sequence).all()
+
+
+def test_missing_inputs_and_disabled_modalities_are_absent(speech) -> None:
+    cfg = config()
+    cfg.text.enabled = True
+    stage = FeatureStage(cfg)
+    out = run_stage(stage, [utterance(speech, 0.0, text="")])
+    assert out[0].present == (False, True, False)  # no transcript, no frames
+
+    cfg = config()
+    cfg.audio.enabled = False
+    cfg.visual.enabled = False
+    blank = [VideoFrame(face_frame(None), i, i / 15) for i in range(10)]
+    out = run_stage(FeatureStage(cfg), [*blank, utterance(speech, 0.0)])
+    assert out[-1].present == (True, False, False)
+    assert out[-1].audio.pooled.shape == (88,) and out[-1].visual.pooled.shape == (64,)
+
+
+def test_no_face_in_view_marks_visual_absent(speech) -> None:
+    blank = [VideoFrame(face_frame(None), i, i / 15) for i in range(30)]
+    out = run_stage(FeatureStage(config()), [*blank, utterance(speech, 0.0)])
+    assert out[-1].present == (True, True, False)
+
+
+def test_librosa_features_are_refused_by_a_model_expecting_egemaps(speech) -> None:
+    cfg = config()
+    cfg.audio.backend = "librosa"
+    cfg.visual.enabled = False
+    out = run_stage(FeatureStage(cfg), [utterance(speech, 0.0)])
+    dims = feature_dims(cfg)
+    assert (dims.audio, dims.audio_seq) == (75, 25)
+    dims.check(out[0])
+    with pytest.raises(FeatureDimError, match=r"audio features have shape \(75,\)"):
+        FeatureDims().check(out[0])
+
+
+def test_visual_options_come_from_the_config() -> None:
+    cfg = config(num_faces=20, speaker_face="largest")
+    options = VisualOptions.from_config(cfg.visual)
+    assert (options.num_faces, options.speaker_face, options.min_confidence) == (
+        20,
+        "largest",
+        0.3,
+    )
