@@ -9,6 +9,8 @@ APT_PACKAGES := espeak-ng
 APT_PACKAGES += libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 # MQTT tests' broker; the dashboard tests' headless browser (Debian's, driven by Playwright)
 APT_PACKAGES += mosquitto chromium
+# the security tests' self-signed CA and broker certificate
+APT_PACKAGES += openssl
 PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint bench clean

@@ -332,6 +332,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist: pass an existing file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to parse") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text: save it as UTF-8 TOML") from None
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read config file {path}: {e.strerror}. Pass a readable TOML file"
+        ) from None
 
 
 def _parse_value(raw: str) -> Any:
@@ -339,6 +347,8 @@ def _parse_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    except RecursionError:
+        raise ConfigError(f"--set value {raw[:40]!r}...: nested too deeply") from None
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -38,8 +38,12 @@ same vector — the model then works at utterance level (report results as such)
 are masked everywhere (no hotspot, no aligner input, no graph node).
 
 Streaming: the state holds the modality memory (keys/values of the last ``horizon`` utterances),
-each graph layer's keys/values of the last ``graph_window`` utterances and the incremental
-speaker graph; everything else is per utterance. ``step`` equals the causal ``forward``.
+each graph layer's keys/values of the last ``graph_window`` utterances and the speakers and
+modality presence of those utterances; everything else is per utterance. ``step`` equals the
+causal ``forward`` but takes a path of its own for the one new utterance (no batch collation,
+absent modalities skipped, the modalities batched, the masks of each presence pattern built once
+per conversation, preallocated caches read in storage order): the layers' ``encode_one``,
+``detect_step``, ``fuse_step`` and ``step`` methods.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from realtime_erc.conversation.graph import SAME_PAST, IncrementalGraph
 from realtime_erc.events import MODALITIES, UtteranceFeatures
 from realtime_erc.models.base import (
     ConversationState,
@@ -59,7 +64,7 @@ from realtime_erc.models.base import (
     FeatureDims,
     ModelOutput,
 )
-from realtime_erc.models.layers.cross_modal_graph import CrossModalGraphLayer
+from realtime_erc.models.layers.cross_modal_graph import CrossModalGraphLayer, GraphTimeline
 from realtime_erc.models.layers.gated_fusion import HotspotGatedFusion
 from realtime_erc.models.layers.hotspot_detector import HotspotDetector, Hotspots
 from realtime_erc.models.layers.mixture_of_aligners import (
@@ -109,6 +114,39 @@ class _Utterances:
     alignment: Alignment
     aligned: Tensor
     hotspots: Hotspots
+
+
+@dataclass
+class _Presence:
+    """The masks of one modality-presence pattern (built once per conversation and pattern):
+    ``mask`` ``[3]`` additive (−1e9 where absent); ``present`` ``[3, 1]`` float (None: all
+    present); ``count`` present modalities (at least 1, a divisor) and ``n_present`` (exact);
+    ``moa_blocked`` ``[3, 3]`` bool and ``moa_attends`` ``[3, 1]`` float (None: all 1) for the
+    aligners."""
+
+    mask: Tensor
+    present: Tensor | None
+    count: int
+    n_present: int
+    moa_blocked: Tensor
+    moa_attends: Tensor | None
+
+    @classmethod
+    def of(cls, present: tuple[bool, ...], device: torch.device) -> _Presence:
+        m = len(present)
+        mask = torch.tensor(present, dtype=torch.bool, device=device)
+        other = ~torch.eye(m, dtype=torch.bool, device=device)
+        attends = [any(present[p] for p in range(m) if p != i) for i in range(m)]
+        return cls(
+            mask=(~mask).float() * -1e9,
+            present=None if all(present) else mask.float().unsqueeze(-1),
+            count=max(1, sum(present)),
+            n_present=sum(present),
+            moa_blocked=~(other & mask),
+            moa_attends=None
+            if all(attends)
+            else torch.tensor(attends, dtype=torch.float32, device=device).unsqueeze(-1),
+        )
 
 
 def _pad_time(x: Tensor, length: int) -> Tensor:
@@ -209,25 +247,73 @@ class EmotionHotspots(ERCModel):
     def init_state(self) -> ConversationState:
         return ConversationState()
 
+    def _new_cache(self) -> dict:
+        dev = self.device
+        return {
+            "memory": self.memory.new_cache(dev),
+            "timeline": GraphTimeline(self.config.graph_window, dev),
+            "layers": [layer.new_cache(dev) for layer in self.graph],
+            "presence": {},
+        }
+
+    def _utterance_one(self, utterance: UtteranceFeatures) -> tuple[Tensor, tuple[bool, ...]]:
+        """The per-utterance part of :meth:`_utterances` for one utterance: ``u`` ``[3, H]``
+        (zero where absent) and the modalities' presence."""
+        dims, hid = self.dims, self.config.hidden
+        encoded = [
+            encoder.encode_one(utterance.modality(name), dims.pooled(name), dims.seq(name))
+            for name, encoder in zip(MODALITIES, self.encoders, strict=True)
+        ]
+        present = tuple(e is not None for e in encoded)
+        length = max((len(e[0]) for e in encoded if e is not None), default=1)
+        steps = self.shared.bias.new_zeros((len(MODALITIES), length, hid))
+        valid = np.zeros((len(MODALITIES), length), bool)
+        zero = None if all(present) else self.shared.bias.new_zeros(hid)
+        pooled = []
+        for k, e in enumerate(encoded):
+            if e is None:
+                pooled.append(zero)
+                continue
+            rows, row_valid, row_pooled = e
+            steps[k, : len(rows)] = rows
+            valid[k, : len(rows)] = True if row_valid is None else row_valid
+            pooled.append(row_pooled)
+        h, g = self.detector.detect_step(steps, valid)
+        if self.config.pooled_in_global:
+            g = torch.add(g, torch.stack(pooled)).mul_(0.5)
+        u = self.gate.fuse_step(h, g)
+        return (self.drop(u) if self.training else u), present
+
     @torch.inference_mode()
     def step(
         self, state: ConversationState, utterance: UtteranceFeatures
     ) -> tuple[Tensor, ConversationState]:
-        cfg, cache = self.config, state.cache
-        batch = self.utterance_batch(state, utterance)
+        self.dims.check(utterance)
+        speaker = state.speaker_index(utterance.speaker)
+        cache = state.cache
         if not cache:
-            dev = self.device
-            cache["graph"] = IncrementalGraph(cfg.graph_window, dev)
-            cache["memory"] = self.memory.new_cache(dev)
-            cache["layers"] = [layer.new_cache(dev) for layer in self.graph]
-        utt = self._utterances(batch)
-        present = utt.present[0]
-        read = self.memory.step(utt.aligned[0], utt.alignment.tokens[0], present, cache["memory"])
-        _, edge_type = cache["graph"].add(state.speakers[utterance.speaker])
-        same = (edge_type[1:] == SAME_PAST).long()
-        nodes = utt.u[0] + self.modality_embedding * present.unsqueeze(-1)
+            cache.update(self._new_cache())
+        u, present = self._utterance_one(utterance)
+        p = cache["presence"].get(present)
+        if p is None:
+            p = cache["presence"][present] = _Presence.of(present, u.device)
+        s = F.gelu(F.linear(u.sum(0) / p.count, self.shared.weight, self.shared.bias))
+        tokens = self.aligners.step(u, s, p.moa_blocked, p.moa_attends, p.present)
+        aligned = tokens.sum(0) / p.count
+        read = self.memory.step(aligned, tokens, p.mask, p.n_present, cache["memory"])
+        ctx = cache["timeline"].add(speaker, p.mask, p.present)
+        embedding = self.modality_embedding
+        nodes = u + (embedding if p.present is None else embedding * p.present)
         for layer, layer_cache in zip(self.graph, cache["layers"], strict=True):
-            nodes = layer.step(nodes, present, same, layer_cache)
-        logits = self._output(utt.aligned[0], read, nodes, present)
+            nodes = layer.step(nodes, ctx, layer_cache)
+        moa = F.gelu(F.linear(torch.cat([aligned, read]), self.moa_out.weight, self.moa_out.bias))
+        hidden = torch.cat([moa, nodes.sum(0) / p.count])
+        if self.training:
+            hidden = self.drop(hidden)
+        first, last = self.head[0], self.head[3]
+        hidden = F.gelu(F.linear(hidden, first.weight, first.bias))
+        if self.training:
+            hidden = self.head[2](hidden)
+        logits = F.linear(hidden, last.weight, last.bias)
         state.length += 1
         return logits, state

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import uuid
@@ -38,7 +37,12 @@ import aiomqtt
 
 from realtime_erc.events import StatusEvent, utc_timestamp
 from realtime_erc.outputs.publisher import OutputError
-from realtime_erc.outputs.schema import EMOTION_SCHEMA_ID, STATUS_SCHEMA_ID, encode_document
+from realtime_erc.outputs.schema import (
+    EMOTION_SCHEMA_ID,
+    STATUS_SCHEMA_ID,
+    decode_json,
+    encode_document,
+)
 from realtime_erc.outputs.topics import (
     check_prefix,
     document_kind,
@@ -183,6 +187,17 @@ def make_client(
 
 
 def _unreachable(address: BrokerAddress, error: Exception) -> OutputError:
+    text = str(error).lower()
+    if "not authori" in text or "bad user name or password" in text or "auth" in text:
+        return OutputError(
+            f"the MQTT broker at {address.url} refused the login: {error}. Check "
+            "output.mqtt.username and output.mqtt.password (or the user in the URL)"
+        )
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return OutputError(
+            f"TLS with the MQTT broker at {address.url} failed: {error}. Give the broker's CA "
+            "with output.mqtt.tls.ca_file (or set output.mqtt.tls.insecure for testing only)"
+        )
     return OutputError(
         f"cannot reach the MQTT broker at {address.url}: {error}. Start one there (e.g. "
         f"`mosquitto -p {address.port}`), pass another with --mqtt mqtt://HOST:PORT, or use "
@@ -540,12 +555,13 @@ class MqttSubscriber:
             return None  # a cleared retained message
         try:
             raw = payload.decode() if isinstance(payload, bytes | bytearray) else str(payload)
-            document = json.loads(raw)
+            document = decode_json(raw)
         except ValueError as e:
             log.warning("skipping a malformed message on %s: %s", topic, e)
             self.skipped += 1
             return None
         if not isinstance(document, dict):
+            log.warning("skipping a message on %s that is not a JSON object", topic)
             self.skipped += 1
             return None
         if (

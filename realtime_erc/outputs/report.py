@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +24,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from realtime_erc.outputs.schema import EMOTION_SCHEMA_ID  # noqa: E402
+from realtime_erc.outputs.schema import (  # noqa: E402
+    EMOTION_SCHEMA_ID,
+    SchemaError,
+    decode_json,
+    validate_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +103,26 @@ def read_session(path: Path, session_id: str | None = None) -> SessionData:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}. Pass a JSONL stream file") from None
+    except UnicodeDecodeError:
+        raise ReportError(f"{path} is not UTF-8 text: pass a JSONL stream file") from None
     latest: dict[tuple[str, int], dict[str, Any]] = {}
-    bad = 0
-    for line in lines:
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        # A malformed line is refused, not skipped: a report silently missing utterances is
+        # worse than none. (A crash can leave a partial line: delete it.)
         try:
-            doc = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
+            doc = decode_json(line)
+        except ValueError as e:
+            raise ReportError(
+                f"{path}, line {lineno}: not a JSON document ({e}); fix or delete that line"
+            ) from None
         if not isinstance(doc, dict) or doc.get("schema") != EMOTION_SCHEMA_ID:
             continue
+        try:
+            validate_document(doc)
+        except SchemaError as e:
+            raise ReportError(f"{path}, line {lineno}: {e}; fix or delete that line") from None
         sid = doc.get("session_id")
         if session_id is None:
             session_id = sid
@@ -120,8 +132,6 @@ def read_session(path: Path, session_id: str | None = None) -> SessionData:
         old = latest.get(key)
         if old is None or not (doc.get("provisional") and not old.get("provisional")):
             latest[key] = doc
-    if bad:
-        log.warning("%s: skipped %d line(s) that are not JSON", path, bad)
     if not latest:
         raise ReportError(
             f"{path} holds no erc.emotion/1 documents"

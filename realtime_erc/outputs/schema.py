@@ -195,6 +195,21 @@ def encode_document(doc: dict[str, Any]) -> str:
         raise SchemaError(f"cannot encode document: field '{bad}': {e}", bad) from None
 
 
+def decode_json(text: str | bytes) -> Any:
+    """Parse received JSON strictly: ``ValueError`` for malformed text, ``NaN``/``Infinity``
+    (Python's json accepts them, JSON does not) and nesting too deep for the parser (which
+    would otherwise surface as ``RecursionError``). Subscribers and readers use this so that
+    one hostile payload is skipped or refused instead of killing them."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _non_finite(value: Any, path: str = "") -> str | None:
     """JSON path of the first NaN/infinite float inside ``value``, or None."""
     if isinstance(value, float):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from realtime_erc.outputs.publisher import OutputError
-from realtime_erc.outputs.schema import encode_document
+from realtime_erc.outputs.schema import decode_json, encode_document
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ class ZmqSubscriber:
             return None
         try:
             topic = frames[0].decode()
-            document = json.loads(frames[1].decode())
+            document = decode_json(frames[1].decode())
         except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
             log.warning("skipping a malformed message on %r: %s", frames[0][:80], e)
             return None

@@ -298,6 +298,8 @@ def _read_session_json(meta_path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise _error(meta_path, "is not UTF-8 text", "save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise _error(meta_path, "JSON nested too deeply", "fix the JSON structure") from None
     except json.JSONDecodeError as e:
         raise _error(
             meta_path,
@@ -509,7 +511,7 @@ def _speakers(meta_path: Path, meta: dict[str, Any]) -> tuple[Speaker, ...]:
 
 def _label_set(meta_path: Path, meta: dict[str, Any]) -> str | None:
     label_set = meta.get("label_set")
-    if label_set is not None and label_set not in LABEL_SETS:
+    if label_set is not None and (not isinstance(label_set, str) or label_set not in LABEL_SETS):
         raise _error(
             meta_path,
             f"unknown label_set {label_set!r}",
@@ -538,6 +540,8 @@ def _read_annotations(
         except json.JSONDecodeError as e:
             fix = "write one JSON object per line"
             raise _error(where, f"invalid JSON: {e.msg}", fix) from None
+        except RecursionError:
+            raise _error(where, "JSON nested too deeply", "one flat JSON object per line") from None
         annotation = parse_annotation(obj, where, label_set)
         if speaker_ids and annotation.speaker not in speaker_ids:
             raise _error(

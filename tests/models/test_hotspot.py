@@ -258,3 +258,55 @@ def test_causal_forward_ignores_the_future():
     a, b = forward(model, [dialog]), forward(model, [other])
     assert torch.allclose(a[:12], b[:12], atol=1e-6)
     assert not torch.allclose(a[12:], b[12:], atol=1e-3)
+
+
+def edge_case_dialogue(seed: int = 12) -> list:
+    """Utterances that take the streaming path's special cases: gaps and invalid ends in the
+    step masks, no sequence (text: the pooled vector stands in; audio: it cannot), an empty
+    sequence, only one modality present, none present."""
+    rng = np.random.default_rng(seed)
+    base = dialogues(seed, lengths=(24,), p_missing=0.0)[0]
+
+    def seq(name: str, t: int) -> np.ndarray:
+        return rng.standard_normal((t, DIMS.seq(name))).astype(np.float32)
+
+    def absent(name: str) -> ModalityFeatures:
+        return ModalityFeatures.absent(DIMS.pooled(name), DIMS.seq(name))
+
+    out = []
+    for i, u in enumerate(base):
+        kind = i % 8
+        if kind == 1:  # gaps and invalid steps at both ends
+            mask = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0], bool)
+            u = replace_modality(u, "text", ModalityFeatures(u.text.pooled, seq("text", 9), mask))
+        elif kind == 2:  # no sequence: text pooled stands in (same size), audio cannot
+            u = replace_modality(u, "text", ModalityFeatures(u.text.pooled))
+            u = replace_modality(u, "audio", ModalityFeatures(u.audio.pooled))
+        elif kind == 3:  # empty sequence and an all-invalid mask
+            empty = np.zeros((0, DIMS.seq("visual")), np.float32)
+            u = replace_modality(u, "visual", ModalityFeatures(u.visual.pooled, empty))
+            mask = np.zeros(4, bool)
+            u = replace_modality(
+                u, "audio", ModalityFeatures(u.audio.pooled, seq("audio", 4), mask)
+            )
+        elif kind == 4:  # only audio
+            u = replace_modality(u, "text", absent("text"))
+            u = replace_modality(u, "visual", absent("visual"))
+        elif kind == 5:  # nothing present
+            for name in ("text", "audio", "visual"):
+                u = replace_modality(u, name, absent(name))
+        elif kind == 6:  # long sequences: k > 1 hotspots
+            for name in ("text", "audio", "visual"):
+                feats = u.modality(name)
+                u = replace_modality(u, name, ModalityFeatures(feats.pooled, seq(name, 13)))
+        out.append(u)
+    return out
+
+
+@pytest.mark.parametrize("selection", ["straight_through", "sparsemax"])
+def test_streaming_equals_causal_forward_on_edge_cases(selection):
+    model = make(selection=selection, horizon=5, graph_window=3).eval()
+    dialog = edge_case_dialogue()
+    full = forward(model, [dialog])
+    assert torch.isfinite(full).all()
+    assert (stepped(model, [dialog]) - full).abs().max().item() <= 1e-4

@@ -36,7 +36,7 @@ def stream(tmp_path):
     docs += [_emotion(0, "A", "neutral", provisional=True), _emotion(0, "A", "joy")]
     docs += [_emotion(1, "B", "anger"), _emotion(2, "A", "sadness"), _emotion(3, "B", None)]
     path = tmp_path / "s.jsonl"
-    path.write_text("\n".join(json.dumps(d) for d in docs) + "\nnot json\n")
+    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")  # bad lines: refused
     return path
 
 

@@ -17,18 +17,19 @@ operation and the step path has no per-call graph construction)::
     x'_dst      = LayerNorm(x_dst + W_o Σ_src α v_src)
 
 ``forward`` gathers the windows from dense dialogues ``[B, L, 3, H]`` by shifting (no per-edge
-loop); ``step`` reads the past ``window`` utterances' keys/values from per-layer
-:class:`RingCache` s, so a step costs ``O(layers · window · 3 · H)``.
+loop); ``step`` reads the past ``window`` utterances' keys/values from per-layer preallocated
+rings (:class:`GraphCache`) in storage order, the offset and speaker biases permuted to match
+(:class:`GraphTimeline`, shared by the layers), so a step costs ``O(layers · window · 3 · H)``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-from realtime_erc.conversation.context import RingCache
+from torch.nn import functional as F
 
 MODALITY_NODES = 3
 
@@ -41,6 +42,61 @@ def shift_stack(x: Tensor, offsets: list[int], fill: float | bool | int = 0) -> 
     edge = x.new_full((b, pad, *x.shape[2:]), fill)
     padded = torch.cat([edge, x, edge], 1)
     return torch.stack([padded[:, pad - o : pad - o + length] for o in offsets], 2)
+
+
+@dataclass
+class GraphCache:
+    """One layer's streaming cache: ``keys`` / ``values`` ``[3, heads, 3 + window, d]`` per
+    destination modality m and head: sources 0…2 are this utterance's nodes (rewritten each
+    step), source ``3 + j`` is modality m of the utterance stored at slot j (utterance i at
+    slot ``i mod window``), so one batched product covers cross-modal and temporal edges."""
+
+    keys: Tensor
+    values: Tensor
+
+
+@dataclass
+class GraphStep:
+    """What the layers share for one new utterance: ``slot`` (where it is stored), ``rows`` n
+    (cached past utterances, slots ``0 … n − 1``), ``bias_index`` ``[n]`` long (into a layer's
+    ``[heads, window · 2]`` offset × same-speaker bias table), ``mask`` ``[3, 1, 3 + n]``
+    additive (−1e9 where the source is absent: a modality of this utterance, or modality m of
+    a stored one), ``node_mask`` ``[3, 1]`` float (None: all modalities present)."""
+
+    slot: int
+    rows: int
+    bias_index: Tensor
+    mask: Tensor
+    node_mask: Tensor | None
+
+
+class GraphTimeline:
+    """The speakers and modality presence of the last ``window`` utterances of one
+    conversation (slot ``j mod window``), turned into a :class:`GraphStep` per new utterance."""
+
+    def __init__(self, window: int, device: torch.device | None = None) -> None:
+        self.window, self.count, self.device = window, 0, device
+        self.speakers = [-1] * window
+        self.absent = torch.zeros(MODALITY_NODES, window, device=device)  # additive mask
+
+    def add(self, speaker: int, absent: Tensor, node_mask: Tensor | None) -> GraphStep:
+        """Register the next utterance (``absent`` ``[3]`` additive mask, −1e9 where the
+        modality is absent; ``node_mask`` as in :class:`GraphStep`) → its step context."""
+        w, t = self.window, self.count
+        n, slot = min(t, w), t % w
+        index = [2 * ((t - 1 - j) % w) + (self.speakers[j] == speaker) for j in range(n)]
+        mask = torch.cat([absent.expand(MODALITY_NODES, -1), self.absent[:, :n]], 1)
+        step = GraphStep(
+            slot,
+            n,
+            torch.tensor(index, dtype=torch.long, device=self.device),
+            mask.unsqueeze(1),
+            node_mask,
+        )
+        self.speakers[slot] = speaker
+        self.absent[:, slot] = absent
+        self.count += 1
+        return step
 
 
 class CrossModalGraphLayer(nn.Module):
@@ -104,36 +160,34 @@ class CrossModalGraphLayer(nn.Module):
         bias = self.time_bias if not causal else self.time_bias[:, :w]
         return self._attend(x, (q, k, v), node_mask, k_time, v_time, mask_time, same, bias)
 
-    def new_cache(self, device: torch.device | None = None) -> dict[str, RingCache]:
-        shape = (MODALITY_NODES, self.hidden)
-        return {
-            "k": RingCache(self.window, shape, device=device),
-            "v": RingCache(self.window, shape, device=device),
-            "mask": RingCache(self.window, (MODALITY_NODES,), device=device, dtype=torch.bool),
-        }
+    def new_cache(self, device: torch.device | None = None) -> GraphCache:
+        d = self.hidden // self.heads
+        shape = (MODALITY_NODES, self.heads, MODALITY_NODES + self.window, d)
+        return GraphCache(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
 
-    def step(
-        self, x: Tensor, node_mask: Tensor, same: Tensor, cache: dict[str, RingCache]
-    ) -> Tensor:
-        """One new utterance: ``x`` ``[3, H]``, ``node_mask`` ``[3]``, ``same`` ``[S]`` long
-        (same speaker as the utterance o = 1 … S back, S = cached rows) → ``[3, H]``."""
-        q, k, v = self._project(x.unsqueeze(0))
-        s = len(cache["k"])
-        shape = (1, s, MODALITY_NODES, self.heads, self.hidden // self.heads)
-        k_time = cache["k"].last(s).view(shape)
-        v_time = cache["v"].last(s).view(shape)
-        mask_time = cache["mask"].last(s).unsqueeze(0)
-        out = self._attend(
-            x.unsqueeze(0),
-            (q, k, v),
-            node_mask.unsqueeze(0),
-            k_time,
-            v_time,
-            mask_time,
-            same.unsqueeze(0),
-            self.time_bias[:, :s],
+    def step(self, x: Tensor, ctx: GraphStep, cache: GraphCache) -> Tensor:
+        """One new utterance: ``x`` ``[3, H]`` with the shared ``ctx`` → ``[3, H]``; stores
+        this utterance's keys/values at ``ctx.slot`` after reading the past ones."""
+        h, d, n = self.heads, self.hidden // self.heads, ctx.rows
+        nodes, sources = MODALITY_NODES, MODALITY_NODES + ctx.rows
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(nodes, 3, h, d)
+        q, k, v = qkv.unbind(1)  # [3, h, d] each
+        cache.keys[:, :, :nodes] = k.transpose(0, 1)  # every destination sees all 3 nodes
+        cache.values[:, :, :nodes] = v.transpose(0, 1)
+        # Bias [3, h, 3 + n]: pair biases, then offset + same-speaker biases of each slot.
+        table = (self.time_bias[:, :, None] + self.speaker_bias[:, None, :]).view(h, -1)
+        past = table[:, ctx.bias_index].expand(nodes, h, n)
+        bias = torch.cat([self.pair_bias, past], -1).add_(ctx.mask)
+        scores = torch.baddbmm(
+            bias.view(nodes * h, 1, sources),
+            q.reshape(nodes * h, 1, d),
+            cache.keys[:, :, :sources].reshape(nodes * h, sources, d).transpose(1, 2),
+            alpha=1.0 / math.sqrt(d),
         )
-        cache["k"].append(k[0].flatten(-2))
-        cache["v"].append(v[0].flatten(-2))
-        cache["mask"].append(node_mask)
-        return out[0]
+        attn = torch.softmax(scores, -1)
+        out = torch.bmm(attn, cache.values[:, :, :sources].reshape(nodes * h, sources, d))
+        out = F.linear(out.view(nodes, self.hidden), self.out.weight, self.out.bias)
+        out = F.layer_norm(x + out, (self.hidden,), self.norm.weight, self.norm.bias, self.norm.eps)
+        cache.keys[:, :, nodes + ctx.slot] = k
+        cache.values[:, :, nodes + ctx.slot] = v
+        return out if ctx.node_mask is None else out * ctx.node_mask

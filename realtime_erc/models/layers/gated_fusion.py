@@ -28,3 +28,10 @@ class HotspotGatedFusion(nn.Module):
             torch.einsum("nmi,mio->nmo", torch.cat([h, g], -1), self.weight) + self.bias
         )
         return z * h + (1 - z) * g
+
+    def fuse_step(self, h: Tensor, g: Tensor) -> Tensor:
+        """One utterance (the streaming path): ``h``, ``g`` ``[M, H]`` → ``u`` ``[M, H]``
+        (one batched product, ``u = g + z ⊙ (h − g)``)."""
+        hg = torch.cat([h, g], -1).unsqueeze(1)  # [M, 1, 2H]
+        z = torch.sigmoid(torch.baddbmm(self.bias.unsqueeze(1), hg, self.weight)).squeeze(1)
+        return torch.lerp(g, h, z)

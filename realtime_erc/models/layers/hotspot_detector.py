@@ -18,6 +18,9 @@ on the CPU than a grouped ``Conv1d`` for these short sequences), steps ``x`` ``[
   ``softmax(s / temperature)`` over the valid steps.
 - ``"sparsemax"``: sparsemax of ``s / temperature`` over the top-k steps (sparse, exact gradient).
 
+:meth:`HotspotDetector.detect_step` is the streaming path for one utterance (same numbers,
+fewer operations: the top-k is chosen in NumPy on the ``M × T`` scores).
+
 A single valid step (``T = 1``, pooled-only input) gives ``k = 1`` and ``h`` = its context
 vector: the detector degrades to utterance level. Rows with no valid step give ``h = g = 0``.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,3 +127,40 @@ class HotspotDetector(nn.Module):
         vector = torch.einsum("nmt,nmth->nmh", weights, c) * has
         context = x.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
         return Hotspots(vector, context, weights, selected, k)
+
+    def detect_step(self, x: Tensor, valid: np.ndarray) -> tuple[Tensor, Tensor]:
+        """One utterance, all modalities at once (the streaming path of :meth:`forward`):
+        steps ``x`` ``[M, T, H]`` (zero where invalid), ``valid`` ``[M, T]`` bool (NumPy; a row
+        without a valid step is an absent modality) → hotspot vectors h and global vectors g,
+        ``[M, H]`` each (zero for absent rows). The top-k is chosen in NumPy on the scores;
+        h takes the straight-through weights' forward value."""
+        m, t, hid = x.shape
+        pad = self.kernel // 2
+        windows = nn.functional.pad(x, (0, 0, pad, pad)).unfold(1, self.kernel, 1)
+        weight = self.conv_weight.view(m, -1, hid)  # [M, H·k, H], rows (h, k) like windows
+        c = torch.baddbmm(self.conv_bias.unsqueeze(1), windows.reshape(m, t, -1), weight)
+        c = nn.functional.gelu(c)  # [M, T, H]
+        n_valid = valid.sum(-1)  # [M]
+        k = np.maximum(1, np.floor(n_valid.astype(np.float32) * np.float32(self.fraction)))
+        weights = np.zeros((m, t), np.float32)
+        single = n_valid <= 1  # the one valid step (if any) is the hotspot: no scores needed
+        weights[single] = valid[single]
+        scores = None
+        if not single.all():
+            scores = torch.baddbmm(
+                self.score_bias.view(m, 1, 1), c, self.score_weight.unsqueeze(-1)
+            ).view(m, t)
+            masked = np.where(valid, scores.cpu().numpy(), -np.inf)
+            order = np.argsort(-masked, -1, kind="stable")
+            for row in np.flatnonzero(~single):
+                weights[row, order[row, : int(k[row])]] = np.float32(1) / np.float32(k[row])
+        dev = x.device
+        if self.selection == "sparsemax" and scores is not None:
+            selected = torch.from_numpy(weights > 0).to(dev)
+            weights_t = sparsemax(scores / self.temperature, selected)
+        else:
+            weights_t = torch.from_numpy(weights).to(dev)
+        vector = torch.bmm(weights_t.unsqueeze(1), c).squeeze(1)  # [M, H]
+        mean = valid / np.maximum(n_valid, 1)[:, None].astype(np.float32)
+        context = torch.bmm(torch.from_numpy(mean.astype(np.float32)).to(dev).unsqueeze(1), x)
+        return vector, context.squeeze(1)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 @dataclass
@@ -77,3 +78,25 @@ class MixtureOfAligners(nn.Module):
         probs, routes = self.route(s)
         tokens = torch.einsum("ne,nemh->nmh", routes, aligned) * present.unsqueeze(-1)
         return Alignment(tokens, probs, routes)
+
+    def step(
+        self, u: Tensor, s: Tensor, blocked: Tensor, attends: Tensor | None, present: Tensor | None
+    ) -> Tensor:
+        """One utterance (the streaming path of :meth:`forward`): ``u`` ``[3, H]``, ``s``
+        ``[H]``, ``blocked`` ``[3, 3]`` bool (True where m may not attend to m': itself or an
+        absent modality), ``attends`` ``[3, 1]`` float (1 where m has a present other modality,
+        else 0) and ``present`` ``[3, 1]`` float (None: all 1) → tokens ``[3, H]``."""
+        m, h = u.shape
+        e = self.experts
+        qkv = F.linear(u, self.qkv.weight, self.qkv.bias).view(m, e, 3, h).transpose(0, 1)
+        q, k, v = qkv.unbind(2)  # [E, M, H] each
+        scores = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(h)  # [E, M, M']
+        attn = torch.softmax(scores.masked_fill(blocked, -1e9), -1)
+        if attends is not None:
+            attn = attn * attends
+        aligned = u + torch.matmul(torch.matmul(attn, v), self.out)  # [E, M, H]
+        probs = torch.softmax(F.linear(s, self.router.weight, self.router.bias), -1)
+        top, idx = probs.topk(self.top_k)
+        routes = torch.zeros_like(probs).scatter_(0, idx, top / top.sum())
+        tokens = torch.matmul(routes, aligned.view(e, m * h)).view(m, h)
+        return tokens if present is None else tokens * present

@@ -6,19 +6,37 @@ Utterance t reads it with its aligned vector ``a_t`` (multi-head attention, ``he
 
     r_t = W_o MHA(q = W_q a_t, K = W_k â, V = W_v â)              [N, H]
 
-Streaming keeps the projected keys and values of the last ``horizon`` utterances in
-:class:`RingCache` s (the per-dialogue modality memory in ``ConversationState``), so a step costs
-``O(horizon · 3 · H)`` whatever the conversation's length.
+Streaming keeps the projected keys and values of the last ``horizon`` utterances in a
+preallocated ring (:class:`MemoryCache`, the per-dialogue modality memory in
+``ConversationState``), read in storage order (the read has no positional terms), so a step costs
+``O(horizon · 3 · H)`` whatever the conversation's length: two matrix products, the heads
+separated by a ``[H, heads]`` block selector instead of reshapes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from realtime_erc.conversation.context import RingCache, horizon_mask
+from realtime_erc.conversation.context import horizon_mask
+
+
+@dataclass
+class MemoryCache:
+    """Streaming memory of one conversation: ``keys`` / ``values`` ``[heads, horizon · 3, d]``
+    (utterance j's rows at slot ``j mod horizon``), ``mask`` ``[horizon · 3]`` additive (−1e9
+    for an absent modality), ``present`` the present modalities per slot, ``count`` utterances
+    stored so far."""
+
+    keys: Tensor
+    values: Tensor
+    mask: Tensor
+    present: list[int] = field(default_factory=list)
+    count: int = 0
 
 
 class ModalityMemory(nn.Module):
@@ -56,25 +74,36 @@ class ModalityMemory(nn.Module):
         allowed = window.repeat_interleave(m, 1).unsqueeze(0) & token_mask.reshape(b, 1, -1)
         return self._read(self.q(query), k, v, allowed)
 
-    def new_cache(self, device: torch.device | None = None) -> dict[str, RingCache]:
-        shape = (3, self.hidden)
-        return {
-            "k": RingCache(self.horizon, shape, device=device),
-            "v": RingCache(self.horizon, shape, device=device),
-            "mask": RingCache(self.horizon, (3,), device=device, dtype=torch.bool),
-        }
+    def new_cache(self, device: torch.device | None = None) -> MemoryCache:
+        shape = (self.heads, 3 * self.horizon, self.hidden // self.heads)
+        return MemoryCache(
+            keys=torch.zeros(shape, device=device),
+            values=torch.zeros(shape, device=device),
+            mask=torch.zeros(3 * self.horizon, device=device),
+            present=[0] * self.horizon,
+        )
 
     def step(
-        self, query: Tensor, tokens: Tensor, token_mask: Tensor, cache: dict[str, RingCache]
+        self, query: Tensor, tokens: Tensor, mask: Tensor, present: int, cache: MemoryCache
     ) -> Tensor:
-        """``query``: ``[H]``; ``tokens``: ``[3, H]``; ``token_mask``: ``[3]`` → ``[H]``.
-        Stores this utterance's keys/values, then reads (causal: it sees itself)."""
-        k, v = self.kv(tokens).chunk(2, -1)
-        cache["k"].append(k)
-        cache["v"].append(v)
-        cache["mask"].append(token_mask)
-        # Storage order (no copy): the read has no positional terms, so row order is irrelevant.
-        keys = cache["k"].stored().reshape(1, -1, self.hidden)
-        values = cache["v"].stored().reshape(1, -1, self.hidden)
-        allowed = cache["mask"].stored().reshape(1, 1, -1)
-        return self._read(self.q(query).view(1, 1, -1), keys, values, allowed).view(-1)
+        """``query``: ``[H]``; ``tokens``: ``[3, H]``; ``mask``: ``[3]`` additive (−1e9 where
+        absent); ``present``: how many are present → ``[H]``. Stores this utterance's
+        keys/values, then reads (causal: it sees itself)."""
+        hid, heads = self.hidden, self.heads
+        d = hid // heads
+        kv = F.linear(tokens, self.kv.weight, self.kv.bias).view(3, 2, heads, d)
+        rows = slice(3 * (cache.count % self.horizon), 3 * (cache.count % self.horizon) + 3)
+        cache.keys[:, rows] = kv[:, 0].transpose(0, 1)
+        cache.values[:, rows] = kv[:, 1].transpose(0, 1)
+        cache.mask[rows] = mask
+        cache.present[cache.count % self.horizon] = present
+        cache.count += 1
+        if not any(cache.present):  # nothing to read: the attention output is zero
+            return F.linear(torch.zeros_like(query), self.out.weight, self.out.bias)
+        n = 3 * min(cache.count, self.horizon)
+        q = F.linear(query, self.q.weight, self.q.bias).view(heads, 1, d)
+        scores = torch.baddbmm(
+            cache.mask[:n], q, cache.keys[:, :n].transpose(1, 2), alpha=1.0 / math.sqrt(d)
+        )  # [heads, 1, n]
+        read = torch.bmm(torch.softmax(scores, -1), cache.values[:, :n])  # [heads, 1, d]
+        return F.linear(read.view(hid), self.out.weight, self.out.bias)
