@@ -11,9 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recordings" / "demo"
 
 
-def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``realtime-erc ARGS`` in a subprocess from the repository root."""
-    env = {**os.environ, "COLUMNS": "200"}
+def cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run ``realtime-erc ARGS`` in a subprocess from the repository root; ``env`` adds to (or
+    overrides) this process's environment."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "realtime_erc", *args],
         cwd=ROOT,

@@ -263,7 +263,7 @@ async def test_publish_stage_over_mqtt_with_credentials(mosquitto, tmp_path):
     mosquitto.config_path.write_text(conf)
     mosquitto.start()
 
-    with pytest.raises(OutputError, match="cannot reach"):
+    with pytest.raises(OutputError, match="refused the login"):
         await MqttPublisher(mosquitto.url, "s1", "meld7").start()
 
     creds = MqttOptions(username="erc", password="s3cret")
