@@ -260,7 +260,12 @@ class SpeakersConfig(Section):
 
 
 class PipelineConfig(Section):
-    queue_size: int = Field(256, ge=1, description="Bound of every inter-stage queue.")
+    queue_size: int = Field(
+        32,
+        ge=1,
+        description="Bound of every inter-stage queue (small, so a slow pipeline drops camera "
+        "frames at the source instead of queueing seconds of them).",
+    )
     drain_timeout_s: float = Field(30.0, gt=0, description="Time allowed to flush on shutdown.")
 
 

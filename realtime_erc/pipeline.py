@@ -83,7 +83,7 @@ class Pipeline:
         stages: Sequence[Stage],
         *,
         source_name: str = "source",
-        queue_size: int = 256,
+        queue_size: int = 32,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.source = source

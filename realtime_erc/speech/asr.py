@@ -281,6 +281,9 @@ class AsrStage(Stage):
                 self.transcriber.device,
                 self.transcriber.compute_type,
             )
+            # The first decode allocates CTranslate2's buffers; pay for it now, not on the
+            # first utterance.
+            await asyncio.to_thread(self.transcriber.transcribe, np.zeros(SAMPLE_RATE, np.float32))
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if not isinstance(event, SpeechSegment):

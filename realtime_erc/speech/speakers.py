@@ -119,6 +119,18 @@ class SpeakerTracker:
             emb = self._encoder.embed_utterance(wav)  # type: ignore[union-attr]
         return np.asarray(emb, np.float32)
 
+    def warm_up(self) -> None:
+        """Run the preprocessing and the encoder once on noise: their first call pays for lazy
+        imports and allocations (seconds), which would otherwise land on the first utterance."""
+        from resemblyzer import preprocess_wav
+
+        if self._encoder is None:
+            self.load()
+        noise = np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE).astype(np.float32)
+        preprocess_wav(0.1 * noise, source_sr=SAMPLE_RATE)
+        with self._lock:
+            self._encoder.embed_utterance(0.1 * noise)  # type: ignore[union-attr]
+
     def enrol(self, name: str, samples: np.ndarray) -> None:
         """Add (or extend) a named speaker from reference audio ``[n]`` at 16 kHz."""
         emb = self.embed(samples)
@@ -196,6 +208,7 @@ class SpeakerStage(Stage):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.tracker.load)
+        await asyncio.to_thread(self.tracker.warm_up)
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if not isinstance(event, Utterance) or event.speaker is not None:

@@ -103,9 +103,7 @@ def _clips_from_index(root: Path, index: Path) -> list[SpeechClip]:
                     SpeechClip(root / row["path"], int(row["actor"]), int(row["emotion_id"]) - 1)
                 )
             except (KeyError, ValueError) as e:
-                raise DataError(
-                    f"{index}: needs columns path, actor, emotion_id ({e})"
-                ) from None
+                raise DataError(f"{index}: needs columns path, actor, emotion_id ({e})") from None
     return clips
 
 
@@ -163,7 +161,9 @@ def load_fer(path: Path | str) -> FaceImages:
             images, labels = d["images"], d["labels"].astype(np.int64)
             usage = d["usage"] if "usage" in d.files else np.array([], dtype=str)
     except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"{file}: not a FER2013-layout npz (images, labels[, usage]): {e}") from None
+        raise DataError(
+            f"{file}: not a FER2013-layout npz (images, labels[, usage]): {e}"
+        ) from None
     if images.ndim != 3 or images.shape[1:] != (48, 48) or len(labels) != len(images):
         raise DataError(f"{file}: images must be [N, 48, 48] with one label each")
     return FaceImages(images.astype(np.uint8), labels, usage, file)

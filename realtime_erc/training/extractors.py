@@ -51,8 +51,9 @@ class _Bars:
             if phase in self.tasks:
                 self.progress.remove_task(self.tasks[phase])
             self.tasks[phase] = self.progress.add_task(phase, total=total, metrics="")
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in metrics.items())
+        text = "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+        )
         self.progress.update(self.tasks[phase], completed=done, total=total, metrics=text)
 
     def __enter__(self) -> _Bars:

@@ -45,7 +45,7 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 class FaceTrainOptions:
     """Hyperparameters of :func:`train_face` (stored in the checkpoint)."""
 
-    epochs: int = 6
+    epochs: int = 12
     batch_size: int = 128
     max_lr: float = 0.05
     weight_decay: float = 5e-4
@@ -72,7 +72,10 @@ def augment(images: torch.Tensor, crop: int, opts: FaceTrainOptions, gen: torch.
     shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (1 - crop / 48)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)],
+        [
+            torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+            torch.stack([sin * flip, cos, shift[:, 1]], 1),
+        ],
         1,
     )
     grid = F.affine_grid(theta, [b, 1, crop, crop], align_corners=False)
@@ -103,7 +106,9 @@ def score_faces(net: nn.Module, data: FaceImages, batch_size: int = 512) -> dict
 
 def _metrics(pred: np.ndarray, labels: np.ndarray, nll: float, n_classes: int) -> dict[str, float]:
     n = max(len(labels), 1)
-    recalls = [float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
+    recalls = [
+        float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()
+    ]
     return {
         "accuracy": round(float((pred == labels).mean()) if len(labels) else 0.0, 6),
         "unweighted_accuracy": round(float(np.mean(recalls)) if recalls else 0.0, 6),
@@ -117,13 +122,14 @@ def train_face(
     out: Path,
     work_dir: Path,
     options: FaceTrainOptions = FaceTrainOptions(),
-    net_options: FaceNetOptions = FaceNetOptions(),
+    net_options: FaceNetOptions | None = None,
     progress: Progress = _noop,
 ) -> dict[str, Any]:
     """Train on FER2013 Training, select on PublicTest, write the best checkpoint to ``out``.
 
     Returns the ``info`` dict stored in the checkpoint (scores, data provenance, timings).
     """
+    net_options = net_options or FaceNetOptions()
     if options.threads:
         torch.set_num_threads(options.threads)
     fer = load_fer(data_dir)
@@ -136,25 +142,44 @@ def train_face(
             train.usage[: options.max_train_images],
             train.source,
         )
-    log.info("FER2013: %d training images after cleaning (%s), %d PublicTest", len(train.images),
-             dropped, len(test.images))
+    log.info(
+        "FER2013: %d training images after cleaning (%s), %d PublicTest",
+        len(train.images),
+        dropped,
+        len(test.images),
+    )
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     net = FaceExpressionNet(net_options).to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train.images) / options.batch_size)
     opt = torch.optim.SGD(
-        net.parameters(), lr=options.max_lr, momentum=0.9, nesterov=True,
+        net.parameters(),
+        lr=options.max_lr,
+        momentum=0.9,
+        nesterov=True,
         weight_decay=options.weight_decay,
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=options.max_lr, total_steps=options.epochs * steps_per_epoch,
-        pct_start=options.warmup_fraction, anneal_strategy="cos",
+        opt,
+        max_lr=options.max_lr,
+        total_steps=options.epochs * steps_per_epoch,
+        pct_start=options.warmup_fraction,
+        anneal_strategy="cos",
     )
-    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_model": None, "history": [],
-                             "train_seconds": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best": -1.0,
+        "best_model": None,
+        "history": [],
+        "train_seconds": 0.0,
+    }
     work_dir.mkdir(parents=True, exist_ok=True)
     last = work_dir / "last.pt"
-    signature = {"train": asdict(options), "net": options_dict(net_options)}
+    signature = {
+        "train": asdict(options),
+        "net": options_dict(net_options),
+        "data": str(fer.source.resolve()),
+    }
     if last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
         if saved.get("signature") == signature:
@@ -184,12 +209,20 @@ def train_face(
             opt.step()
             sched.step()
             total_loss += float(loss.detach())
-            progress("train", step + 1, steps_per_epoch,
-                     {"epoch": epoch + 1, "loss": total_loss / (step + 1)})
+            progress(
+                "train",
+                step + 1,
+                steps_per_epoch,
+                {"epoch": epoch + 1, "loss": total_loss / (step + 1)},
+            )
         seconds = time.perf_counter() - t0
         scores = score_faces(net, test)
-        entry = {"epoch": epoch + 1, "train_loss": round(total_loss / steps_per_epoch, 5),
-                 "seconds": round(seconds, 1), **{f"public_test_{k}": v for k, v in scores.items()}}
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": round(total_loss / steps_per_epoch, 5),
+            "seconds": round(seconds, 1),
+            **{f"public_test_{k}": v for k, v in scores.items()},
+        }
         state["history"].append(entry)
         state["train_seconds"] += seconds
         if scores["accuracy"] > state["best"]:
@@ -197,18 +230,37 @@ def train_face(
             state["best_model"] = {k: v.clone() for k, v in net.state_dict().items()}
         state["epoch"] = epoch + 1
         log.info("epoch %d: %s", epoch + 1, entry)
-        progress("epoch", epoch + 1, options.epochs, {"accuracy": scores["accuracy"],
-                                                       "loss": entry["train_loss"]})
-        torch.save({"signature": signature, "model": net.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "state": state}, last)
-    return _write_face_checkpoint(out, net_options, options, state, test, dropped, len(train.images))
+        progress(
+            "epoch",
+            epoch + 1,
+            options.epochs,
+            {"accuracy": scores["accuracy"], "loss": entry["train_loss"]},
+        )
+        torch.save(
+            {
+                "signature": signature,
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            },
+            last,
+        )
+    return _write_face_checkpoint(
+        out, net_options, options, state, test, dropped, len(train.images)
+    )
 
 
 def _write_face_checkpoint(
-    out: Path, net_options: FaceNetOptions, options: FaceTrainOptions, state: dict[str, Any],
-    test: FaceImages, dropped: dict[str, int], n_train: int,
+    out: Path,
+    net_options: FaceNetOptions,
+    options: FaceTrainOptions,
+    state: dict[str, Any],
+    test: FaceImages,
+    dropped: dict[str, int],
+    n_train: int,
 ) -> dict[str, Any]:
     net = FaceExpressionNet(net_options)
     net.load_state_dict(state["best_model"])
@@ -227,14 +279,17 @@ def _write_face_checkpoint(
         "epochs": options.epochs,
         "train_seconds": round(state["train_seconds"], 1),
         "public_test": full,
-        "subset": {"split": "PublicTest", "seed": options.seed, "indices": idx.tolist(),
-                   "scores": score_faces(net, subset)},
+        "subset": {
+            "split": "PublicTest",
+            "seed": options.seed,
+            "indices": idx.tolist(),
+            "scores": score_faces(net, subset),
+        },
         "history": state["history"],
         "options": asdict(options),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"options": options_dict(net_options), "model": net.state_dict(), "info": info},
-               out)
+    torch.save({"options": options_dict(net_options), "model": net.state_dict(), "info": info}, out)
     return info
 
 

@@ -111,7 +111,9 @@ def _options_key(options: SpeechFeatureOptions) -> str:
 
 
 def unweighted_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
-    recalls = [float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
+    recalls = [
+        float((pred[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()
+    ]
     return float(np.mean(recalls)) if recalls else 0.0
 
 
@@ -178,11 +180,12 @@ def train_speech(
     data_dir: Path,
     out: Path,
     options: SpeechTrainOptions = SpeechTrainOptions(),
-    feature_options: SpeechFeatureOptions = SpeechFeatureOptions(),
+    feature_options: SpeechFeatureOptions | None = None,
     progress: Progress = _noop,
 ) -> dict[str, Any]:
     """Cross-validate, train on actors 1–16, score on 17–20, write the checkpoint to ``out``."""
     t0 = time.perf_counter()
+    feature_options = feature_options or SpeechFeatureOptions()
     clips = ravdess_clips(data_dir)
     x_raw = clip_features(clips, feature_options, progress=progress)
     y = np.array([c.emotion for c in clips])
@@ -192,7 +195,9 @@ def train_speech(
     train = np.isin(actors, TRAIN_ACTORS)
     test = np.isin(actors, HELD_OUT_ACTORS)
     if not train.any() or not test.any():
-        raise DataError(f"{data_dir}: needs RAVDESS actors 1–20 to train (found {sorted(set(actors))})")
+        raise DataError(
+            f"{data_dir}: needs RAVDESS actors 1–20 to train (found {sorted(set(actors))})"
+        )
     x_train = standardize_by_group(x_raw[train], actors[train])
     net, losses = fit_net(x_train, y[train], options, progress)
     held = score_speech(net, standardize_by_group(x_raw[test], actors[test]), y[test])
@@ -246,7 +251,9 @@ def evaluate_speech(
     """Score a head on labelled clips, standardising per actor over the given clips."""
     x_raw = clip_features(clips, head.feature_options, cache_dir, progress)
     if x_raw.shape[1] != head.net.options.input_dim:
-        raise DataError(f"features are {x_raw.shape[1]}-d, the checkpoint wants {head.net.options.input_dim}")
+        raise DataError(
+            f"features are {x_raw.shape[1]}-d, the checkpoint wants {head.net.options.input_dim}"
+        )
     y = np.array([c.emotion for c in clips])
     actors = np.array([c.actor for c in clips])
     return score_speech(head.net, standardize_by_group(x_raw, actors), y)
