@@ -131,11 +131,21 @@ BrokerOpt = Annotated[
 ]
 
 
-def _mqtt_options(mqtt: str | None, broker: str | None) -> dict[str, object]:
-    """Config keys set by ``--mqtt URL`` and ``--broker embedded|none``."""
+ZmqOpt = Annotated[str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")]
+NoZmqOpt = Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")]
+JsonlOpt = Annotated[Path | None, typer.Option(help="Also append every document here.")]
+
+
+def _output_options(
+    zmq: str | None, no_zmq: bool, jsonl: Path | None, mqtt: str | None, broker: str | None
+) -> dict[str, object]:
+    """Config keys set by the output options ``run`` and ``replay`` share."""
     if broker not in (None, "embedded", "none"):
         _fail(f"--broker {broker!r}: choose embedded or none")
     return {
+        "output.zmq.endpoint": zmq,
+        "output.zmq.enabled": False if no_zmq else None,
+        "output.jsonl.path": str(jsonl) if jsonl else None,
         "output.mqtt.url": mqtt,
         "output.mqtt.enabled": True if mqtt else None,
         "broker.embedded": None if broker is None else broker == "embedded",
@@ -146,11 +156,9 @@ def _mqtt_options(mqtt: str | None, broker: str | None) -> dict[str, object]:
 def replay(
     recording: Annotated[Path, typer.Argument(help="A recording directory (RECORDING_FORMAT).")],
     speed: Annotated[str | None, typer.Option(help="realtime | max | a factor such as 2.0")] = None,
-    zmq: Annotated[
-        str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")
-    ] = None,
-    no_zmq: Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")] = False,
-    jsonl: Annotated[Path | None, typer.Option(help="Also append every document here.")] = None,
+    zmq: ZmqOpt = None,
+    no_zmq: NoZmqOpt = False,
+    jsonl: JsonlOpt = None,
     mqtt: MqttOpt = None,
     broker: BrokerOpt = None,
     session_id: Annotated[str | None, typer.Option(help="Override the session id.")] = None,
@@ -164,11 +172,8 @@ def replay(
         overrides,
         **{
             "replay.speed": speed,
-            "output.zmq.endpoint": zmq,
-            "output.zmq.enabled": False if no_zmq else None,
-            "output.jsonl.path": str(jsonl) if jsonl else None,
             "session.id": session_id,
-            **_mqtt_options(mqtt, broker),
+            **_output_options(zmq, no_zmq, jsonl, mqtt, broker),
         },
     )
     from realtime_erc.dashboard.server import embedded_services
@@ -248,11 +253,9 @@ def run(
         Path | None, typer.Option("--record", help="Also record the session to this directory.")
     ] = None,
     duration: DurationOpt = None,
-    zmq: Annotated[
-        str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")
-    ] = None,
-    no_zmq: Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")] = False,
-    jsonl: Annotated[Path | None, typer.Option(help="Also append every document here.")] = None,
+    zmq: ZmqOpt = None,
+    no_zmq: NoZmqOpt = False,
+    jsonl: JsonlOpt = None,
     mqtt: MqttOpt = None,
     broker: BrokerOpt = None,
     session_id: Annotated[str | None, typer.Option(help="Session id (default: generated).")] = None,
@@ -267,11 +270,8 @@ def run(
         **{
             "mic.device": mic,
             "camera.device": camera,
-            "output.zmq.endpoint": zmq,
-            "output.zmq.enabled": False if no_zmq else None,
-            "output.jsonl.path": str(jsonl) if jsonl else None,
             "session.id": session_id,
-            **_mqtt_options(mqtt, broker),
+            **_output_options(zmq, no_zmq, jsonl, mqtt, broker),
         },
     )
     from realtime_erc.dashboard.server import embedded_services
@@ -431,7 +431,7 @@ def dashboard(
     overrides: SetOpt = None,
 ) -> None:
     """Serve the web dashboard (until Ctrl-C); with --broker embedded, a broker too."""
-    config = _load(config_file, overrides, **_mqtt_options(None, broker))
+    config = _load(config_file, overrides, **_output_options(None, False, None, None, broker))
     from realtime_erc.dashboard.server import DashboardServer, embedded_services
 
     async def main() -> None:
