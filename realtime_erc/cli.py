@@ -521,6 +521,42 @@ def bench_replay(
     _guard(run)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[
+        float, typer.Option(min=1.0, help="Length of the generated session (minutes).")
+    ] = 120.0,
+    out: Annotated[Path, typer.Option(help="Directory for soak.json and soak.md.")] = Path(
+        "bench-results"
+    ),
+    source: Annotated[Path, typer.Option(help="Recording looped into the long session.")] = Path(
+        "recordings/demo"
+    ),
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where generated recordings go (default ~/.cache/realtime-erc/soak)."),
+    ] = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """A long session at --speed max: memory growth, latency drift, model cache bounds."""
+    config = _load(config_file, overrides)
+    from realtime_erc.bench.soak import SoakOptions, run_soak_benchmark
+
+    def run() -> None:
+        options = SoakOptions(minutes=minutes, source=source)
+        if cache_dir is not None:
+            options.cache_dir = cache_dir
+        result = run_soak_benchmark(config, options)
+        paths = result.write(out)
+        console.print(result.markdown())
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        if failures := result.failures():
+            _fail("soak criteria not met: " + "; ".join(failures), code=1)
+
+    _guard(run)
+
+
 DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="Dataset directory (default: $REALTIME_ERC_DATA, else data.dir)."),

@@ -39,12 +39,14 @@ class RecordingTee:
     """Writes captured audio blocks and frames to a :class:`RecordingWriter` on its own thread.
 
     ``audio``/``frame`` only enqueue (never block); :meth:`close` finishes the queue and closes
-    the files. A write failure is kept in :attr:`error` and stops further writing.
+    the files. A write failure (disk full ...) is kept in :attr:`error` as the
+    :class:`RecordingError` that names its cause and fix, and stops further writing; what was
+    written until then stays a replayable recording.
     """
 
     def __init__(self, writer: RecordingWriter) -> None:
         self.writer = writer
-        self.error: str | None = None
+        self.error: RecordingError | None = None
         self._queue: queue.SimpleQueue[tuple[str, Any, float] | None] = queue.SimpleQueue()
         self._warned = False
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -81,9 +83,13 @@ class RecordingTee:
                     self.writer.write_audio(data)
                 else:
                     self.writer.write_frame(data, time)
+            except RecordingError as e:
+                self.error = e
             except Exception as e:
-                self.error = f"{type(e).__name__}: {e}"
-                log.error("recording to %s failed: %s", self.writer.path, self.error)
+                self.error = RecordingError(
+                    f"{self.writer.path}: writing the recording failed: {type(e).__name__}: {e} "
+                    "(check free disk space and permissions)"
+                )
 
     def close(self) -> None:
         """Write what is queued, then finalise the recording (idempotent)."""
@@ -156,10 +162,7 @@ class LiveSource:
                 if frame is not None:
                     yield frame
                 if self.recorder is not None and self.recorder.error is not None:
-                    raise RecordingError(
-                        f"{self.recorder.path}: writing the recording failed: "
-                        f"{self.recorder.error} (check free disk space and permissions)"
-                    )
+                    raise self.recorder.error
                 if self._stop:
                     return
                 if not self.mic.check_alive():

@@ -731,8 +731,47 @@ def _utc_now() -> str:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the old file stays as it was
+        raise
+
+
+WRITE_FIX = (
+    "free disk space or record to another disk; what was recorded until then is kept and replays"
+)
+_LOW_SPACE_BYTES = 256 * 1024  # below this, a failed write is taken to be a full disk
+
+
+def write_failure(path: Path, error: BaseException) -> RecordingError:
+    """The one-line error for a failed recording write, naming the cause when it can be found.
+
+    libsndfile reports only "System error" for any failed ``write``, so the cause is looked up:
+    an ``OSError``'s own reason, else a full disk (free space below 256 KiB), else a file at
+    the process's file-size limit (``RLIMIT_FSIZE``, which makes writes fail with EFBIG).
+    """
+    cause = f"{type(error).__name__}: {_sf_detail(error)}"
+    if isinstance(error, OSError) and error.strerror:
+        cause = error.strerror
+    else:
+        with contextlib.suppress(OSError):
+            free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+            if free < _LOW_SPACE_BYTES:
+                cause = f"No space left on device ({free // 1024} KiB free)"
+            elif (limit := _file_size_limit()) is not None and any(
+                f.stat().st_size >= limit - 65536 for f in path.iterdir() if f.is_file()
+            ):
+                cause = f"File too large (this process may write at most {limit} bytes a file)"
+    return _error(path, f"writing the recording failed: {cause}", WRITE_FIX)
+
+
+def _file_size_limit() -> int | None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class RecordingWriter:
@@ -742,6 +781,11 @@ class RecordingWriter:
     :meth:`close` with the video entry, because an MP4 is only readable once finalised. Audio
     (FLAC), frame times and annotations are flushed as they go, so a crashed session still
     replays as an audio-only recording with its annotations.
+
+    A failed write (disk full, file-size limit) raises :class:`RecordingError` naming the cause
+    and marks the writer failed: nothing more is written, and :meth:`close` finalises what is
+    there but leaves ``"video": null`` (the video may be truncated), so the recording so far
+    replays as audio.
     """
 
     def __init__(
@@ -791,16 +835,20 @@ class RecordingWriter:
         self._video: cv2.VideoWriter | None = None
         self._times: Any = None
         self._closed = False
-        self._write_session(video=False)
-        self._audio = sf.SoundFile(
-            self.path / "audio.flac",
-            "w",
-            samplerate=sample_rate,
-            channels=channels,
-            format="FLAC",
-            subtype="PCM_16",
-        )
-        self._annotations = (self.path / ANNOTATIONS_FILE).open("a", encoding="utf-8")
+        self.failed: RecordingError | None = None
+        try:
+            self._write_session(video=False)
+            self._audio = sf.SoundFile(
+                self.path / "audio.flac",
+                "w",
+                samplerate=sample_rate,
+                channels=channels,
+                format="FLAC",
+                subtype="PCM_16",
+            )
+            self._annotations = (self.path / ANNOTATIONS_FILE).open("a", encoding="utf-8")
+        except (OSError, sf.SoundFileError) as e:
+            raise write_failure(self.path, e) from None
 
     def _write_session(self, video: bool) -> None:
         meta: dict[str, Any] = {
@@ -825,12 +873,26 @@ class RecordingWriter:
                 f"audio block of shape {np.shape(block)} does not match "
                 f"{self.channels} channel(s): pass [n] or [n, {self.channels}]"
             )
-        self._audio.write(np.clip(data, -1.0, 1.0))
-        self.samples_written += len(data)
-        self._unflushed += len(data)
-        if self._unflushed >= self._flush_every:
-            self._audio.flush()
-            self._unflushed = 0
+        self._check_writable()
+        try:
+            self._audio.write(np.clip(data, -1.0, 1.0))
+            self.samples_written += len(data)
+            self._unflushed += len(data)
+            if self._unflushed >= self._flush_every:
+                self._audio.flush()
+                self._unflushed = 0
+        except (OSError, sf.SoundFileError) as e:
+            raise self._fail(e) from None
+
+    def _check_writable(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        if self._closed:
+            raise ValueError(f"{self.path}: the recording is closed")
+
+    def _fail(self, error: BaseException) -> RecordingError:
+        self.failed = write_failure(self.path, error)
+        return self.failed
 
     def write_frame(self, image: np.ndarray, time: float) -> None:
         """Append one ``[H, W, 3]`` uint8 BGR frame shown at session ``time`` seconds."""
@@ -844,6 +906,7 @@ class RecordingWriter:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frame must be [H, W, 3] uint8 BGR, got {frame.shape} {frame.dtype}")
         height, width = frame.shape[:2]
+        self._check_writable()
         if self._video is None:
             nominal_fps = self.fps or 30.0  # container rate; true times are in video_times.csv
             self._video = cv2.VideoWriter(
@@ -861,9 +924,13 @@ class RecordingWriter:
                 f"frame size {width}x{height} differs from the first frame's "
                 f"{self._frame_size[0]}x{self._frame_size[1]}"
             )  # type: ignore[index]
+        # OpenCV's writer never reports a failed write; the times file next to it does.
         self._video.write(np.ascontiguousarray(frame))
-        self._times.write(f"{time:.6f}\n")
-        self._times.flush()
+        try:
+            self._times.write(f"{time:.6f}\n")
+            self._times.flush()
+        except OSError as e:
+            raise self._fail(e) from None
         self._last_time = time
         self.frames_written += 1
 
@@ -875,20 +942,41 @@ class RecordingWriter:
             raise _error(
                 where, f"speaker {annotation.speaker!r} is not declared", "pass it in speakers="
             )
-        self._annotations.write(json.dumps(annotation.to_dict(), ensure_ascii=False) + "\n")
-        self._annotations.flush()
+        self._check_writable()
+        try:
+            self._annotations.write(json.dumps(annotation.to_dict(), ensure_ascii=False) + "\n")
+            self._annotations.flush()
+        except OSError as e:
+            raise self._fail(e) from None
 
     def close(self) -> None:
-        """Finalise every file; the recording is then complete (idempotent)."""
+        """Finalise every file; the recording is then complete (idempotent).
+
+        After a failed write, files are closed as well as they can be (errors are logged, not
+        raised: the failure was already reported) and ``session.json`` keeps ``"video": null``.
+        """
         if self._closed:
             return
         self._closed = True
-        self._audio.close()
-        self._annotations.close()
+        closers = [self._audio.close, self._annotations.close]
         if self._video is not None:
-            self._video.release()
-            self._times.close()
-            self._write_session(video=True)
+            closers += [self._video.release, self._times.close]
+        first: BaseException | None = None
+        for close in closers:
+            try:
+                close()
+            except (OSError, sf.SoundFileError, cv2.error) as e:
+                if self.failed is None and first is None:
+                    first = e
+                else:
+                    log.warning("%s: closing after a failed write: %s", self.path, e)
+        if first is not None:
+            raise self._fail(first) from None
+        if self._video is not None and self.failed is None:
+            try:
+                self._write_session(video=True)
+            except OSError as e:
+                raise self._fail(e) from None
 
     def __enter__(self) -> RecordingWriter:
         return self
