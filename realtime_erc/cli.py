@@ -748,6 +748,148 @@ def evaluate_extractor_command(
     _guard(run)
 
 
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Dataset directory (default: $REALTIME_ERC_DATA, else data.dir)."),
+]
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (see the registry).")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="iemocap | meld | emorynlp | assembled | a published feature .pkl."
+        ),
+    ] = "meld",
+    data_dir: DataDirOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    bidirectional: Annotated[
+        bool, typer.Option(help="Train the offline (bidirectional) mode instead of causal.")
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs.")] = 25,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Stop after this many epochs without a better valid wF1.")
+    ] = 5,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (AdamW).")] = 1e-3,
+    batch: Annotated[int, typer.Option(min=1, help="Dialogues per step.")] = 8,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Model hyperparameter key=value (repeatable)."),
+    ] = None,
+    subset: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint to write (default: in the run's directory).")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore the run's last.pt (do not resume).")] = False,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train an ERC model; resumes from the run's last epoch; test scored once at the end."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.models.options import _parse_override
+        from realtime_erc.models.registry import model_class
+        from realtime_erc.training.erc_trainer import (
+            ErcTrainOptions,
+            load_data,
+            run_dir,
+            run_name,
+            train_erc,
+        )
+        from realtime_erc.training.extractors import _Bars
+
+        model_class(model)  # unknown names fail before the data are read
+        try:
+            params = dict(_parse_override(p) for p in param or [])
+        except ValueError as e:
+            raise UserError(f"--param: {e}") from None
+        options = ErcTrainOptions(
+            model, seed=seed, causal=not bidirectional, max_epochs=epochs, patience=patience,
+            lr=lr, batch_dialogues=batch, model_config=params, subset=subset,
+        )  # fmt: skip
+        with _Bars(err_console) as bars:
+            dataset = load_data(data, config.data.resolve(data_dir), progress=bars)
+            work = run_dir(run_name(dataset.dataset, options))
+            result = train_erc(dataset, options, out or work / "model.pt", work, bars, not fresh)
+        m, p = result["metrics"], result["provenance"]
+        summary = {
+            "model_id": result["model_id"], "checkpoint": result["path"],
+            "valid_weighted_f1": m["valid"]["weighted_f1"],
+            "test_weighted_f1": m["test"]["weighted_f1"], "test_accuracy": m["test"]["accuracy"],
+            "epochs": p["epochs"], "best_epoch": p["best_epoch"],
+            "train_seconds": p["train_seconds"],
+        }  # fmt: skip
+        console.print_json(json.dumps(summary))
+
+    _guard(run)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="A checkpoint written by 'realtime-erc train'.")
+    ] = None,
+    all_runs: Annotated[
+        bool, typer.Option("--all", help="Train/reuse every run and rewrite docs/RESULTS.md.")
+    ] = False,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Dataset (default: the one it was trained on).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="train | valid | test.")] = "test",
+    subset: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N dialogues of the split.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="--all: the report to write.")] = Path(
+        "docs/RESULTS.md"
+    ),
+    budget: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="--all: start no new training after this many minutes."),
+    ] = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Score a checkpoint on a split, or (--all) regenerate the whole results table."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.training.extractors import _Bars
+
+        if all_runs == (checkpoint is not None):
+            raise UserError("give either a CHECKPOINT or --all")
+        directory = config.data.resolve(data_dir)
+        if all_runs:
+            from realtime_erc.training.results import ResultsPlan, regenerate
+
+            with _Bars(err_console) as bars:
+                path = regenerate(directory, out, ResultsPlan(budget_minutes=budget), bars)
+            console.print(f"wrote {path}")
+            return
+        from realtime_erc.models.checkpoint import read_checkpoint
+        from realtime_erc.training.erc_trainer import evaluate_checkpoint, load_data
+
+        if split not in ("train", "valid", "test"):
+            raise UserError(f"--split {split!r}: choose train, valid or test")
+        provenance = read_checkpoint(checkpoint).get("provenance") or {}
+        dataset = data or provenance.get("dataset")
+        if not dataset:
+            raise UserError(f"{checkpoint} does not say its dataset: pass --data")
+        encoder = (provenance.get("features") or {}).get("text")
+        with _Bars(err_console) as bars:
+            loaded = load_data(dataset, directory, encoder_identity=encoder, progress=bars)
+        result = evaluate_checkpoint(checkpoint, loaded, split, subset)
+        result.pop("confusion")
+        console.print_json(json.dumps(result))
+
+    _guard(run)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,362 @@
+"""Train and score ERC models on a corpus (``realtime-erc train`` / ``evaluate``).
+
+One run = one model, one corpus, one seed, causal or bidirectional. Each epoch trains on the
+train split (dialogues shuffled, ``batch_dialogues`` per step, cross-entropy + the model's
+auxiliary losses), then scores the valid split; the weights with the best validation weighted F1
+are kept and training stops after ``patience`` epochs without improvement. The test split is
+scored once, at the end, with those weights. After every epoch the whole state (weights,
+optimiser, best weights, history, RNG states) is written to ``<work_dir>/last.pt``, so a killed
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from realtime_erc.events import MODALITIES
+from realtime_erc.models.base import DialogueBatch, ERCModel, FeatureDims
+from realtime_erc.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from realtime_erc.models.options import load_model_config
+from realtime_erc.training.corpus import CorpusFeatures, Dialogue, ErcCorpus
+from realtime_erc.training.datasets import split_sizes
+from realtime_erc.training.emotion_data import DataError
+from realtime_erc.training.erc_metrics import scores
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass
+class ErcTrainOptions:
+    model: str
+    seed: int = 0
+    causal: bool = True
+    max_epochs: int = 30
+    patience: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_dialogues: int = 8
+    grad_clip: float = 5.0
+    model_config: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the model's ``Config`` (defaults: configs/models/<model>.toml)."""
+    subset: int | None = None
+    """Use only the first ``subset`` dialogues of each split (tests, smoke runs)."""
+
+    def fingerprint(self) -> str:
+        """What must match for ``last.pt`` to be resumed."""
+        data = asdict(self)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ErcData:
+    """A corpus ready to train on: dialogues, their features and the model's feature dims.
+    ``dataset`` names it in provenance (``iemocap``, ``meld``, ``assembled`` or a file)."""
+
+    corpus: ErcCorpus
+    features: CorpusFeatures
+    dims: FeatureDims
+    dataset: str
+
+    def dialogues(self, split: str, subset: int | None = None) -> list[Dialogue]:
+        ds = self.corpus.split(split)
+        return ds[:subset] if subset else ds
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def collate(data: ErcData, dialogues: Sequence[Dialogue]) -> DialogueBatch:
+    return DialogueBatch.from_dialogues(
+        [data.features.of(d) for d in dialogues], data.dims, labels=[d.labels for d in dialogues]
+    )
+
+
+def batches(dialogues: Sequence[Dialogue], size: int) -> list[list[Dialogue]]:
+    return [list(dialogues[i : i + size]) for i in range(0, len(dialogues), size)]
+
+
+@torch.no_grad()
+def predict(
+    model: ERCModel, data: ErcData, dialogues: Sequence[Dialogue], causal: bool, size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_true [N], y_pred [N])`` over ``dialogues`` (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    true, pred = [], []
+    for chunk in batches(dialogues, size):
+        batch = collate(data, chunk).to(model.device)
+        logits = model(batch, causal=causal).logits
+        true.append(batch.labels.cpu().numpy())
+        pred.append(logits.argmax(-1).cpu().numpy())
+    model.train(was_training)
+    if not true:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(true), np.concatenate(pred)
+
+
+def score(
+    model: ERCModel, data: ErcData, dialogues: Sequence[Dialogue], causal: bool
+) -> dict[str, Any]:
+    y, p = predict(model, data, dialogues, causal)
+    return scores(y, p, data.corpus.labels)
+
+
+def _loss(model: ERCModel, batch: DialogueBatch, causal: bool) -> tuple[torch.Tensor, float]:
+    out = model(batch, causal=causal)
+    ce = nn.functional.cross_entropy(out.logits, batch.labels, ignore_index=-1)
+    loss = ce + sum(out.aux_losses.values(), torch.zeros((), device=ce.device))
+    return loss, float(ce.detach())
+
+
+def train_erc(
+    data: ErcData,
+    options: ErcTrainOptions,
+    out: Path,
+    work_dir: Path,
+    progress: Progress | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train one run and write the chosen checkpoint to ``out``; returns its metrics and
+    provenance (``test`` scored once, with the weights chosen on validation)."""
+    if data.corpus.label_set and len(data.corpus.labels) < 2:
+        raise DataError(f"{data.dataset}: need at least 2 classes")
+    seed_everything(options.seed)
+    config = load_model_config(options.model, overrides=options.model_config)
+    model = build_model(options.model, data.dims, data.corpus.labels, data.corpus.label_set, config)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+    )
+    train = data.dialogues("train", options.subset)
+    valid = data.dialogues("valid", options.subset)
+    test = data.dialogues("test", options.subset)
+    if not train or not valid:
+        raise DataError(f"{data.dataset}: the train and valid splits must not be empty")
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    last = work_dir / "last.pt"
+    fingerprint = f"{options.fingerprint()}:{data.dataset}:{data.features.extractor}"
+    state: dict[str, Any] = {
+        "epoch": 0, "best_f1": -1.0, "best_epoch": 0, "best_state": None, "history": [],
+        "seconds": 0.0, "finished": False,
+    }  # fmt: skip
+    if resume and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            state = saved["state"]
+            random.setstate(saved["rng"]["python"])
+            np.random.set_state(saved["rng"]["numpy"])
+            torch.set_rng_state(saved["rng"]["torch"])
+            log.info("resuming %s from epoch %d", work_dir, state["epoch"])
+        else:
+            log.info("%s belongs to other options; starting afresh", last)
+
+    order_rng = np.random.default_rng(options.seed)
+    for _ in range(state["epoch"]):  # replay the shuffles of finished epochs
+        order_rng.permutation(len(train))
+    model.train()
+    while not state["finished"]:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        order = order_rng.permutation(len(train))
+        steps = batches([train[i] for i in order], options.batch_dialogues)
+        total = 0.0
+        for i, chunk in enumerate(steps, 1):
+            loss, ce = _loss(model, collate(data, chunk), options.causal)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if options.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimiser.step()
+            total += ce
+            if progress is not None:
+                progress(f"epoch {epoch}", i, len(steps), {"loss": total / i})
+        valid_scores = score(model, data, valid, options.causal)
+        f1 = valid_scores["weighted_f1"]
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "train_loss": round(total / len(steps), 5),
+                "valid_wf1": f1,
+                "valid_acc": valid_scores["accuracy"],
+            }  # fmt: skip
+        )
+        if f1 > state["best_f1"]:
+            state.update(best_f1=f1, best_epoch=epoch)
+            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state["epoch"] = epoch
+        state["seconds"] += time.perf_counter() - started
+        if epoch - state["best_epoch"] >= options.patience or epoch >= options.max_epochs:
+            state["finished"] = True
+        if progress is not None:
+            progress("valid", epoch, options.max_epochs, {"wF1": f1, "best": state["best_f1"]})
+        torch.save(
+            {
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "state": state,
+                "rng": {
+                    "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                },  # fmt: skip
+            },
+            last,
+        )
+
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    valid_scores = score(model, data, valid, options.causal)
+    test_scores = score(model, data, test, options.causal)  # the one look at test
+    metrics = {
+        "valid": valid_scores,
+        "test": test_scores,
+        "causal": options.causal,
+    }
+    provenance = {
+        "dataset": data.dataset,
+        "corpus": data.corpus.name,
+        "source": data.corpus.provenance.get("source", ""),
+        "features": dict(data.features.extractor),
+        "sequences": False,
+        # The modalities present in training: live, the others are passed as absent.
+        "modalities": [
+            m for i, m in enumerate(MODALITIES)
+            if any(u.present[i] for feats in data.features.features.values() for u in feats)
+        ],
+        "splits": split_sizes(data.corpus) if not options.subset else {
+            s: {"dialogues": len(data.dialogues(s, options.subset))} for s in data.corpus.splits
+        },
+        "subset": options.subset,
+        "seed": options.seed,
+        "causal": options.causal,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_seconds": round(state["seconds"], 1),
+        "history": state["history"],
+        "options": asdict(options),
+    }  # fmt: skip
+    info = save_checkpoint(model, out, metrics, provenance)
+    return {"model_id": info.model_id, "path": str(out), "metrics": metrics,
+            "provenance": provenance}  # fmt: skip
+
+
+def evaluate_checkpoint(
+    path: Path,
+    data: ErcData,
+    split: str = "test",
+    subset: int | None = None,
+    causal: bool | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint on ``split`` (first ``subset`` dialogues) of ``data``; ``causal``
+    defaults to the mode it was trained in."""
+    model = load_checkpoint(path)
+    info = model.checkpoint_info
+    if tuple(model.labels) != tuple(data.corpus.labels):
+        raise DataError(
+            f"{path} predicts {model.label_set} ({', '.join(model.labels)}) but {data.dataset} "
+            f"has {data.corpus.label_set}: evaluate it on the dataset it was trained for"
+        )
+    if causal is None:
+        causal = bool(info.provenance.get("causal", True))
+    result = score(model, data, data.dialogues(split, subset), causal)
+    return {"model_id": info.model_id, "split": split, "subset": subset, "causal": causal,
+            **result}  # fmt: skip
+
+
+DATASETS: tuple[str, ...] = ("iemocap", "meld", "emorynlp", "assembled")
+
+
+def live_dims() -> FeatureDims:
+    """The dims the live feature stage produces with the default configuration."""
+    from realtime_erc.config import Config
+    from realtime_erc.features.stage import feature_dims
+
+    return feature_dims(Config().features)
+
+
+def text_encoder(identity: str | None = None):
+    """The pooled text encoder named ``identity`` (default: the packaged MiniLM)."""
+    from realtime_erc.training.text_features import MiniLMPooled
+
+    encoder = MiniLMPooled()
+    if identity not in (None, encoder.identity):
+        raise DataError(
+            f"text encoder {identity!r} is not available here (this program has "
+            f"{encoder.identity}): evaluate with the encoder the checkpoint was trained with"
+        )
+    return encoder
+
+
+def load_data(
+    dataset: str,
+    data_dir: Path,
+    encoder_identity: str | None = None,
+    progress: Progress | None = None,
+) -> ErcData:
+    """``iemocap`` | ``meld`` | ``emorynlp`` (text features from our encoder, cached),
+    ``assembled`` (the assembled multimodal conversations) or a path to a published feature
+    pickle (DialogueGCN / MMGCN layout)."""
+    from realtime_erc.training.datasets import (
+        TEXT_DATASETS,
+        infer_dims,
+        load_feature_pickle,
+        load_text_corpus,
+        text_features,
+    )
+
+    dims = live_dims()
+    if dataset in TEXT_DATASETS:
+        corpus = load_text_corpus(dataset, data_dir)
+        features = text_features(corpus, text_encoder(encoder_identity), dims, progress=progress)
+        return ErcData(corpus, features, dims, dataset)
+    if dataset == "assembled":
+        try:
+            from realtime_erc.training.assembled import load_assembled
+        except ImportError:
+            raise DataError(
+                "the assembled multimodal corpus is not available in this version"
+            ) from None
+        corpus, features = load_assembled(data_dir, progress=progress)
+        return ErcData(corpus, features, infer_dims(features, dims), dataset)
+    path = Path(dataset)
+    if path.suffix == ".pkl" or path.is_file():
+        pickle = load_feature_pickle(path)
+        return ErcData(pickle.corpus, pickle.features, pickle.dims, str(path))
+    raise DataError(
+        f"unknown dataset {dataset!r}: choose {', '.join(DATASETS)} or a published feature .pkl"
+    )
+
+
+def run_name(dataset: str, options: ErcTrainOptions) -> str:
+    """``<dataset>-<model>-<causal|bidir>-seed<N>``: names the run's work directory."""
+    stem = Path(dataset).stem if dataset.endswith(".pkl") else dataset
+    mode = "causal" if options.causal else "bidir"
+    sub = f"-sub{options.subset}" if options.subset else ""
+    return f"{stem}-{options.model}-{mode}-seed{options.seed}{sub}"
+
+
+def run_dir(name: str) -> Path:
+    """``<cache>/train/erc/<name>``: where ``last.pt`` (resumable state) lives."""
+    from realtime_erc.features.assets import cache_root
+
+    return cache_root() / "train" / "erc" / name

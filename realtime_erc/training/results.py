@@ -1,0 +1,369 @@
+"""``realtime-erc evaluate --all``: train (or reuse) every run of the results table and write
+``docs/RESULTS.md`` with its confusion-matrix plots in ``docs/results/``.
+
+Runs: every registered model on text-only IEMOCAP-6 and MELD-7 (causal: seeds 0, 1, 2;
+bidirectional: seed 0) and, where the assembled multimodal corpus is available, on it (causal,
+seed 0..). Each run's checkpoint lives in its work directory; a finished run is read back, not
+retrained, so re-running the command after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from realtime_erc.training.erc_trainer import (
+    ErcData,
+    ErcTrainOptions,
+    load_data,
+    run_dir,
+    run_name,
+    train_erc,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+# Published test weighted F1 (IEMOCAP-6 / MELD-7), as quoted in MODELS.md.
+PUBLISHED: dict[str, dict[str, str]] = {
+    "bigfusion": {"iemocap": "72.91 (multimodal)", "meld": "67.17 (multimodal)"},
+    "dialoguegcn": {"iemocap": "64.18 (text, GloVe CNN)", "meld": "58.10 (text, GloVe CNN)"},
+    "COSMIC": {"iemocap": "65.28 (text, RoBERTa-large)", "meld": "65.21 (text, RoBERTa-large)"},
+    "MMGCN": {"iemocap": "66.22 (multimodal)", "meld": "58.65 (multimodal)"},
+    "M3Net": {"iemocap": "≈71.1 (multimodal)", "meld": "≈65.8 (multimodal)"},
+    "SDT": {"iemocap": "≈74.1 (multimodal)", "meld": "≈66.6 (multimodal)"},
+}
+DATASET_TITLES = {"iemocap": "IEMOCAP-6", "meld": "MELD-7", "assembled": "assembled multimodal"}
+
+
+@dataclass
+class ResultsPlan:
+    """What ``evaluate --all`` runs. Epoch caps keep each run short on a shared 2-core CPU;
+    ``budget_minutes`` stops starting new runs once spent (the report lists what was left out),
+    and a later call continues with the runs not yet done."""
+
+    models: tuple[str, ...] = (
+        "utterance-mlp", "dialoguegcn", "dfgcn", "dialogue-rnn-lite", "bigfusion", "hotspot",
+    )  # fmt: skip
+    """Cheapest first (measured CPU time per epoch), so a budget-cut table has whole rows."""
+    datasets: tuple[str, ...] = ("iemocap", "meld", "assembled")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    bidirectional_seeds: tuple[int, ...] = (0,)
+    max_epochs: int = 10
+    patience: int = 3
+    lr: float = 2e-3
+    per_dataset: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"meld": {"batch_dialogues": 16}}
+    )
+    """Per-dataset overrides of :class:`ErcTrainOptions` fields (MELD: many short dialogues,
+    so bigger batches)."""
+    budget_minutes: float | None = None
+
+    def options(self, dataset: str, model: str, seed: int, causal: bool) -> ErcTrainOptions:
+        base = ErcTrainOptions(
+            model, seed=seed, causal=causal, max_epochs=self.max_epochs, patience=self.patience,
+            lr=self.lr,
+        )  # fmt: skip
+        return replace(base, **self.per_dataset.get(dataset, {}))
+
+    def rounds(self) -> list[tuple[bool, int]]:
+        """(causal, seed) in the order each model runs them: the first causal seed and the
+        bidirectional rows first."""
+        first = [(True, self.seeds[0])] if self.seeds else []
+        return (
+            first
+            + [(False, s) for s in self.bidirectional_seeds]
+            + [(True, s) for s in self.seeds[1:]]
+        )
+
+
+@dataclass
+class RunResult:
+    dataset: str
+    model: str
+    seed: int
+    causal: bool
+    model_id: str
+    test: dict[str, Any]
+    valid: dict[str, Any]
+    epochs: int
+    best_epoch: int
+    seconds: float
+    checkpoint: str
+
+
+def run_one(data: ErcData, options: ErcTrainOptions, progress: Progress | None = None) -> RunResult:
+    """Train the run (resuming its ``last.pt``) unless its checkpoint already exists for these
+    options; either way return its stored scores."""
+    from realtime_erc.models.checkpoint import read_checkpoint
+
+    name = run_name(data.dataset, options)
+    work = run_dir(name)
+    out = work / "model.pt"
+    result = None
+    if out.is_file():
+        payload = read_checkpoint(out)
+        if payload.get("provenance", {}).get("options") == _options_dict(options):
+            result = {
+                "model_id": f"{payload['model']}/{payload['label_set']}@"
+                f"{payload['content_hash'][:8]}",  # fmt: skip
+                "metrics": payload["metrics"],
+                "provenance": payload["provenance"],
+            }
+    if result is None:
+        log.info("training %s", name)
+        result = train_erc(data, options, out, work, progress=progress)
+    p, m = result["provenance"], result["metrics"]
+    return RunResult(
+        data.dataset, options.model, options.seed, options.causal, result["model_id"],
+        m["test"], m["valid"], p["epochs"], p["best_epoch"], p["train_seconds"], str(out),
+    )  # fmt: skip
+
+
+def _options_dict(options: ErcTrainOptions) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(options)
+
+
+def run_all(
+    plan: ResultsPlan, data_dir: Path, progress: Progress | None = None
+) -> tuple[list[RunResult], list[str]]:
+    """Every run of ``plan`` (within its budget); returns the results and notes on what was not
+    run and why."""
+    from realtime_erc.training.emotion_data import DataError
+
+    started = time.perf_counter()
+    loaded: dict[str, ErcData] = {}
+    notes: list[str] = []
+    for dataset in plan.datasets:
+        try:
+            loaded[dataset] = load_data(dataset, data_dir, progress=progress)
+        except DataError as e:
+            notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
+    results: list[RunResult] = []
+    skipped: list[str] = []
+    for model in plan.models:
+        for causal, seed in plan.rounds():
+            for dataset, data in loaded.items():
+                if dataset == "assembled" and not causal:
+                    continue
+                spent = (time.perf_counter() - started) / 60
+                label = f"{dataset} {model} {'causal' if causal else 'bidir'} seed {seed}"
+                if plan.budget_minutes is not None and spent > plan.budget_minutes:
+                    # a finished run is still read back; only new training is skipped
+                    options = plan.options(dataset, model, seed, causal)
+                    done = run_dir(run_name(dataset, options)) / "model.pt"
+                    if not done.is_file():
+                        skipped.append(label)
+                        continue
+                results.append(run_one(data, plan.options(dataset, model, seed, causal), progress))
+                log.info("%s done (%.1f min in all)", label, spent)
+    if skipped:
+        notes.append(
+            f"{len(skipped)} runs not trained within the {plan.budget_minutes:g}-minute budget "
+            f"(run `realtime-erc evaluate --all` again to add them): {'; '.join(skipped)}"
+        )
+    return results, notes
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _group(results: Sequence[RunResult], dataset: str, model: str, causal: bool):
+    return [r for r in results if (r.dataset, r.model, r.causal) == (dataset, model, causal)]
+
+
+def plot_confusion(result: RunResult, labels: Sequence[str], path: Path) -> None:
+    """A row-normalised confusion matrix (counts in the cells) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(result.test["confusion"], float)
+    norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    mode = "causal" if result.causal else "bidirectional"
+    ax.set_title(f"{result.model} · {DATASET_TITLES.get(result.dataset, result.dataset)} · "
+                 f"{mode} · seed {result.seed}\nwF1 {result.test['weighted_f1']:.2f}",
+                 fontsize=9)  # fmt: skip
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(
+    results: Sequence[RunResult],
+    notes: Sequence[str],
+    out: Path,
+    plots: Path,
+    labels: dict[str, Sequence[str]],
+    header: str = "",
+    extra: str = "",
+) -> None:
+    """``docs/RESULTS.md`` (and the PNGs in ``plots``) from the runs."""
+    datasets = [d for d in DATASET_TITLES if any(r.dataset == d for r in results)]
+    models = list(dict.fromkeys(r.model for r in results))
+    lines = ["# ERC results", "", header.strip(), ""] if header else ["# ERC results", ""]
+
+    for causal in (True, False):
+        mode = "causal (streaming)" if causal else "bidirectional (offline)"
+        rows = [(m, d, _group(results, d, m, causal)) for m in models for d in datasets]
+        if not any(g for *_, g in rows):
+            continue
+        lines += [f"## Test scores, {mode}", ""]
+        head = "| model | " + " | ".join(
+            f"{DATASET_TITLES[d]} wF1 | acc | seeds" for d in datasets) + " |"  # fmt: skip
+        lines += [head, "|" + "---|" * (1 + 3 * len(datasets))]
+        for m in models:
+            cells = []
+            for d in datasets:
+                g = _group(results, d, m, causal)
+                if not g:
+                    cells += ["–", "–", "0"]
+                    continue
+                cells += [
+                    _mean_std([r.test["weighted_f1"] for r in g]),
+                    _mean_std([r.test["accuracy"] for r in g]),
+                    str(len(g)),
+                ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += ["## Published numbers (test weighted F1)", "",
+              "| method | IEMOCAP-6 | MELD-7 |", "|---|---|---|"]  # fmt: skip
+    for name, row in PUBLISHED.items():
+        lines.append(f"| {name} | {row['iemocap']} | {row['meld']} |")
+    lines.append("")
+
+    lines += ["## Per-class test F1 (causal, mean over seeds)", ""]
+    for d in datasets:
+        names = list(labels[d])
+        lines += [f"### {DATASET_TITLES[d]}", "", "| model | " + " | ".join(names) + " |",
+                  "|" + "---|" * (1 + len(names))]  # fmt: skip
+        for m in models:
+            g = _group(results, d, m, True)
+            if g:
+                vals = [statistics.mean(r.test["per_class_f1"][n] for r in g) for n in names]
+                lines.append(f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+        lines.append("")
+
+    lines += ["## Confusion matrices (test, causal, seed 0)", ""]
+    for d in datasets:
+        for m in models:
+            g = [r for r in _group(results, d, m, True) if r.seed == min(x.seed for x in
+                 _group(results, d, m, True))]  # fmt: skip
+            if not g:
+                continue
+            png = plots / f"confusion-{d}-{m}.png"
+            plot_confusion(g[0], labels[d], png)
+            lines.append(f"![{m} on {DATASET_TITLES[d]}](results/{png.name})")
+        lines.append("")
+
+    lines += ["## Every run", "",
+              "| dataset | model | mode | seed | valid wF1 | test wF1 | test acc | epochs "
+              "(best) | train s | model id |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        lines.append(
+            f"| {DATASET_TITLES.get(r.dataset, r.dataset)} | {r.model} | "
+            f"{'causal' if r.causal else 'bidir'} | {r.seed} | {r.valid['weighted_f1']:.2f} | "
+            f"{r.test['weighted_f1']:.2f} | {r.test['accuracy']:.2f} | {r.epochs} "
+            f"({r.best_epoch}) | {r.seconds:.0f} | `{r.model_id}` |"
+        )
+    total = sum(r.seconds for r in results)
+    lines += ["", f"Total training time: {total / 60:.1f} min over {len(results)} runs.", ""]
+    if notes:
+        lines += ["## Not run", ""] + [f"- {n}" for n in notes] + [""]
+    if extra:
+        lines += [extra.strip(), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+def regenerate(
+    data_dir: Path, out: Path, plan: ResultsPlan | None = None, progress: Progress | None = None
+) -> Path:
+    """Run (or reuse) every run of ``plan`` and write the report to ``out`` (plots beside it in
+    ``results/``)."""
+    from realtime_erc.training.datasets import LABEL_SETS
+
+    plan = plan or ResultsPlan()
+    started = time.perf_counter()
+    results, notes = run_all(plan, data_dir, progress)
+    labels = {"iemocap": LABEL_SETS["iemocap6"], "meld": LABEL_SETS["meld7"]}
+    for r in results:
+        if r.dataset not in labels:
+            from realtime_erc.models.checkpoint import read_checkpoint
+
+            labels[r.dataset] = read_checkpoint(r.checkpoint)["labels"]
+    header = (
+        "Generated by `realtime-erc evaluate --all`. Text features: the packaged "
+        "all-MiniLM-L6-v2 sentence vectors (frozen, pooled; no token sequences), audio and "
+        "visual absent. Each run: early stopping on validation weighted F1 (patience "
+        f"{plan.patience}, at most {plan.max_epochs} epochs), the test split scored once with "
+        "the epoch chosen on validation. Causal rows: mean ± std over seeds "
+        f"{', '.join(map(str, plan.seeds))}; bidirectional rows: seed "
+        f"{', '.join(map(str, plan.bidirectional_seeds))}. Training ran on a shared 2-core CPU."
+    )
+    extra = f"Report regenerated in {(time.perf_counter() - started) / 60:.1f} min."
+    write_report(results, notes, out, out.parent / "results", labels, header, extra)
+    return out
+
+
+LIVE_CHECKPOINT_SUBSET = 20
+"""Test dialogues the packaged checkpoint's reference score is computed on (a test checks that
+``realtime-erc evaluate`` reproduces it exactly)."""
+
+
+def export_live_checkpoint(
+    source: Path, dest: Path, data: ErcData, subset: int = LIVE_CHECKPOINT_SUBSET
+) -> dict[str, Any]:
+    """Copy a trained checkpoint to ``dest`` (e.g. ``realtime_erc/assets/erc_meld7_text.pt``),
+    adding its score on the first ``subset`` test dialogues and a data/licence note. The weights
+    (and so the model id) are unchanged."""
+    from realtime_erc.models.checkpoint import load_checkpoint, save_checkpoint
+    from realtime_erc.training.erc_trainer import score
+
+    model = load_checkpoint(source)
+    info = model.checkpoint_info
+    causal = bool(info.provenance.get("causal", True))
+    reference = score(model, data, data.dialogues("test", subset), causal)
+    metrics = dict(info.metrics)
+    metrics["test_subset"] = {
+        "dialogues": subset, "weighted_f1": reference["weighted_f1"],
+        "accuracy": reference["accuracy"], "utterances": reference["utterances"],
+    }  # fmt: skip
+    provenance = dict(info.provenance)
+    provenance.pop("history", None)
+    provenance["note"] = (
+        f"Trained on {data.corpus.name} dialogue text (train split; model chosen on valid). "
+        "MELD is GPL-3.0, text from the TV series Friends; cite Poria et al. (ACL 2019)."
+    )
+    saved = save_checkpoint(model, dest, metrics, provenance)
+    return {"model_id": saved.model_id, "path": str(dest), "metrics": metrics}

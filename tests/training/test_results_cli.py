@@ -1,0 +1,83 @@
+"""The results report (from stored runs), the ``train`` / ``evaluate`` commands' errors, and the
+packaged MELD checkpoint reproducing its stored score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_support import ROOT, cli
+
+from realtime_erc.config import DataConfig
+from realtime_erc.training.results import (
+    LIVE_CHECKPOINT_SUBSET,
+    ResultsPlan,
+    RunResult,
+    write_report,
+)
+
+LABELS = ("calm", "angry")
+ASSET = ROOT / "realtime_erc" / "assets" / "erc_meld7_text.pt"
+DATA = DataConfig().resolve()
+
+
+def _run(model: str, seed: int, causal: bool, f1: float) -> RunResult:
+    test = {"weighted_f1": f1, "accuracy": f1 + 1, "per_class_f1": {"calm": f1, "angry": 10.0},
+            "confusion": [[5, 1], [2, 3]]}  # fmt: skip
+    return RunResult("iemocap", model, seed, causal, f"{model}/iemocap6@0000000{seed}", test,
+                     {"weighted_f1": f1 - 1}, 5, 3, 12.0, "x.pt")  # fmt: skip
+
+
+def test_report_has_mean_std_rows_seed_counts_published_numbers_and_plots(tmp_path: Path) -> None:
+    results = [_run("dialoguegcn", s, True, 60.0 + s) for s in (0, 1, 2)]
+    results += [_run("dialoguegcn", 0, False, 64.0), _run("utterance-mlp", 0, True, 50.0)]
+    out = tmp_path / "docs" / "RESULTS.md"
+    write_report(results, ["assembled multimodal: not run (no data)"], out,
+                 tmp_path / "docs" / "results", {"iemocap": LABELS})  # fmt: skip
+    text = out.read_text()
+    assert "| dialoguegcn | 61.00 ± 1.00 | 62.00 ± 1.00 | 3 |" in text  # causal, 3 seeds
+    assert "| dialoguegcn | 64.00 | 65.00 | 1 |" in text  # bidirectional, 1 seed
+    assert "| utterance-mlp | 50.00 | 51.00 | 1 |" in text
+    assert "COSMIC | 65.28" in text and "not run (no data)" in text
+    assert "| dialoguegcn | 61.0 | 10.0 |" in text  # per-class F1, mean over seeds
+    png = tmp_path / "docs" / "results" / "confusion-iemocap-dialoguegcn.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](results/confusion-iemocap-dialoguegcn.png)" in text
+    assert text.count("| IEMOCAP-6 | dialoguegcn |") == 4  # every run listed with its time
+
+
+def test_plan_runs_first_seed_and_bidirectional_first() -> None:
+    plan = ResultsPlan(seeds=(0, 1, 2), bidirectional_seeds=(0,))
+    assert plan.rounds() == [(True, 0), (False, 0), (True, 1), (True, 2)]
+    assert plan.options("meld", "dfgcn", 1, True).batch_dialogues == 16
+    assert plan.options("iemocap", "dfgcn", 1, False).causal is False
+
+
+def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
+    r = cli("train", "--model", "nope", "--data", "iemocap")
+    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr
+    r = cli("train", "--model", "dialoguegcn", "--data", "friends", "--data-dir", str(ROOT))
+    assert r.returncode == 2 and "unknown dataset 'friends'" in r.stderr
+    r = cli("evaluate")
+    assert r.returncode == 2 and "give either a CHECKPOINT or --all" in r.stderr
+    r = cli("evaluate", "missing.pt")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ASSET.is_file(), reason="no packaged MELD checkpoint")
+@pytest.mark.skipif(
+    not (DATA / "erc_text" / "meld.pkl").is_file(),
+    reason=f"erc_text not found under {DATA} (set REALTIME_ERC_DATA to the data directory)",
+)
+def test_evaluate_reproduces_the_packaged_checkpoints_stored_score() -> None:
+    from realtime_erc.models.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(ASSET)["metrics"]["test_subset"]
+    r = cli("evaluate", str(ASSET), "--subset", str(LIVE_CHECKPOINT_SUBSET), timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["utterances"] == stored["utterances"]
+    assert result["weighted_f1"] == stored["weighted_f1"]
+    assert result["accuracy"] == stored["accuracy"]
