@@ -195,6 +195,7 @@ class Camera:
         tolerance = period / 4  # camera jitter allowed when decimating to ``fps``
         started = now()
         next_due: float | None = None
+        last_post: float | None = None  # when the last frame was handed to the loop
         read = 0  # frames read from a file (for pacing)
         due = started
         failures = 0
@@ -233,6 +234,17 @@ class Camera:
                 if next_due is None
                 else max(next_due + period, pace + period - tolerance)
             )
+            if self.is_file and last_post is not None:
+                # After a late read the file is behind its timeline: catch up at 4/3 of the
+                # rate rather than in a burst, which would stamp frames a fraction of a
+                # millisecond apart and overwrite them in the one-frame slot before the
+                # consumer could take them. Frames are stamped and handed over ≥ period −
+                # tolerance apart.
+                gap = last_post + period - tolerance - now()
+                if gap > 0:
+                    if self._stop.wait(gap):
+                        return
+                    at = now()
             when = self.clock.session_time(at)
             if when is None or when < 0:
                 continue
@@ -241,6 +253,7 @@ class Camera:
             if self.on_captured is not None:
                 self.on_captured(image, when)
             self._post(VideoFrame(image=image, index=index, time=when, received_at=at))
+            last_post = now()
 
     def _post(self, frame: VideoFrame) -> None:
         loop = self._loop
