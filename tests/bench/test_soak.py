@@ -92,7 +92,8 @@ def test_short_soak_meets_the_criteria(demo_dir, tmp_path):
     s = result.session
     assert s.missed == 0 and s.emitted == s.annotated == 3 * 17
     assert s.events >= s.emitted + 2  # online/offline status documents too
-    assert s.growth_peak_mb <= RSS_GROWTH_LIMIT_MB
+    assert s.growth_mb <= RSS_GROWTH_LIMIT_MB
+    assert s.growth_peak_mb < 4 * RSS_GROWTH_LIMIT_MB  # no runaway, even transiently
     assert s.rss_warm_mb > s.rss_start_mb  # models loaded before the warm-up baseline
     assert s.latency["first_n"] >= 10 and s.latency["last_n"] >= 10
     # Short windows under a shared CPU: a loose bound; the 2-hour run checks the 20 % target.
@@ -105,7 +106,7 @@ def test_short_soak_meets_the_criteria(demo_dir, tmp_path):
     paths = result.write(tmp_path / "out")
     data = json.loads(paths[0].read_text())
     assert data["utterances_emitted"] == 51
-    assert data["rss_growth_peak_mb"] == pytest.approx(s.growth_peak_mb, abs=0.1)
+    assert data["rss_growth_mb"] == pytest.approx(s.growth_mb, abs=0.1)
     assert len(data["caches"]) == len(result.caches)
     markdown = paths[1].read_text()
     assert "segment-close→publish p95" in markdown and "bigfusion" in markdown
