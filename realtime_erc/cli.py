@@ -184,7 +184,8 @@ def replay(
 
     async def session_with_services():
         async with embedded_services(config, announce=console.print):
-            plan = plan_replay(recording, config, extra)
+            # Off the loop: loading the models must not stall the embedded broker.
+            plan = await asyncio.to_thread(plan_replay, recording, config, extra)
             return await run_session(plan, config)
 
     def run() -> None:
@@ -464,6 +465,41 @@ def report(
     def run() -> None:
         path = write_report(stream, out, session_id)
         console.print(f"wrote {path}")
+
+    _guard(run)
+
+
+@app.command("evaluate-session")
+def evaluate_session_command(
+    recording: Annotated[Path, typer.Argument(help="A recording with annotations.jsonl.")],
+    speed: Annotated[str, typer.Option(help="realtime | max | a factor.")] = "max",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the scores as JSON.")
+    ] = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Replay an annotated recording and score the stream: weighted F1, accuracy, latency."""
+    config = _load(config_file, overrides, **{"replay.speed": speed})
+    config.output.zmq.enabled = False
+    from realtime_erc.evaluate_session import SessionEvaluationError, evaluate_session
+
+    def run() -> None:
+        try:
+            scores = evaluate_session(recording, config)
+        except SessionEvaluationError as e:
+            raise UserError(str(e)) from None
+        from rich.table import Table
+
+        table = Table(title=f"{recording} — {scores.model}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key, value in scores.summary().items():
+            table.add_row(key, "—" if value is None else str(value))
+        console.print(table)
+        if out is not None:
+            out.write_text(json.dumps(scores.__dict__, indent=2) + "\n")
+            console.print(f"wrote {out}")
 
     _guard(run)
 

@@ -269,6 +269,35 @@ class PipelineConfig(Section):
     drain_timeout_s: float = Field(30.0, gt=0, description="Time allowed to flush on shutdown.")
 
 
+class ModelConfig(Section):
+    """The emotion model that labels each utterance."""
+
+    checkpoint: str = Field(
+        "default",
+        description="default = the packaged live model; a path to a checkpoint from "
+        "`realtime-erc train`; none = no model (events carry no label).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA if present.")
+    provisional: bool = Field(
+        True,
+        description="Publish an audio/visual-only provisional event as soon as an utterance "
+        "closes (the final one follows with the transcript).",
+    )
+
+
+class LoadConfig(Section):
+    """The overload policy (realtime_erc/load.py): work shed, in order, as the lag grows."""
+
+    shedding: bool = Field(True, description="false = never shed (latency then unbounded).")
+    shed_thresholds_s: list[float] = Field(
+        [1.0, 2.0, 4.0, 8.0],
+        min_length=4,
+        max_length=4,
+        description="Lag (s) at which provisional events, video analysis, audio/visual "
+        "features, then transcription are skipped.",
+    )
+
+
 class Config(Section):
     session: SessionConfig = SessionConfig()
     vad: VadConfig = VadConfig()
@@ -281,6 +310,8 @@ class Config(Section):
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
     speakers: SpeakersConfig = SpeakersConfig()
+    model: ModelConfig = ModelConfig()
+    load: LoadConfig = LoadConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -419,6 +450,8 @@ def config_to_toml(config: Config, comments: bool = False) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, dict):  # inline table, e.g. speakers.enrol
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

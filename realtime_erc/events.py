@@ -103,6 +103,8 @@ class Utterance:
     language: str = "en"
     speaker: str | None = None
     transcribed_at: float = field(default_factory=now)
+    faults: tuple[Fault, ...] = ()
+    """Work that failed or was shed for this utterance (e.g. the transcription)."""
 
     @property
     def start(self) -> float:
@@ -162,6 +164,46 @@ class UtteranceFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """Work that failed for one utterance (``stage``: asr, speakers, audio, visual, text, model);
+    the utterance's event still goes out, without what that work would have added."""
+
+    stage: str
+    message: str
+
+    def to_document(self) -> dict:
+        return {"stage": self.stage, "message": self.message[:500]}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SegmentAnalysis:
+    """What is known of a closed speech segment before its transcript.
+
+    ``speaker``: the attributed speaker (None without attribution); ``audio``/``visual``: the
+    segment's features; ``head_scores``: per modality, the emotion head's probabilities over the
+    head's own labels (empty when no head ran); ``faults``: work that failed; ``shed``: work
+    skipped by the overload policy.
+    """
+
+    segment: SpeechSegment
+    speaker: str | None
+    audio: ModalityFeatures
+    visual: ModalityFeatures
+    head_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    faults: tuple[Fault, ...] = ()
+    shed: tuple[str, ...] = ()
+    analysed_at: float = field(default_factory=now)
+
+    @property
+    def segment_id(self) -> int:
+        return self.segment.segment_id
+
+    def modality(self, name: str) -> ModalityFeatures | None:
+        """``audio`` or ``visual`` (None for other names: the text comes later)."""
+        return {"audio": self.audio, "visual": self.visual}.get(name)
+
+
+@dataclass(frozen=True, slots=True)
 class EmotionEvent:
     """One ``erc.emotion/1`` document (see STREAM_PROTOCOL.md).
 
@@ -183,9 +225,10 @@ class EmotionEvent:
     model: str | None
     latency_ms: dict[str, float]
     emitted_at: str
+    faults: tuple[Fault, ...] = ()
 
     def to_document(self) -> dict:
-        return {
+        document = {
             "schema": "erc.emotion/1",
             "session_id": self.session_id,
             "utterance_id": self.utterance_id,
@@ -202,6 +245,9 @@ class EmotionEvent:
             "latency_ms": self.latency_ms,
             "emitted_at": self.emitted_at,
         }
+        if self.faults:
+            document["errors"] = [f.to_document() for f in self.faults]
+        return document
 
 
 StatusState = Literal["online", "offline", "lost"]
@@ -216,15 +262,39 @@ class StatusEvent:
     model: str | None
     label_set: str
     at: str
+    load: LoadReport | None = None
 
     def to_document(self) -> dict:
-        return {
+        document = {
             "schema": "erc.status/1",
             "session_id": self.session_id,
             "state": self.state,
             "model": self.model,
             "label_set": self.label_set,
             "at": self.at,
+        }
+        if self.load is not None:
+            document["load"] = self.load.to_document()
+        return document
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """The overload policy's state (see ``realtime_erc/load.py``): ``level`` 0 = nothing shed;
+    ``shedding``: what is skipped now; ``lag_ms``: how far behind real time the work is;
+    ``shed_counts``: how often each kind of work has been skipped so far this session."""
+
+    level: int
+    shedding: tuple[str, ...]
+    lag_ms: float
+    shed_counts: dict[str, int]
+
+    def to_document(self) -> dict:
+        return {
+            "level": self.level,
+            "shedding": list(self.shedding),
+            "lag_ms": round(self.lag_ms, 1),
+            "shed_counts": dict(self.shed_counts),
         }
 
 
@@ -233,6 +303,7 @@ Event = (
     | VideoFrame
     | SpeechSegment
     | Utterance
+    | SegmentAnalysis
     | UtteranceFeatures
     | EmotionEvent
     | StatusEvent

@@ -38,6 +38,11 @@ class Stage:
     async def process(self, event: Event) -> AsyncIterator[Event]:
         yield event
 
+    async def push(self, event: Event) -> None:
+        """Send ``event`` downstream from outside :meth:`process` (work finishing in the
+        background). The pipeline binds it when the stage starts running; unbound, it drops."""
+        log.debug("stage '%s' is not running; %s dropped", self.name, type(event).__name__)
+
     async def flush(self) -> AsyncIterator[Event]:
         """Emit what is still pending at end of stream."""
         return
@@ -112,6 +117,9 @@ class Pipeline:
             # Downstream first: publishers are bound before anything can reach them, and a
             # bad output address fails before models load.
             for stage in reversed(self.stages):
+                if self._stop_requested:  # stopped while models load: no point going on
+                    log.info("stopped during start-up; '%s' and upstream not started", stage.name)
+                    return self.stats
                 try:
                     await stage.start()
                 except Exception as e:
@@ -178,6 +186,7 @@ class Pipeline:
             if out is not None:
                 await out.put(event)
 
+        stage.push = emit  # type: ignore[method-assign]
         try:
             while True:
                 event = await inbox.get()

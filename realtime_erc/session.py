@@ -11,12 +11,12 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from realtime_erc.config import Config, parse_speed
 from realtime_erc.emit import EmitStage
-from realtime_erc.events import Event
+from realtime_erc.events import MODALITIES, Event
 from realtime_erc.outputs.jsonl import JsonlWriter
 from realtime_erc.outputs.publisher import Publisher, PublishStage
 from realtime_erc.outputs.zmq import ZmqPublisher
@@ -72,26 +72,99 @@ def build_publishers(
     return publishers + list(extra or [])
 
 
-def build_stages(
-    config: Config, session_id: str, extra_publishers: list[Publisher] | None = None
-) -> list[Stage]:
-    """The processing chain shared by live capture and replay."""
-    label_set = config.session.label_set
-    speakers: list[Stage] = []
-    if config.speakers.enabled:
-        from realtime_erc.speech.speakers import SpeakerOptions, SpeakerStage
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "erc_default.pt"
+"""The packaged live model (``model.checkpoint = "default"``)."""
 
-        speakers.append(SpeakerStage(SpeakerOptions.from_config(config.speakers)))
+
+def load_engine(config: Config):  # -> Engine | None
+    """The configured emotion model on its device, or None for ``model.checkpoint = "none"``."""
+    name = config.model.checkpoint
+    if name == "none":
+        return None
+    path = DEFAULT_MODEL if name == "default" else Path(name).expanduser()
+    if not path.is_file():
+        from realtime_erc.models.checkpoint import CheckpointError
+
+        fix = (
+            "reinstall the package"
+            if name == "default"
+            else "train one with `realtime-erc train`, or set model.checkpoint=default"
+        )
+        raise CheckpointError(f"model checkpoint {path} does not exist: {fix}")
+    from realtime_erc.engine import Engine
+
+    return Engine(path, config.model.device)
+
+
+def build_stages(
+    config: Config,
+    session_id: str,
+    extra_publishers: list[Publisher] | None = None,
+    *,
+    paced: bool = True,
+) -> list[Stage]:
+    """The processing chain shared by live capture and replay:
+
+    segmenter → analysis (speaker, audio/visual features, emotion heads) → ASR → emit
+    (provisional and final events, the conversation model) → publish.
+
+    ``paced``: the source runs at (a multiple of) real time. An unpaced replay (``--speed max``)
+    is always "behind" by design, so the overload policy is off for it: every utterance gets
+    the full treatment.
+    """
+    from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.features.text import TextEncoder, TextOptions
+    from realtime_erc.load import LoadMonitor, LoadPolicy
+
+    policy = LoadPolicy.from_config(config.load)
+    load = LoadMonitor(policy if paced else replace(policy, enabled=False))
+    engine = load_engine(config)
+    speakers = None
+    if config.speakers.enabled:
+        from realtime_erc.speech.speakers import SpeakerOptions, SpeakerTracker
+
+        speakers = SpeakerTracker(SpeakerOptions.from_config(config.speakers))
+    speech_head = face_head = None
+    if engine is not None and config.model.provisional:
+        from realtime_erc.features.face_expression import FaceExpressionHead
+        from realtime_erc.features.speech_emotion import SpeechEmotionHead
+
+        if config.features.audio.enabled:
+            speech_head = SpeechEmotionHead.load()
+        if config.features.visual.enabled:
+            face_head = FaceExpressionHead.load()
+    provenance = engine.info.provenance if engine is not None else {}
+    emit = EmitStage(
+        session_id,
+        config.session.label_set,
+        engine=engine,
+        text=TextEncoder(TextOptions.from_config(config.features.text))
+        if config.features.text.enabled
+        else None,
+        provisional=config.model.provisional,
+        load=load,
+        modalities=provenance.get("modalities", MODALITIES),
+        sequences=provenance.get("sequences", True),
+        expects_analysis=True,
+    )
     return [
         Segmenter(config.vad),
-        AsrStage(config.asr),
-        *speakers,
-        EmitStage(session_id, label_set),
+        AnalysisStage(
+            config.features,
+            speakers=speakers,
+            speech_head=speech_head,
+            face_head=face_head,
+            load=load,
+        ),
+        AsrStage(config.asr, keep_empty=True, load=load),
+        emit,
         PublishStage(
             session_id=session_id,
-            label_set=label_set,
-            model=None,
-            publishers=build_publishers(config, extra_publishers, session_id, label_set),
+            label_set=emit.label_set,
+            model=emit.model,
+            publishers=build_publishers(
+                config, extra_publishers, session_id, emit.label_set, emit.model
+            ),
             topic_prefix=config.output.topic_prefix,
         ),
     ]
@@ -103,12 +176,10 @@ def plan_replay(
     """Validate a recording and build the pipeline that replays it."""
     recording = read_recording(recording_dir)
     session_id = config.session.id or recording.session_id
-    source = ReplaySource(
-        recording, speed=parse_speed(config.replay.speed), chunk_ms=config.replay.chunk_ms
-    )
-    return SessionPlan(
-        session_id, source, "replay", build_stages(config, session_id, extra_publishers)
-    )
+    speed = parse_speed(config.replay.speed)
+    source = ReplaySource(recording, speed=speed, chunk_ms=config.replay.chunk_ms)
+    stages = build_stages(config, session_id, extra_publishers, paced=speed is not None)
+    return SessionPlan(session_id, source, "replay", stages)
 
 
 def new_session_id() -> str:

@@ -108,3 +108,57 @@ async def test_failing_start_is_named():
 
     with pytest.raises(StageError, match="stage 'asr' failed"):
         await Pipeline(count_source(1), [NoModel()]).run()
+
+
+async def test_stop_during_start_up_skips_the_stages_not_yet_started():
+    class SlowModel(Stage):
+        name = "asr"
+        started = False
+
+        async def start(self):
+            await asyncio.sleep(0.3)  # a model loading
+            SlowModel.started = True
+
+    class Upstream(Stage):
+        name = "segmenter"
+        started = False
+
+        async def start(self):
+            Upstream.started = True
+
+    sink = Collect()
+    pipeline = Pipeline(count_source(10), [Upstream(), SlowModel(), sink])
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.1)  # the sink is started, the model is loading
+    pipeline.request_stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.stopped_early and sink.closed and sink.seen == []
+    assert SlowModel.started and not Upstream.started
+
+
+async def test_a_stage_can_push_results_that_finish_in_the_background():
+    class Background(Stage):
+        """Hands every chunk to a slow job and lets later events overtake it."""
+
+        name = "background"
+
+        def __init__(self):
+            self.jobs: list[asyncio.Task] = []
+
+        async def process(self, event):
+            async def job(e=event):
+                await asyncio.sleep(0.05)
+                await self.push(e)
+
+            self.jobs.append(asyncio.create_task(job()))
+            return
+            yield
+
+        async def flush(self):
+            await asyncio.gather(*self.jobs)
+            return
+            yield
+
+    sink = Collect()
+    await Pipeline(count_source(5), [Background(), sink]).run()
+    assert sorted(sink.seen) == list(range(5)) and sink.flushed

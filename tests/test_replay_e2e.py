@@ -87,20 +87,49 @@ def test_zmq_subscriber_receives_every_document_in_order(demo_stream):
         validate_document(doc)
     assert docs[0]["schema"] == "erc.status/1" and docs[0]["state"] == "online"
     assert docs[-1]["schema"] == "erc.status/1" and docs[-1]["state"] == "offline"
-    emotions = [d for d in docs if d["schema"] == "erc.emotion/1"]
+    emotions = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
     assert [d["utterance_id"] for d in emotions] == list(range(len(emotions)))
     for topic, doc in received:
         if doc["schema"] == "erc.emotion/1":
             assert topic == f"erc/{doc['session_id']}/{doc['speaker']}/emotion"
-            assert doc["label"] is None and doc["scores"] is None  # no model yet: no guesses
             assert doc["latency_ms"]["total"] >= doc["latency_ms"]["segment"] >= 0
         else:
             assert topic == f"erc/{doc['session_id']}/status"
 
 
-def test_utterance_boundaries_match_the_annotations(demo_stream, demo_dir):
+def test_every_utterance_is_labelled_by_the_live_model(demo_stream):
+    _, docs = demo_stream
+    online = docs[0]
+    assert online["model"] and online["label_set"] == "meld7"
+    finals = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
+    assert len(finals) == 17
+    for doc in finals:
+        assert doc["model"] == online["model"] and "errors" not in doc
+        assert list(doc["scores"]) == ["neutral", "surprise", "fear", "sadness", "joy", "disgust",
+                                       "anger"]  # fmt: skip
+        assert abs(sum(doc["scores"].values()) - 1) < 1e-4
+        assert doc["label"] == max(doc["scores"], key=doc["scores"].get)
+        assert doc["modalities"]["text"] and doc["modalities"]["audio"]
+    assert len({d["speaker"] for d in finals}) == 2, "the demo's two voices"
+
+
+def test_a_provisional_event_precedes_each_final_one(demo_stream):
     _, docs = demo_stream
     emotions = [d for d in docs if d["schema"] == "erc.emotion/1"]
+    provisional = [d for d in emotions if d["provisional"]]
+    assert provisional, "the speech head gives an audio-only opinion before the transcript"
+    for p in provisional:
+        final = next(d for d in emotions if d["utterance_id"] == p["utterance_id"]
+                     and not d["provisional"])  # fmt: skip
+        assert emotions.index(p) < emotions.index(final)
+        assert p["text"] == "" and not p["modalities"]["text"] and p["modalities"]["audio"]
+        assert p["speaker"] == final["speaker"] and p["start"] == final["start"]
+        assert abs(sum(p["scores"].values()) - 1) < 1e-4
+
+
+def test_utterance_boundaries_match_the_annotations(demo_stream, demo_dir):
+    _, docs = demo_stream
+    emotions = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
     annotations = read_recording(demo_dir).annotations
     for ann in annotations:
         hits = [e for e in emotions if overlap(ann.start, ann.end, e["start"], e["end"]) > 0]
@@ -111,7 +140,7 @@ def test_utterance_boundaries_match_the_annotations(demo_stream, demo_dir):
 
 def test_transcripts_have_low_word_error_rate(demo_stream, demo_dir):
     _, docs = demo_stream
-    emotions = [d for d in docs if d["schema"] == "erc.emotion/1"]
+    emotions = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
     annotations = read_recording(demo_dir).annotations
     reference = " ".join(a.text for a in annotations)
     hypothesis = " ".join(e["text"] for e in emotions)
@@ -125,7 +154,7 @@ def test_ctrl_c_mid_replay_leaves_a_valid_jsonl(tmp_path: Path, start_cli, demo_
                      "--jsonl", str(out))  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if out.exists() and '"erc.emotion/1"' in out.read_text():
+        if out.exists() and '"provisional": false' in out.read_text():
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -134,7 +163,7 @@ def test_ctrl_c_mid_replay_leaves_a_valid_jsonl(tmp_path: Path, start_cli, demo_
     assert "Traceback" not in stderr
     docs = read_jsonl(out)  # every line parses
     assert docs[0]["state"] == "online" and docs[-1]["state"] == "offline"
-    emotions = [d for d in docs if d["schema"] == "erc.emotion/1"]
+    emotions = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
     assert 1 <= len(emotions) < len(read_recording(demo_dir).annotations)
     for doc in docs:
         validate_document(doc)
@@ -156,7 +185,9 @@ def test_8khz_stereo_audio_only_session_replays(tmp_path: Path, run_cli, demo_di
     result = run_cli("replay", str(tmp_path), "--speed", "max", "--no-zmq", "--quiet",
                      "--jsonl", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    emotions = [d for d in read_jsonl(out) if d["schema"] == "erc.emotion/1"]
+    emotions = [
+        d for d in read_jsonl(out) if d["schema"] == "erc.emotion/1" and not d["provisional"]
+    ]
     assert len(emotions) == len(demo.annotations)
     assert all(e["session_id"] == "narrow-band" and e["text"] for e in emotions)
 
@@ -186,7 +217,9 @@ def test_watch_shows_and_saves_what_replay_publishes(tmp_path: Path, start_cli, 
     stdout, stderr = watcher.communicate(timeout=30)
     assert watcher.returncode == 0, stderr
     assert read_jsonl(watched) == read_jsonl(published)
-    emotions = [d for d in read_jsonl(watched) if d["schema"] == "erc.emotion/1"]
+    emotions = [
+        d for d in read_jsonl(watched) if d["schema"] == "erc.emotion/1" and not d["provisional"]
+    ]
     assert len(emotions) == 2
     for doc in emotions:
         assert doc["text"][:20] in stdout  # the terminal view shows each transcript

@@ -21,6 +21,7 @@ from realtime_erc.emit import UNATTRIBUTED_SPEAKER
 from realtime_erc.events import (
     Event,
     ModalityFeatures,
+    SpeechSegment,
     Utterance,
     UtteranceFeatures,
     VideoFrame,
@@ -163,14 +164,18 @@ class FeatureStage(Stage):
     async def _visual(self, utterance: Utterance) -> ModalityFeatures:
         if self._worker is None:
             return ModalityFeatures.absent(self.visual.dim, self.visual.seq_dim)
-        futures = [f for t, f in self._frames if utterance.start <= t <= utterance.end]
+        return (await self.summarize_visual(utterance.segment)).features
+
+    async def summarize_visual(self, seg: SpeechSegment) -> VisualResult:
+        """The visual result of the frames inside ``[seg.start, seg.end]`` (analysed already
+        or awaited here)."""
+        futures = [f for t, f in self._frames if seg.start <= t <= seg.end]
         frames = [await asyncio.wrap_future(f) for f in futures]
-        seg = utterance.segment
         result = await asyncio.to_thread(
             self.visual.summarize, frames, seg.samples, seg.audio_start
         )
         self.last_visual = result
-        return result.features
+        return result
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -17,7 +17,14 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from realtime_erc.events import EmotionEvent, Event, StatusEvent, StatusState, utc_timestamp
+from realtime_erc.events import (
+    EmotionEvent,
+    Event,
+    LoadReport,
+    StatusEvent,
+    StatusState,
+    utc_timestamp,
+)
 from realtime_erc.outputs.schema import validate_document
 from realtime_erc.outputs.topics import check_prefix, topic_for
 from realtime_erc.pipeline import Stage
@@ -95,6 +102,9 @@ class PublishStage(Stage):
         if isinstance(event, EmotionEvent):
             await self._publish(event.to_document())
             return
+        if isinstance(event, StatusEvent):  # e.g. the overload policy's level changed
+            await self._publish(self._status(event.state, event.load))
+            return
         yield event
 
     async def flush(self) -> AsyncIterator[Event]:
@@ -117,13 +127,14 @@ class PublishStage(Stage):
             self._offline_sent = True  # set first: never twice, even if a publisher fails
             await self._publish(self._status("offline"))
 
-    def _status(self, state: StatusState) -> dict[str, Any]:
+    def _status(self, state: StatusState, load: LoadReport | None = None) -> dict[str, Any]:
         return StatusEvent(
             session_id=self.session_id,
             state=state,
             model=self.model,
             label_set=self.label_set,
             at=utc_timestamp(),
+            load=load,
         ).to_document()
 
     async def _publish(self, document: dict[str, Any]) -> None:

@@ -102,6 +102,21 @@ EMOTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": "number", "minimum": 0},
         },
         "emitted_at": _TIMESTAMP,
+        "errors": {
+            "type": "array",
+            "description": "Optional: work that failed for this utterance (the event still "
+            "carries what did succeed). Absent when nothing failed.",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["stage", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "stage": {"type": "string", "minLength": 1},
+                    "message": {"type": "string"},
+                },
+            },
+        },
     },
 }
 
@@ -120,6 +135,22 @@ STATUS_SCHEMA: dict[str, Any] = {
         "model": _MODEL,
         "label_set": _LABEL_SET,
         "at": _TIMESTAMP,
+        "load": {
+            "type": "object",
+            "description": "Optional: the overload policy's state, sent whenever it changes "
+            "(level 0 = nothing shed).",
+            "required": ["level", "shedding", "lag_ms", "shed_counts"],
+            "additionalProperties": False,
+            "properties": {
+                "level": {"type": "integer", "minimum": 0},
+                "shedding": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "lag_ms": {"type": "number", "minimum": 0},
+                "shed_counts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
     },
 }
 

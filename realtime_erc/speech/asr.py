@@ -22,7 +22,8 @@ import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
 from realtime_erc.config import AsrConfig
-from realtime_erc.events import SAMPLE_RATE, Event, SpeechSegment, Utterance, Word, now
+from realtime_erc.events import SAMPLE_RATE, Event, Fault, SpeechSegment, Utterance, Word, now
+from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
 
 if TYPE_CHECKING:
@@ -251,7 +252,13 @@ class AsrStage(Stage):
     """Pipeline stage: :class:`SpeechSegment` in, :class:`Utterance` out (others pass through).
 
     Loads the model in :meth:`start` and transcribes in a worker thread, so the event loop keeps
-    moving audio meanwhile. Segments that transcribe to nothing (noise, breaths) are dropped.
+    moving audio meanwhile. Segments that transcribe to nothing (noise, breaths) are dropped,
+    unless ``keep_empty`` (the live chain): then every segment becomes an utterance whose id is
+    the segment's id (a provisional event may already be out under that id, so the final one
+    must follow), transcriptions run in the background in segment order and are pushed
+    downstream when done (the events behind a segment do not wait for it), and a transcription
+    that raises or that the ``load`` monitor sheds gives an utterance with an empty text and a
+    :class:`Fault` instead of stopping the session.
     ``transcriber`` may be given ready-made (tests, or sharing one model across sessions).
     """
 
@@ -263,10 +270,17 @@ class AsrStage(Stage):
         *,
         word_timestamps: bool = False,
         transcriber: Transcriber | None = None,
+        keep_empty: bool = False,
+        load: LoadMonitor | None = None,
     ) -> None:
         self.config = config or AsrConfig()
         self.word_timestamps = word_timestamps
         self.transcriber = transcriber
+        self.keep_empty = keep_empty
+        self.load = load
+        self.failures = 0
+        self.max_pending = 4
+        self._pending: list[asyncio.Task] = []
         self._next_id = 0
 
     async def start(self) -> None:
@@ -289,9 +303,47 @@ class AsrStage(Stage):
         if not isinstance(event, SpeechSegment):
             yield event
             return
-        utterance = await self.transcribe(event)
-        if utterance is not None:
-            yield utterance
+        if not self.keep_empty:
+            utterance = await self.transcribe(event)
+            if utterance is not None:
+                yield utterance
+            return
+        # Transcribe in the background, in order, so the events behind the segment (its
+        # analysis) travel on meanwhile; at most ``max_pending`` segments wait (backpressure).
+        self._pending = [t for t in self._pending if not t.done()]
+        if len(self._pending) >= self.max_pending:
+            await asyncio.wait({self._pending[0]})
+        previous = self._pending[-1] if self._pending else None
+        self._pending.append(asyncio.create_task(self._transcribe_after(event, previous)))
+
+    async def flush(self) -> AsyncIterator[Event]:
+        if self._pending:
+            await asyncio.gather(*self._pending)
+        self._pending.clear()
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    async def _transcribe_after(
+        self, segment: SpeechSegment, previous: asyncio.Task | None
+    ) -> None:
+        if previous is not None:
+            await previous
+        await self.push(await self.transcribe_or_fault(segment))
+
+    async def transcribe_or_fault(self, segment: SpeechSegment) -> Utterance:
+        """Always an utterance: empty text with a :class:`Fault` when the transcription failed
+        or was shed by the overload policy."""
+        if self.load is not None:
+            self.load.observe(now() - segment.closed_at)
+            if self.load.shed("transcription"):
+                fault = Fault("asr", f"not transcribed: overload (level {self.load.level})")
+                return self._utterance(segment, None, (fault,))
+        try:
+            return await self.transcribe(segment) or self._utterance(segment, None)
+        except Exception as e:  # one utterance's failure must not end the session
+            self.failures += 1
+            log.exception("transcribing segment %d failed", segment.segment_id)
+            return self._utterance(segment, None, (Fault("asr", f"{type(e).__name__}: {e}"),))
 
     async def transcribe(self, segment: SpeechSegment) -> Utterance | None:
         """The segment's :class:`Utterance`, or None if nothing was said."""
@@ -303,7 +355,7 @@ class AsrStage(Stage):
         )
         if not result.text:
             log.debug(
-                "segment %d (%.2f–%.2f s) transcribed to nothing; dropped",
+                "segment %d (%.2f–%.2f s) transcribed to nothing",
                 segment.segment_id,
                 segment.start,
                 segment.end,
@@ -317,16 +369,30 @@ class AsrStage(Stage):
             result.real_time_factor,
             result.text,
         )
-        utterance = Utterance(
-            utterance_id=self._next_id,
+        return self._utterance(segment, result)
+
+    def _utterance(
+        self,
+        segment: SpeechSegment,
+        result: TranscriptResult | None,
+        faults: tuple[Fault, ...] = (),
+    ) -> Utterance:
+        if self.keep_empty:
+            utterance_id = segment.segment_id
+        else:
+            utterance_id = self._next_id
+            self._next_id += 1
+        return Utterance(
+            utterance_id=utterance_id,
             segment=segment,
-            text=result.text,
-            words=result.words,
-            language=result.language,
+            text=result.text if result else "",
+            words=result.words if result else (),
+            language=result.language if result else self.config.language,
             transcribed_at=now(),
+            faults=faults,
         )
-        self._next_id += 1
-        return utterance
 
     async def close(self) -> None:
+        for task in self._pending:
+            task.cancel()
         self.transcriber = None  # frees the model (and its GPU memory) with the last reference

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from realtime_erc.events import EmotionEvent, Event, StatusEvent, utc_timestamp
+from realtime_erc.events import EmotionEvent, Event, StatusEvent, VideoFrame, utc_timestamp
 from realtime_erc.outputs.jsonl import JsonlWriter
 from realtime_erc.outputs.publisher import Publisher, PublishStage
 from realtime_erc.outputs.schema import SchemaError, validate_document
@@ -106,12 +107,27 @@ async def test_close_without_flush_still_says_offline_once() -> None:
     assert rec.sent[0][1]["model"] == "m@1"
 
 
+async def test_status_events_from_upstream_are_published_with_their_load() -> None:
+    from realtime_erc.events import LoadReport
+
+    rec = Recorder()
+    stage = PublishStage("s", "meld7", "m@1", [rec])
+    await stage.start()
+    load = LoadReport(1, ("provisional",), 1200.0, {"provisional": 2})
+    status = StatusEvent("s", "online", None, "meld7", utc_timestamp(), load)
+    assert await drain(stage.process(status)) == []
+    await stage.close()
+    assert rec.states() == ["online", "online", "offline"]
+    assert rec.sent[1][1]["load"]["shedding"] == ["provisional"]
+    assert rec.sent[1][1]["model"] == "m@1"  # the stage's own identity, not the event's
+
+
 async def test_other_events_pass_through_untouched() -> None:
     rec = Recorder()
     stage = PublishStage("s", "meld7", None, [rec])
     await stage.start()
-    status = StatusEvent("s", "online", None, "meld7", utc_timestamp())
-    assert await drain(stage.process(status)) == [status]
+    frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, 0.0)
+    assert await drain(stage.process(frame)) == [frame]
     await stage.close()
     assert rec.states() == ["online", "offline"]
 

@@ -95,7 +95,32 @@ def test_events_produce_valid_documents() -> None:
 
 def test_required_fields_match_the_protocol() -> None:
     assert set(EMOTION_SCHEMA["required"]) == set(PROTOCOL_EMOTION)
-    assert set(EMOTION_SCHEMA["properties"]) == set(PROTOCOL_EMOTION)
+    # the one optional addition (README, "The stream"): per-utterance errors
+    assert set(EMOTION_SCHEMA["properties"]) == set(PROTOCOL_EMOTION) | {"errors"}
+
+
+def test_errors_and_load_are_optional_and_checked() -> None:
+    from realtime_erc.events import Fault, LoadReport
+
+    event = EmotionEvent(
+        session_id="s", utterance_id=0, speaker="S1", start=0.0, end=1.0, text="", label=None,
+        scores=None, label_set="meld7", modalities={"text": False, "audio": True, "visual": False},
+        provisional=False, model=None, latency_ms={"total": 1.0}, emitted_at=utc_timestamp(),
+        faults=(Fault("asr", "RuntimeError: decoder crashed"),),
+    )  # fmt: skip
+    doc = event.to_document()
+    validate_document(doc)
+    assert doc["errors"] == [{"stage": "asr", "message": "RuntimeError: decoder crashed"}]
+    doc["errors"] = [{"stage": "asr"}]
+    with pytest.raises(SchemaError):
+        validate_document(doc)
+    status = StatusEvent("s", "online", None, "meld7", utc_timestamp(),
+                         LoadReport(4, ("provisional",), 9000.0, {}))  # fmt: skip
+    validate_document(status.to_document())
+    bad = status.to_document()
+    bad["load"]["level"] = -1
+    with pytest.raises(SchemaError):
+        validate_document(bad)
 
 
 def test_extra_field_is_rejected() -> None:

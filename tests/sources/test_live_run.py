@@ -68,7 +68,7 @@ def test_run_transcribes_what_is_played_into_the_microphone(
         "run", "--mic", "pulse", "--camera", "none", "--no-zmq", "--jsonl", str(out), "-q"
     )
     watch = StderrWatch(proc)
-    watch.wait_for(CAPTURING)
+    watch.wait_for(CAPTURING, timeout=150)  # every model loads first (slow on a busy CPU)
     player = pulse.play(wav)
     assert player.wait(timeout=30) == 0
     time.sleep(1.5)  # the last utterance's end-of-speech hangover and its transcription
@@ -77,7 +77,7 @@ def test_run_transcribes_what_is_played_into_the_microphone(
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     states = [d["state"] for d in docs if d["schema"] == "erc.status/1"]
     assert states == ["online", "offline"]
-    emotions = [d for d in docs if d["schema"] == "erc.emotion/1"]
+    emotions = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
     heard = words(" ".join(d["text"] for d in emotions))
     expected = words(" ".join(a.text for a in said))
     assert len(heard & expected) >= 0.7 * len(expected), (heard, expected)
@@ -145,7 +145,7 @@ def test_run_with_camera_file_records_while_running(pulse: PulseServer, run_cli,
         "2.5",
         "--no-zmq",
         "-q",
-        timeout=120,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr
     rec = read_recording(tmp_path / "rec")
@@ -164,7 +164,7 @@ def test_record_stopped_or_killed_leaves_a_replayable_recording(
     target = tmp_path / "rec"
     proc = start_cli("record", str(target), "--mic", "pulse", "--camera", str(video))
     watch = StderrWatch(proc)
-    watch.wait_for(CAPTURING)
+    watch.wait_for(CAPTURING, timeout=150)  # every model loads first (slow on a busy CPU)
     time.sleep(2.0)
     proc.send_signal(sig)
     code = proc.wait(timeout=30)
@@ -204,7 +204,7 @@ def test_run_ends_cleanly_when_the_microphone_is_lost(pulse: PulseServer, start_
         "run", "--mic", "pulse", "--camera", "none", "--no-zmq", "--jsonl", str(out), "-q"
     )
     watch = StderrWatch(proc)
-    watch.wait_for(CAPTURING)
+    watch.wait_for(CAPTURING, timeout=150)  # every model loads first (slow on a busy CPU)
     time.sleep(1.0)
     pulse.stop(signal.SIGKILL)
     assert proc.wait(timeout=60) == 1, watch.text

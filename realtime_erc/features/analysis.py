@@ -1,0 +1,173 @@
+"""The analysis stage: everything about a closed segment that does not need its transcript.
+
+``SpeechSegment`` → the segment itself (forwarded at once, so the ASR starts on it) and then
+its :class:`SegmentAnalysis` (speaker, audio and visual features, the emotion heads' scores);
+frames are analysed as they arrive (see :class:`~realtime_erc.features.stage.FeatureStage`)
+and go no further.
+
+Per segment, speaker attribution, the audio descriptors and the visual summary run concurrently
+off the event loop; the heads follow (the speech head standardises per attributed speaker).
+A piece of work that raises becomes a :class:`Fault` on the analysis (its modality is marked
+absent) instead of ending the session. Under overload (``load``) video analysis, then the
+audio/visual work are shed, in that order (see ``realtime_erc/load.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+
+import numpy as np
+
+from realtime_erc.events import (
+    SAMPLE_RATE,
+    Event,
+    Fault,
+    ModalityFeatures,
+    SegmentAnalysis,
+    SpeechSegment,
+    VideoFrame,
+    now,
+)
+from realtime_erc.features.audio import AudioFeatures
+from realtime_erc.features.stage import FeatureStage
+from realtime_erc.features.visual import FaceFeatures, VisualResult
+from realtime_erc.load import LoadMonitor
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisStage(FeatureStage):
+    """Speaker, audio and visual analysis of each segment (``config``: a ``FeaturesConfig``).
+
+    ``speakers``: a ``SpeakerTracker`` (None = no attribution); ``speech_head`` /
+    ``face_head``: emotion heads giving per-modality scores (None = not run).
+    """
+
+    name = "analysis"
+
+    def __init__(
+        self,
+        config,
+        *,
+        speakers=None,  # SpeakerTracker | None
+        speech_head=None,  # SpeechEmotionHead | None
+        face_head=None,  # FaceExpressionHead | None
+        load: LoadMonitor | None = None,
+        audio: AudioFeatures | None = None,
+        visual: FaceFeatures | None = None,
+    ) -> None:
+        super().__init__(config, audio=audio, visual=visual)
+        self.speakers = speakers
+        self.speech_head = speech_head
+        self.face_head = face_head
+        self.load = load
+        self.faults = 0
+
+    async def start(self) -> None:
+        loads: list[Awaitable] = []
+        if self.speakers is not None:
+            loads.append(asyncio.to_thread(self._load_speakers))
+        if self.speech_head is not None:
+            # Builds the head's Whisper encoder and pays its first-call allocations now.
+            loads.append(asyncio.to_thread(self.speech_head.extractor.features, _WARM_UP_AUDIO))
+        if self.config.audio.enabled:
+            loads.append(asyncio.to_thread(self.audio.load))
+        if self.config.visual.enabled:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="face-landmarker")
+            loads.append(asyncio.wrap_future(self._worker.submit(self.visual.load)))
+        # Let every load finish before raising: a load still importing in its thread while
+        # the error is handled races with the handler's own imports.
+        for result in await asyncio.gather(*loads, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    def _load_speakers(self) -> None:
+        self.speakers.load()
+        self.speakers.warm_up()
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, VideoFrame):
+            if self.load is not None and self.load.shed("video"):
+                return
+            await self.add_frame(event)
+        elif isinstance(event, SpeechSegment):
+            if self.load is not None:
+                self.load.observe(now() - event.closed_at)
+            yield event  # the ASR starts on it while the analysis runs
+            yield await self.analyze(event)
+        else:
+            yield event
+
+    async def analyze(self, seg: SpeechSegment) -> SegmentAnalysis:
+        """The segment's :class:`SegmentAnalysis` (never raises: failures become faults)."""
+        shed = self.load is not None and self.load.shed("features")
+        faults: list[Fault] = []
+        absent_audio = ModalityFeatures.absent(self.audio.dim, self.audio.seq_dim)
+        absent_visual = ModalityFeatures.absent(self.visual.dim, self.visual.seq_dim)
+
+        async def guarded(stage: str, job: Awaitable, fallback):
+            try:
+                return await job
+            except Exception as e:  # one utterance's failure must not end the session
+                log.exception("%s analysis of segment %d failed", stage, seg.segment_id)
+                faults.append(Fault(stage, f"{type(e).__name__}: {e}"))
+                return fallback
+
+        speaker_job = (
+            guarded("speakers", asyncio.to_thread(self.speakers.assign, seg.samples), None)
+            if self.speakers is not None
+            else _value(None)
+        )
+        audio_job = (
+            guarded("audio", asyncio.to_thread(self.audio.extract, seg.samples), absent_audio)
+            if self.config.audio.enabled and not shed
+            else _value(absent_audio)
+        )
+        visual_job = (
+            guarded("visual", self.summarize_visual(seg), None)
+            if self._worker is not None and not shed
+            else _value(None)
+        )
+        assigned, audio, visual = await asyncio.gather(speaker_job, audio_job, visual_job)
+        speaker = assigned.speaker if assigned is not None else None
+        head_scores = {}
+        if not shed:
+            head_scores = await guarded(
+                "heads", asyncio.to_thread(self._head_scores, seg, speaker, visual), {}
+            )
+        self.stats.utterances += 1
+        self.faults += len(faults)
+        return SegmentAnalysis(
+            segment=seg,
+            speaker=speaker,
+            audio=audio,
+            visual=visual.features if visual is not None else absent_visual,
+            head_scores=head_scores,
+            faults=tuple(faults),
+            shed=("features",) if shed else (),
+        )
+
+    def _head_scores(
+        self, seg: SpeechSegment, speaker: str | None, visual: VisualResult | None
+    ) -> dict[str, dict[str, float]]:
+        """Per modality, the head's probabilities over its own labels."""
+        scores: dict[str, dict[str, float]] = {}
+        if self.speech_head is not None and seg.duration > 0:
+            probs = self.speech_head.predict(seg.samples, speaker or "")
+            scores["audio"] = dict(zip(self.speech_head.labels, map(float, probs), strict=True))
+        if self.face_head is not None and visual is not None and visual.face_crop is not None:
+            probs = self.face_head.predict(visual.face_crop)
+            scores["visual"] = dict(zip(self.face_head.labels, map(float, probs), strict=True))
+        return scores
+
+
+async def _value(value):
+    return value
+
+
+_WARM_UP_AUDIO = np.random.default_rng(0).normal(0.0, 0.05, SAMPLE_RATE).astype(np.float32)
+"""One second of noise: enough for the speech head's encoder to allocate its buffers."""
