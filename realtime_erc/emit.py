@@ -205,7 +205,7 @@ class EmitStage(Stage):
                 "visual": "visual" in analysis.head_scores,
             },
             provisional=True,
-            model=self.model,
+            model=f"emotion-heads/{'+'.join(sorted(analysis.head_scores))}",  # not the ERC model
             latency_ms={
                 "segment": round((seg.closed_at - seg.last_audio_at) * 1000, 1),
                 "analysis": round((analysis.analysed_at - seg.closed_at) * 1000, 1),

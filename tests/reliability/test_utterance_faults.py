@@ -221,6 +221,8 @@ def test_provisional_then_final_with_the_model_and_a_model_failure_is_reported()
     assert [(d["utterance_id"], d["provisional"]) for d in docs] == [
         (0, True), (0, False), (1, True), (1, False), (2, True), (2, False)]  # fmt: skip
     assert docs[0]["label"] == "joy" and docs[0]["modalities"]["audio"]
+    assert docs[0]["model"] == "emotion-heads/audio"  # the heads, not the ERC model, said it
+    assert docs[1]["model"].startswith("utterance-mlp/meld7@")
     assert docs[1]["label"] in MELD7 and docs[1]["speaker"] == "S1"
     assert docs[3]["label"] is None and docs[3]["errors"][0]["stage"] == "model"
     assert "errors" not in docs[5] and docs[5]["label"] in MELD7
