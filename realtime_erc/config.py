@@ -290,7 +290,7 @@ class LoadConfig(Section):
 
     shedding: bool = Field(True, description="false = never shed (latency then unbounded).")
     shed_thresholds_s: list[float] = Field(
-        [1.0, 2.0, 4.0, 8.0],
+        [0.5, 1.0, 2.0, 4.0],
         min_length=4,
         max_length=4,
         description="Lag (s) at which provisional events, video analysis, audio/visual "

@@ -40,7 +40,7 @@ class LoadPolicy:
     ``enabled``: False keeps level 0 whatever the lag (every utterance fully processed, latency
     unbounded)."""
 
-    thresholds_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    thresholds_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     enabled: bool = True
 
     def __post_init__(self) -> None:

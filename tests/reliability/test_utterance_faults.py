@@ -78,7 +78,7 @@ def test_a_disabled_policy_never_sheds():
 
 
 def test_status_documents_carry_the_load_report():
-    load = LoadMonitor()
+    load = LoadMonitor(LoadPolicy((1.0, 2.0, 4.0, 8.0)))
     load.observe(3.0)
     doc = StatusEvent("s", "online", None, "meld7", "2026-11-22T10:00:00.000Z",
                       load.report()).to_document()  # fmt: skip
