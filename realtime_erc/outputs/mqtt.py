@@ -246,6 +246,7 @@ class MqttPublisher:
         self._changed = asyncio.Condition()
         self._status: _Message | None = None  # last status sent, re-announced on reconnect
         self._states: dict[str, _Message] = {}  # state topic → last final emotion (retained)
+        self._inflight: deque[tuple[_Message, asyncio.Task[None]]] = deque()  # awaiting PUBACK
         self._client: aiomqtt.Client | None = None
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
@@ -259,7 +260,7 @@ class MqttPublisher:
     @property
     def pending(self) -> int:
         """Messages not yet acknowledged by the broker."""
-        return len(self._backlog.queue)
+        return len(self._backlog.queue) + len(self._inflight)
 
     def _will(self) -> aiomqtt.Will:
         lost = StatusEvent(
@@ -376,7 +377,7 @@ class MqttPublisher:
         """Send until closing with nothing left; raise :class:`aiomqtt.MqttError` on a lost
         connection after putting the unacknowledged messages back at the head, in order."""
         queue = self._backlog.queue
-        inflight: deque[tuple[_Message, asyncio.Task[None]]] = deque()
+        inflight = self._inflight
         lost = _disconnected(client)
         try:
             while True:
@@ -420,6 +421,7 @@ class MqttPublisher:
             for _, task in inflight:
                 task.cancel()
             queue.extendleft(reversed([m for m, _ in inflight]))
+            inflight.clear()
 
     async def close(self) -> None:
         """Deliver the backlog (up to ``close_timeout_s``), then disconnect cleanly (no will)."""

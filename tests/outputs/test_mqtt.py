@@ -53,7 +53,7 @@ def status(state: str, session: str = "s1") -> dict:
     ).to_document()
 
 
-async def retained(url: str, topic_filter: str, wait_s: float = 0.5) -> dict[str, bytes]:
+async def retained(url: str, topic_filter: str, wait_s: float = 1.0) -> dict[str, bytes]:
     """Every retained message under ``topic_filter`` right now (topic → payload)."""
     found: dict[str, bytes] = {}
     client = make_client(BrokerAddress.parse(url), MqttOptions())
