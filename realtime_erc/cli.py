@@ -75,12 +75,14 @@ def _model_errors() -> tuple[type[Exception], ...]:
     from realtime_erc.engine import EngineError
     from realtime_erc.features.face_expression import FaceExpressionError
     from realtime_erc.features.speech_emotion import SpeechEmotionError
+    from realtime_erc.features.text_adapter import TextAdapterError
     from realtime_erc.models.base import FeatureDimError
     from realtime_erc.models.checkpoint import CheckpointError
     from realtime_erc.models.options import ModelConfigError
     from realtime_erc.models.registry import UnknownModelError
 
     return (
+        TextAdapterError,
         EngineError,
         FeatureDimError,
         CheckpointError,
@@ -790,6 +792,59 @@ DataDirOpt = Annotated[
 ]
 
 
+TextAdapterOpt = Annotated[
+    Path | None,
+    typer.Option(help="Encode text with this emotion-adapted encoder (train-text-encoder)."),
+]
+
+
+@app.command("train-text-encoder")
+def train_text_encoder_command(
+    data: Annotated[str, typer.Option("--data", help="iemocap | meld | emorynlp.")] = "meld",
+    data_dir: DataDirOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Adapter file to write (default: in the run's directory).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training split.")] = 3,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (AdamW).")] = 1e-3,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    subset: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = default).")] = 0,
+    fresh: Annotated[bool, typer.Option(help="Ignore the run's last.pt (do not resume).")] = False,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Emotion-adapt the text encoder (LoRA on MiniLM) on a corpus's train split, chosen on
+    valid; then 'train --text-adapter FILE' trains context models on its vectors."""
+    config = _load(config_file, overrides)
+
+    def run() -> None:
+        from realtime_erc.features.assets import cache_root
+        from realtime_erc.training.datasets import TEXT_DATASETS, load_text_corpus
+        from realtime_erc.training.extractors import _Bars
+        from realtime_erc.training.text_finetune import TextFinetuneOptions, finetune_text_encoder
+
+        if data not in TEXT_DATASETS:
+            raise UserError(f"--data {data!r}: choose one of {', '.join(TEXT_DATASETS)}")
+        corpus = load_text_corpus(data, config.data.resolve(data_dir))
+        options = TextFinetuneOptions(
+            epochs=epochs, lr=lr, rank=rank, seed=seed, subset=subset, threads=threads
+        )
+        sub = f"-sub{subset}" if subset else ""
+        work = cache_root() / "train" / "text" / f"{data}-r{rank}-seed{seed}{sub}"
+        target = out or work / "adapter.pt"
+        with _Bars(err_console) as bars:
+            info = finetune_text_encoder(corpus, target, work, options, bars, resume=not fresh)
+        summary = {"adapter": str(target), "valid": info["valid"],
+                   "train_seconds": info["train_seconds"]}  # fmt: skip
+        console.print_json(json.dumps(summary))
+
+    _guard(run)
+
+
 @app.command("train")
 def train_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see the registry).")],
@@ -821,6 +876,7 @@ def train_command(
         Path | None, typer.Option(help="Checkpoint to write (default: in the run's directory).")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore the run's last.pt (do not resume).")] = False,
+    text_adapter: TextAdapterOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -849,7 +905,9 @@ def train_command(
             lr=lr, batch_dialogues=batch, model_config=params, subset=subset,
         )  # fmt: skip
         with _Bars(err_console) as bars:
-            dataset = load_data(data, config.data.resolve(data_dir), progress=bars)
+            dataset = load_data(
+                data, config.data.resolve(data_dir), progress=bars, text_adapter=text_adapter
+            )
             work = run_dir(run_name(dataset.dataset, options))
             result = train_erc(dataset, options, out or work / "model.pt", work, bars, not fresh)
         m, p = result["metrics"], result["provenance"]

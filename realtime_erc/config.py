@@ -201,6 +201,11 @@ class TextFeaturesConfig(Section):
     enabled: bool = True
     max_tokens: int = Field(128, ge=8, le=512, description="Longer transcripts are truncated.")
     batch_size: int = Field(16, ge=1, description="Transcripts encoded per forward pass.")
+    adapter: str = Field(
+        "auto",
+        description="Emotion-adapted LoRA for the encoder: auto (the one the ERC checkpoint was "
+        "trained with), none (base MiniLM), or the path of an adapter file.",
+    )
 
 
 class AudioFeaturesConfig(Section):

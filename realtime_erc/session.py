@@ -114,6 +114,7 @@ def build_stages(
     """
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.features.text import TextEncoder, TextOptions
+    from realtime_erc.features.text_adapter import resolve_adapter
     from realtime_erc.load import LoadMonitor, LoadPolicy
 
     policy = LoadPolicy.from_config(config.load)
@@ -134,11 +135,14 @@ def build_stages(
         if config.features.visual.enabled:
             face_head = FaceExpressionHead.load()
     provenance = engine.info.provenance if engine is not None else {}
+    # the live text vectors must come from the encoder the model was trained on
+    trained_with = (provenance.get("features") or {}).get("text")
+    adapter = resolve_adapter(config.features.text.adapter, trained_with)
     emit = EmitStage(
         session_id,
         config.session.label_set,
         engine=engine,
-        text=TextEncoder(TextOptions.from_config(config.features.text))
+        text=TextEncoder(TextOptions.from_config(config.features.text, adapter))
         if config.features.text.enabled
         else None,
         provisional=config.model.provisional,

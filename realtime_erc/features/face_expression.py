@@ -40,7 +40,7 @@ class FaceExpressionError(ValueError):
 class FaceNetOptions:
     """Architecture of :class:`FaceExpressionNet` (stored in checkpoints)."""
 
-    widths: tuple[int, ...] = (32, 48, 96, 192)
+    widths: tuple[int, ...] = (32, 64, 128, 256)
     embed_dim: int = 128
     crop: int = 40
     dropout: float = 0.3

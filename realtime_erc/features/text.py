@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,10 +32,34 @@ class TextOptions:
     """Transcripts longer than this (in word pieces) are truncated."""
     batch_size: int = 16
     device: str = "cpu"
+    adapter: Path | None = None
+    """An emotion-adapted LoRA file (:mod:`~realtime_erc.features.text_adapter`); None = base."""
 
     @classmethod
-    def from_config(cls, config) -> TextOptions:  # config: TextFeaturesConfig
-        return cls(max_tokens=config.max_tokens, batch_size=config.batch_size)
+    def from_config(cls, config, adapter: Path | None = None) -> TextOptions:
+        """``config``: a ``TextFeaturesConfig``; ``adapter``: the resolved adapter file (see
+        :func:`~realtime_erc.features.text_adapter.resolve_adapter`)."""
+        return cls(max_tokens=config.max_tokens, batch_size=config.batch_size, adapter=adapter)
+
+
+def load_sentence_encoder(device: str = "cpu", max_tokens: int = 128, adapter: Path | None = None):
+    """The packaged MiniLM as a ``SentenceTransformer`` (loaded by path, never from the hub),
+    with ``adapter`` merged into its weights when given."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on the user's terminal
+
+    path = minilm_model_dir()
+    model = SentenceTransformer(str(path), device="cpu")
+    model.max_seq_length = max_tokens
+    if adapter is not None:
+        from realtime_erc.features.text_adapter import TextAdapter
+
+        TextAdapter.load(adapter).apply(model[0].auto_model)
+    log.debug("text encoder loaded from %s (adapter: %s)", path, adapter)
+    return model.to(device)
 
 
 class TextEncoder:
@@ -53,15 +78,9 @@ class TextEncoder:
         if self._model is not None:
             return
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar on the user's terminal
-
-        path = minilm_model_dir()
-        self._model = SentenceTransformer(str(path), device=self.options.device)
-        self._model.max_seq_length = self.options.max_tokens
-        log.debug("text encoder loaded from %s", path)
+        self._model = load_sentence_encoder(
+            self.options.device, self.options.max_tokens, self.options.adapter
+        )
 
     def encode(self, text: str) -> ModalityFeatures:
         return self.encode_batch([text])[0]

@@ -546,7 +546,8 @@ def _text_vectors(
     from realtime_erc.features.assets import cache_root
     from realtime_erc.training.text_features import MiniLMPooled, TextFeatureCache, encode_texts
 
-    encoder = MiniLMPooled(max_tokens=config.max_tokens)
+    adapter = None if config.adapter in ("auto", "none") else Path(config.adapter).expanduser()
+    encoder = MiniLMPooled(max_tokens=config.max_tokens, adapter=adapter)
     default = cache_root() / "features" / "assembled"
     root = None if cache_dir == default else cache_dir / "text"
     cache = TextFeatureCache(encoder.identity, root)

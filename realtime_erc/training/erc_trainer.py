@@ -294,11 +294,21 @@ def live_dims() -> FeatureDims:
     return feature_dims(Config().features)
 
 
-def text_encoder(identity: str | None = None):
-    """The pooled text encoder named ``identity`` (default: the packaged MiniLM)."""
+def text_encoder(identity: str | None = None, adapter: Path | None = None):
+    """The pooled text encoder: the packaged MiniLM, emotion-adapted by ``adapter`` (a file) or
+    by the adapter ``identity`` names (found among the packaged and trained adapters)."""
+    from realtime_erc.features.text_adapter import find_adapter
     from realtime_erc.training.text_features import MiniLMPooled
 
-    encoder = MiniLMPooled()
+    if adapter is None and identity and "+" in identity:
+        found = find_adapter(identity.split("+", 1)[1])
+        if found is None:
+            raise DataError(
+                f"text encoder {identity!r} is not available here: its adapter file is neither "
+                "packaged nor under the cache; pass it with --text-adapter"
+            )
+        adapter = found.path
+    encoder = MiniLMPooled(adapter=adapter)
     if identity not in (None, encoder.identity):
         raise DataError(
             f"text encoder {identity!r} is not available here (this program has "
@@ -312,10 +322,12 @@ def load_data(
     data_dir: Path,
     encoder_identity: str | None = None,
     progress: Progress | None = None,
+    text_adapter: Path | None = None,
 ) -> ErcData:
     """``iemocap`` | ``meld`` | ``emorynlp`` (text features from our encoder, cached),
     ``assembled`` (the assembled multimodal conversations) or a path to a published feature
-    pickle (DialogueGCN / MMGCN layout)."""
+    pickle (DialogueGCN / MMGCN layout). ``text_adapter``: encode text with that emotion-adapted
+    encoder (text corpora)."""
     from realtime_erc.training.datasets import (
         TEXT_DATASETS,
         infer_dims,
@@ -327,7 +339,9 @@ def load_data(
     dims = live_dims()
     if dataset in TEXT_DATASETS:
         corpus = load_text_corpus(dataset, data_dir)
-        features = text_features(corpus, text_encoder(encoder_identity), dims, progress=progress)
+        features = text_features(
+            corpus, text_encoder(encoder_identity, text_adapter), dims, progress=progress
+        )
         return ErcData(corpus, features, dims, dataset)
     if dataset == "assembled":
         try:

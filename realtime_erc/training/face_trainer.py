@@ -45,7 +45,7 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 class FaceTrainOptions:
     """Hyperparameters of :func:`train_face` (stored in the checkpoint)."""
 
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 128
     max_lr: float = 0.05
     weight_decay: float = 5e-4

@@ -42,20 +42,27 @@ def text_key(text: str) -> str:
 @dataclass
 class MiniLMPooled:
     """The live text encoder (:class:`~realtime_erc.features.text.TextEncoder`), pooled output
-    only: the same ``sentence_embedding`` the live feature stage emits, without token vectors."""
+    only: the same ``sentence_embedding`` the live feature stage emits, without token vectors.
+    ``adapter``: an emotion-adapted LoRA file (its content hash joins the identity)."""
 
     max_tokens: int = 128
     batch_size: int = 64
     dim: int = 384
+    adapter: Path | None = None
 
     def __post_init__(self) -> None:
         from realtime_erc.features.text import TextEncoder, TextOptions
 
-        self._encoder = TextEncoder(TextOptions(max_tokens=self.max_tokens))
+        self._encoder = TextEncoder(TextOptions(max_tokens=self.max_tokens, adapter=self.adapter))
+        self._adapter_id = ""
+        if self.adapter is not None:
+            from realtime_erc.features.text_adapter import TextAdapter
+
+            self._adapter_id = "+" + TextAdapter.load(self.adapter).identity
 
     @property
     def identity(self) -> str:
-        return f"all-MiniLM-L6-v2-pooled-t{self.max_tokens}"
+        return f"all-MiniLM-L6-v2-pooled-t{self.max_tokens}{self._adapter_id}"
 
     def encode_pooled(self, texts: Sequence[str]) -> np.ndarray:
         self._encoder.load()

@@ -1,0 +1,163 @@
+"""Emotion-adapted text encoder: LoRA adapters for the packaged MiniLM, trained on ERC corpora.
+
+An adapter file (``torch.save`` of a dict, ~1.3 MB) holds:
+
+- ``format``: ``"realtime-erc/text-adapter/1"``; ``base``: the encoder it adapts;
+- ``lora``: ``{"rank", "alpha", "targets"}`` and ``state``: the trained ``lora_A`` / ``lora_B``;
+- ``head``: the utterance classifier trained with it (``labels``, ``weight [C, 384]``, ``bias``,
+  ``scale``), which gives text-only emotion scores: ``softmax(weight · (scale · v) + bias)`` for
+  the pooled, L2-normalised vector ``v``;
+- ``info``: dataset, label set, validation scores, training time, options.
+
+Applying an adapter merges it into the encoder's weights (:func:`~realtime_erc.features.lora.
+merge_lora`): the adapted encoder costs the same per utterance as the base one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from realtime_erc.features.lora import add_lora, merge_lora
+
+FORMAT = "realtime-erc/text-adapter/1"
+BASE_ENCODER = "all-MiniLM-L6-v2"
+BERT_TARGETS: tuple[str, ...] = ("query", "key", "value", "output.dense", "intermediate.dense")
+"""Every attention and feed-forward projection of a BERT layer (not the unused pooler)."""
+
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+class TextAdapterError(ValueError):
+    """An adapter file is unusable; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class TextAdapter:
+    path: Path
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    state: dict[str, torch.Tensor]
+    head: dict[str, Any]
+    info: dict[str, Any]
+    digest: str
+
+    @property
+    def identity(self) -> str:
+        """Names the adapted encoder in feature caches and checkpoints (content-addressed)."""
+        return f"lora-{self.info.get('dataset', 'custom')}@{self.digest}"
+
+    @classmethod
+    def load(cls, path: Path | str) -> TextAdapter:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise TextAdapterError(
+                f"cannot read the text adapter {path} ({e}): train one with "
+                "'realtime-erc train-text-encoder' or point to an existing file"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise TextAdapterError(f"{path} is not a text adapter ({FORMAT})")
+        if data.get("base") != BASE_ENCODER:
+            raise TextAdapterError(
+                f"{path} adapts {data.get('base')!r}, but this program's encoder is "
+                f"{BASE_ENCODER}: retrain the adapter"
+            )
+        lora = data["lora"]
+        return cls(
+            path=path,
+            rank=int(lora["rank"]),
+            alpha=float(lora["alpha"]),
+            targets=tuple(lora["targets"]),
+            state=data["state"],
+            head=data["head"],
+            info=data.get("info", {}),
+            digest=hashlib.sha256(raw).hexdigest()[:12],
+        )
+
+    def apply(self, transformer: nn.Module) -> None:
+        """Adapt a BERT module in place (adapters loaded, then merged into its weights)."""
+        try:
+            add_lora(transformer, self.targets, self.rank, self.alpha)
+        except ValueError as e:
+            raise TextAdapterError(f"{self.path} does not fit the encoder ({e})") from None
+        missing = set(self.state)
+        with torch.no_grad():
+            for name, param in transformer.named_parameters():
+                if name in self.state:
+                    param.copy_(self.state[name])
+                    missing.discard(name)
+        if missing:
+            raise TextAdapterError(
+                f"{self.path} does not fit the encoder ({len(missing)} tensors unmatched, "
+                f"e.g. {sorted(missing)[0]}): retrain the adapter"
+            )
+        merge_lora(transformer)
+        for p in transformer.parameters():
+            p.requires_grad_(False)
+
+
+def save_adapter(
+    path: Path,
+    lora: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    head: dict[str, Any],
+    info: dict[str, Any],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {"format": FORMAT, "base": BASE_ENCODER, "lora": lora, "state": state, "head": head,
+         "info": info},
+        tmp,
+    )  # fmt: skip
+    tmp.replace(path)
+
+
+def find_adapter(identity: str, search: list[Path] | None = None) -> TextAdapter | None:
+    """The adapter whose :attr:`TextAdapter.identity` is ``identity``, among the packaged
+    ``assets/text_adapter_*.pt`` and trained ones under the cache."""
+    from realtime_erc.features.assets import cache_root
+
+    roots = search or [PACKAGED_DIR, cache_root() / "train" / "text"]
+    for root in roots:
+        for path in sorted(root.glob("**/*adapter*.pt")) if root.is_dir() else []:
+            try:
+                adapter = TextAdapter.load(path)
+            except TextAdapterError:
+                continue
+            if adapter.identity == identity:
+                return adapter
+    return None
+
+
+def resolve_adapter(setting: str, trained_with: str | None = None) -> Path | None:
+    """The adapter file the ``features.text.adapter`` setting means: ``none`` → the base
+    encoder; a path → that file (checked); ``auto`` → the adapter named in ``trained_with``
+    (the text-encoder identity an ERC checkpoint records), or none if it names none."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        path = Path(setting).expanduser()
+        TextAdapter.load(path)  # fails here, with the fix, rather than at the first utterance
+        return path
+    if not trained_with or "+" not in trained_with:
+        return None
+    identity = trained_with.split("+", 1)[1]
+    found = find_adapter(identity)
+    if found is None:
+        raise TextAdapterError(
+            f"the ERC checkpoint was trained on text from the adapted encoder {identity!r}, "
+            "which is neither packaged nor under the cache: set features.text.adapter to its "
+            "file, or use a checkpoint trained on the base encoder"
+        )
+    return found.path

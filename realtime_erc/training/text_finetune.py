@@ -1,0 +1,223 @@
+"""Emotion-adapt the text encoder: LoRA fine-tuning of MiniLM on an ERC corpus's training split.
+
+Every non-empty training utterance is one example: MiniLM (LoRA on every projection, see
+:mod:`~realtime_erc.features.lora`) → mean pooling → L2 normalisation (the live sentence vector
+``v``) → a linear classifier on ``scale · v``; cross-entropy with label smoothing, AdamW, linear
+warm-up then linear decay. The validation split is scored ``evals_per_epoch`` times per epoch
+(weighted F1); the adapters and head with the best score are written as an adapter file
+(:mod:`~realtime_erc.features.text_adapter`). The test split is never read here. After every
+epoch the whole state goes to ``<work_dir>/last.pt`` so a killed run resumes.
+
+Context models then train on the adapted vectors (``realtime-erc train --text-adapter PATH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realtime_erc.features.lora import add_lora, lora_state
+from realtime_erc.features.text import TEXT_DIM, load_sentence_encoder
+from realtime_erc.features.text_adapter import BERT_TARGETS, save_adapter
+from realtime_erc.training.corpus import Dialogue, ErcCorpus
+from realtime_erc.training.erc_metrics import scores
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TextFinetuneOptions:
+    """Hyperparameters (stored in the adapter's ``info``)."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    label_smoothing: float = 0.1
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    scale: float = 20.0
+    """Multiplies the unit-norm sentence vector before the classifier (a fixed temperature)."""
+    max_tokens: int = 128
+    evals_per_epoch: int = 2
+    seed: int = 0
+    threads: int = 0
+    subset: int | None = None
+    """Only the first ``subset`` dialogues of each split (tests, smoke runs)."""
+
+
+def examples(dialogues: Sequence[Dialogue]) -> tuple[list[str], np.ndarray]:
+    """Non-empty utterances and their labels, in corpus order."""
+    pairs = [
+        (t.strip(), y)
+        for d in dialogues
+        for t, y in zip(d.texts, d.labels, strict=True)
+        if t.strip()
+    ]
+    return [t for t, _ in pairs], np.array([y for _, y in pairs], np.int64)
+
+
+class _Classifier(nn.Module):
+    """Sentence encoder + linear head: ``texts -> logits [B, C]``."""
+
+    def __init__(self, encoder: nn.Module, n_labels: int, scale: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(TEXT_DIM, n_labels)
+        self.scale = scale
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        features = self.encoder.preprocess(list(texts))
+        return self.encoder(features)["sentence_embedding"]  # [B, 384], unit norm
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.head(self.scale * self.embed(texts))
+
+
+@torch.no_grad()
+def _predict(model: _Classifier, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    was = model.training
+    model.eval()
+    out = []
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    for i in range(0, len(texts), batch_size):
+        idx = order[i : i + batch_size]
+        out.append((idx, model([texts[j] for j in idx]).argmax(-1).numpy()))
+    model.train(was)
+    pred = np.zeros(len(texts), np.int64)
+    for idx, p in out:
+        pred[idx] = p
+    return pred
+
+
+def _fingerprint(corpus: ErcCorpus, options: TextFinetuneOptions) -> str:
+    data = {"options": asdict(options), "corpus": corpus.provenance, "labels": corpus.labels}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finetune_text_encoder(
+    corpus: ErcCorpus,
+    out: Path,
+    work_dir: Path,
+    options: TextFinetuneOptions = TextFinetuneOptions(),
+    progress: Progress | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train adapters on ``corpus``'s train split, select on valid, write them to ``out``.
+    Returns the adapter's ``info``."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    random.seed(options.seed)
+    np.random.seed(options.seed)
+    torch.manual_seed(options.seed)
+
+    def split(name: str) -> tuple[list[str], np.ndarray]:
+        ds = corpus.split(name)
+        return examples(ds[: options.subset] if options.subset else ds)
+
+    train_x, train_y = split("train")
+    valid_x, valid_y = split("valid")
+    encoder = load_sentence_encoder("cpu", options.max_tokens)
+    transformer = encoder[0].auto_model
+    lora = {"rank": options.rank, "alpha": options.alpha, "targets": list(BERT_TARGETS)}
+    add_lora(transformer, BERT_TARGETS, options.rank, options.alpha, options.dropout)
+    model = _Classifier(encoder, len(corpus.labels), options.scale)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
+    total = options.epochs * steps_per_epoch
+    warmup = max(1, int(options.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_state": None, "history": [],
+                             "train_seconds": 0.0}  # fmt: skip
+    signature = _fingerprint(corpus, options)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    last = work_dir / "last.pt"
+    gen = torch.Generator().manual_seed(options.seed)
+    if resume and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        if saved.get("signature") == signature:
+            model.load_state_dict(saved["model"], strict=False)
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"])
+            state = saved["state"]
+            log.info("resuming %s after epoch %d", last, state["epoch"])
+    eval_at = {
+        round(steps_per_epoch * (k + 1) / options.evals_per_epoch)
+        for k in range(options.evals_per_epoch)
+    }
+    model.train()
+    for epoch in range(state["epoch"], options.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train_x), generator=gen).numpy()
+        running = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * options.batch_size : (step + 1) * options.batch_size]
+            logits = model([train_x[i] for i in idx])
+            target = torch.from_numpy(train_y[idx])
+            loss = F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            if progress is not None:
+                progress("fine-tune", step + 1, steps_per_epoch,
+                         {"epoch": epoch + 1, "loss": running / (step + 1)})  # fmt: skip
+            if step + 1 in eval_at:
+                valid = scores(valid_y, _predict(model, valid_x), corpus.labels)
+                entry = {"epoch": epoch + 1, "step": step + 1,
+                         "loss": round(running / (step + 1), 5),
+                         "valid_weighted_f1": valid["weighted_f1"],
+                         "valid_accuracy": valid["accuracy"]}  # fmt: skip
+                state["history"].append(entry)
+                log.info("%s", entry)
+                if valid["weighted_f1"] > state["best"]:
+                    state["best"] = valid["weighted_f1"]
+                    state["best_state"] = {
+                        "lora": lora_state(transformer),
+                        "head": {k: v.detach().clone() for k, v in model.head.state_dict().items()},
+                        "at": entry,
+                    }
+        state["epoch"] = epoch + 1
+        state["train_seconds"] += time.perf_counter() - t0
+        trained = {k: v for k, v in model.state_dict().items() if ".lora_" in k or "head." in k}
+        torch.save({"signature": signature, "model": trained, "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "state": state}, last)  # fmt: skip
+    best = state["best_state"]
+    info = {
+        "dataset": corpus.name,
+        "label_set": corpus.label_set,
+        "training_data": f"{corpus.name} train split ({len(train_x)} utterances)",
+        "selection_data": f"{corpus.name} valid split ({len(valid_x)} utterances), weighted F1",
+        "valid": best["at"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "history": state["history"],
+        "options": asdict(options),
+    }
+    head = {"labels": list(corpus.labels), "weight": best["head"]["weight"],
+            "bias": best["head"]["bias"], "scale": options.scale}  # fmt: skip
+    save_adapter(out, lora, best["lora"], head, info)
+    return info
