@@ -326,8 +326,9 @@ def load_data(
 ) -> ErcData:
     """``iemocap`` | ``meld`` | ``emorynlp`` (text features from our encoder, cached),
     ``assembled`` (the assembled multimodal conversations) or a path to a published feature
-    pickle (DialogueGCN / MMGCN layout). ``text_adapter``: encode text with that emotion-adapted
-    encoder (text corpora)."""
+    pickle (DialogueGCN / MMGCN layout). With ``text_adapter`` (or a ``+lora`` name and an
+    ``encoder_identity`` that names an adapter) text comes from the emotion-adapted encoder and
+    the data are named ``<dataset>+lora``."""
     from realtime_erc.training.datasets import (
         TEXT_DATASETS,
         infer_dims,
@@ -337,21 +338,31 @@ def load_data(
     )
 
     dims = live_dims()
-    if dataset in TEXT_DATASETS:
-        corpus = load_text_corpus(dataset, data_dir)
-        features = text_features(
-            corpus, text_encoder(encoder_identity, text_adapter), dims, progress=progress
-        )
-        return ErcData(corpus, features, dims, dataset)
-    if dataset == "assembled":
+    base, plus, variant = dataset.partition("+")
+    if base in TEXT_DATASETS or base == "assembled":
+        if plus and variant != "lora":
+            raise DataError(f"unknown dataset variant {dataset!r}: only '{base}+lora' exists")
+        encoder = text_encoder(encoder_identity, text_adapter)
+        if plus and encoder.adapter is None:
+            raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
+        name = f"{base}+lora" if encoder.adapter is not None else base
+    if base in TEXT_DATASETS:
+        corpus = load_text_corpus(base, data_dir)
+        features = text_features(corpus, encoder, dims, progress=progress)
+        return ErcData(corpus, features, dims, name)
+    if base == "assembled":
         try:
             from realtime_erc.training.assembled import load_assembled
         except ImportError:
             raise DataError(
                 "the assembled multimodal corpus is not available in this version"
             ) from None
-        corpus, features = load_assembled(data_dir, progress=progress)
-        return ErcData(corpus, features, infer_dims(features, dims), dataset)
+        from realtime_erc.config import FeaturesConfig, TextFeaturesConfig
+
+        adapter = str(encoder.adapter) if encoder.adapter is not None else "none"
+        config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter))
+        corpus, features = load_assembled(data_dir, features_config=config, progress=progress)
+        return ErcData(corpus, features, infer_dims(features, dims), name)
     path = Path(dataset)
     if path.suffix == ".pkl" or path.is_file():
         pickle = load_feature_pickle(path)
