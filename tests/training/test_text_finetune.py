@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from realtime_erc.features.text import TextEncoder, TextOptions
@@ -56,3 +57,15 @@ def test_a_finished_run_resumes_without_training_again(tmp_path):
     assert again["history"] == first["history"]
     a, b = TextAdapter.load(tmp_path / "a.pt"), TextAdapter.load(tmp_path / "b.pt")
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_path):
+    from realtime_erc.training.emotion_data import DataError
+    from realtime_erc.training.erc_trainer import load_data, text_encoder
+
+    with pytest.raises(DataError, match="--text-adapter"):
+        text_encoder("all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
+    with pytest.raises(DataError, match="pass --text-adapter"):
+        load_data("meld+lora", tmp_path)  # a +lora name needs the adapter
+    with pytest.raises(DataError, match="only 'meld\\+lora'"):
+        load_data("meld+other", tmp_path)
