@@ -77,7 +77,6 @@ class TextEncoder:
         """Load the encoder (about a second; later calls are free)."""
         if self._model is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
         self._model = load_sentence_encoder(
             self.options.device, self.options.max_tokens, self.options.adapter
         )
