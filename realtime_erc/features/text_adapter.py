@@ -16,6 +16,7 @@ merge_lora`): the adapted encoder costs the same per utterance as the base one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 
 from realtime_erc.features.lora import add_lora, merge_lora
+
+log = logging.getLogger(__name__)
 
 FORMAT = "realtime-erc/text-adapter/1"
 BASE_ENCODER = "all-MiniLM-L6-v2"
@@ -144,15 +147,21 @@ def resolve_adapter(setting: str, trained_with: str | None = None) -> Path | Non
     """The adapter file the ``features.text.adapter`` setting means: ``none`` → the base
     encoder; a path → that file (checked); ``auto`` → the adapter named in ``trained_with``
     (the text-encoder identity an ERC checkpoint records), or none if it names none."""
-    if setting == "none":
-        return None
+    identity = trained_with.split("+", 1)[1] if trained_with and "+" in trained_with else None
     if setting != "auto":
-        path = Path(setting).expanduser()
-        TextAdapter.load(path)  # fails here, with the fix, rather than at the first utterance
+        path = None if setting == "none" else Path(setting).expanduser()
+        # a path fails here, with the fix, rather than at the first utterance
+        chosen = TextAdapter.load(path).identity if path is not None else None
+        if chosen != identity and trained_with:
+            log.warning(
+                "features.text.adapter = %s, but the ERC model was trained on text from %s: "
+                'its scores will be off (use adapter = "auto")',
+                setting,
+                identity or "the base encoder",
+            )
         return path
-    if not trained_with or "+" not in trained_with:
+    if identity is None:
         return None
-    identity = trained_with.split("+", 1)[1]
     found = find_adapter(identity)
     if found is None:
         raise TextAdapterError(

@@ -107,3 +107,13 @@ def test_the_adapter_setting_resolves_against_what_the_model_was_trained_on(tmp_
     assert resolve_adapter(str(path)) == path
     with pytest.raises(TextAdapterError, match="features.text.adapter"):
         resolve_adapter("auto", "all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
+
+
+def test_an_adapter_other_than_the_models_is_used_with_a_warning(tmp_path, caplog):
+    path = _adapter_file(tmp_path, Tiny())
+    trained_with = "all-MiniLM-L6-v2-pooled-t128+" + TextAdapter.load(path).identity
+    with caplog.at_level("WARNING"):
+        assert resolve_adapter(str(path), trained_with) == path
+        assert not caplog.records
+        assert resolve_adapter("none", trained_with) is None
+    assert "trained on text from lora-toy@" in caplog.text
