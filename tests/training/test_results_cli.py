@@ -53,6 +53,7 @@ def test_plan_runs_first_seed_and_bidirectional_first() -> None:
     assert plan.rounds() == [(True, 0), (False, 0), (True, 1), (True, 2)]
     assert plan.options("meld", "dfgcn", 1, True).batch_dialogues == 16
     assert plan.options("iemocap", "dfgcn", 1, False).causal is False
+    assert plan.options("meld+lora", "dfgcn", 1, True).batch_dialogues == 16  # as its base
 
 
 def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
@@ -64,6 +65,11 @@ def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
     assert r.returncode == 2 and "give either a CHECKPOINT or --all" in r.stderr
     r = cli("evaluate", "missing.pt")
     assert r.returncode == 2 and "does not exist" in r.stderr
+    r = cli("train-text-encoder", "--data", "assembled")
+    assert r.returncode == 2 and "choose one of iemocap, meld, emorynlp" in r.stderr
+    r = cli("train", "--model", "dialoguegcn", "--text-adapter", str(ROOT / "README.md"))
+    assert r.returncode == 2 and "cannot read the text adapter" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
