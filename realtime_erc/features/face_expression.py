@@ -135,7 +135,8 @@ class FaceExpressionHead:
     def __init__(
         self, net: FaceExpressionNet, info: dict[str, Any] | None = None, flip: bool = True
     ) -> None:
-        self.net = _fold_batchnorm(net.eval())
+        # channels-last convolutions are ~1/3 faster on CPU at these sizes
+        self.net = _fold_batchnorm(net.eval()).to(memory_format=torch.channels_last)
         self.info = info or {}
         self.labels = net.options.labels
         self.flip = flip
