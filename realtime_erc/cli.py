@@ -741,6 +741,17 @@ def train_extractor_command(
         int | None, typer.Option(min=1, help="face: epochs; speech: optimiser steps.")
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = default).")] = 0,
+    device: Annotated[
+        str, typer.Option(help="face: cpu | auto (CUDA when available) | cuda[:N].")
+    ] = "cpu",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="face: recipe setting KEY=VALUE (repeatable), e.g. erase_prob=0.25, "
+            "teacher=a.pt,b.pt, net.widths=64,128,256,512.",
+        ),
+    ] = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -751,7 +762,15 @@ def train_extractor_command(
         from realtime_erc.training.extractors import train_extractor
 
         info = train_extractor(
-            _extractor_kind(kind), config.data.resolve(data), out, seed, epochs, console, threads
+            _extractor_kind(kind),
+            config.data.resolve(data),
+            out,
+            seed,
+            epochs,
+            console,
+            threads,
+            device,
+            option,
         )
         summary = {k: v for k, v in info.items() if k not in ("history", "subset", "options")}
         console.print_json(json.dumps(summary))

@@ -79,24 +79,36 @@ def train_extractor(
     epochs: int | None,
     console: Console,
     threads: int = 0,
+    device: str = "cpu",
+    options: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train one head; ``out`` defaults to the packaged checkpoint path. Returns its ``info``."""
+    """Train one head; ``out`` defaults to the packaged checkpoint path. Returns its ``info``.
+
+    ``device`` (face only; the speech head is a small model trained on the CPU): ``cpu``,
+    ``auto`` (CUDA when there is one) or ``cuda[:N]``. ``options``: face recipe settings
+    ``KEY=VALUE`` (:func:`~realtime_erc.training.face_trainer.face_recipe`)."""
     out = out or default_checkpoint(kind)
     with _Bars(console) as bars:
         if kind == "speech":
             from realtime_erc.training.speech_trainer import SpeechTrainOptions, train_speech
 
-            options = SpeechTrainOptions(seed=seed)
+            speech = SpeechTrainOptions(seed=seed)
             if epochs:
-                options = replace(options, steps=epochs)
-            return train_speech(data_dir, out, options, progress=bars)
-        from realtime_erc.training.face_trainer import FaceTrainOptions, train_face
+                speech = replace(speech, steps=epochs)
+            return train_speech(data_dir, out, speech, progress=bars)
+        from realtime_erc.engine import pick_device
+        from realtime_erc.training.face_trainer import (
+            FaceTrainOptions,
+            face_recipe,
+            recipe_key,
+            train_face,
+        )
 
-        face = FaceTrainOptions(seed=seed, threads=threads)
+        face, net = face_recipe(FaceTrainOptions(seed=seed, threads=threads), options or [])
         if epochs:
             face = replace(face, epochs=epochs)
-        work = cache_root() / "train" / f"face-seed{seed}"
-        return train_face(data_dir, out, work, face, progress=bars)
+        work = cache_root() / "train" / f"face-{recipe_key(face, net)}"
+        return train_face(data_dir, out, work, face, net, progress=bars, device=pick_device(device))
 
 
 def evaluate_extractor(

@@ -4,17 +4,22 @@ Training set: FER2013 ``Training`` minus its all-black images, the images pixel-
 ``PublicTest`` image and the extra copies of duplicates (see
 :func:`~realtime_erc.training.emotion_data.clean_fer_training`). Model selection: the epoch with
 the best ``PublicTest`` accuracy (flip-averaged). Recipe: random affine crops (40×40 windows with
-±4 px shifts, ±10° rotation, ±10 % scale, mirror), label smoothing, SGD with a one-cycle (warm-up
-then cosine) schedule. A run resumes from ``<work_dir>/last.pt`` after an interruption.
+±4 px shifts, ±10° rotation, ±10 % scale, mirror), optional random erasing, label smoothing, SGD
+with a one-cycle (warm-up then cosine) schedule. Runs on the CPU or a CUDA device (the images and
+their augmentation live on the device). A run resumes from ``<work_dir>/last.pt`` after an
+interruption, on either device.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from torch import nn
 
 from realtime_erc.features.face_expression import (
     FER_LABELS,
+    FaceExpressionError,
     FaceExpressionHead,
     FaceExpressionNet,
     FaceNetOptions,
@@ -53,10 +59,59 @@ class FaceTrainOptions:
     rotation_deg: float = 10.0
     scale_jitter: float = 0.1
     warmup_fraction: float = 0.15
+    erase_prob: float = 0.0  # chance of blanking one random rectangle (random erasing)
+    erase_max_area: float = 0.3  # its largest area, as a fraction of the crop
+    teacher: str = ""  # face checkpoint(s) to distil from, comma-separated ("" = none)
+    distill_weight: float = 0.7  # share of the distillation term in the loss
+    distill_temperature: float = 4.0
     seed: int = 0
     subset_size: int = 300
     max_train_images: int = 0  # 0 = all; small values for smoke tests
     threads: int = 0  # 0 = torch's default
+
+
+def face_recipe(
+    base: FaceTrainOptions, settings: list[str]
+) -> tuple[FaceTrainOptions, FaceNetOptions]:
+    """Apply ``KEY=VALUE`` settings (``realtime-erc train-extractor face --option``): keys are
+    :class:`FaceTrainOptions` fields, or ``net.<field>`` of :class:`FaceNetOptions`; tuples are
+    comma-separated (``net.widths=64,128,256,512``)."""
+    train: dict[str, Any] = {}
+    net: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        target, cls, name = (net, FaceNetOptions, key[4:]) if key.startswith("net.") else (
+            train, FaceTrainOptions, key
+        )  # fmt: skip
+        fields = {f.name: f for f in dataclass_fields(cls)}
+        if not sep or name not in fields or name == "labels":
+            valid = [f for f in fields if f != "labels"]
+            raise FaceExpressionError(
+                f"bad face training option {item!r}: use KEY=VALUE with KEY one of "
+                f"{', '.join(valid)} (or net.<{', '.join(_net_keys())}>)"
+            )
+        default = getattr(cls(), name)
+        try:
+            if isinstance(default, tuple):
+                target[name] = tuple(int(v) for v in value.split(","))
+            else:
+                target[name] = type(default)(value)
+        except ValueError:
+            raise FaceExpressionError(
+                f"bad value in face training option {item!r}: {name} takes a "
+                f"{type(default).__name__}"
+            ) from None
+    return replace(base, **train), replace(FaceNetOptions(), **net)
+
+
+def _net_keys() -> list[str]:
+    return [f.name for f in dataclass_fields(FaceNetOptions) if f.name != "labels"]
+
+
+def recipe_key(options: FaceTrainOptions, net: FaceNetOptions) -> str:
+    """A short stable name for a recipe (the work directory of its run)."""
+    text = json.dumps({"train": asdict(options), "net": options_dict(net)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
@@ -64,7 +119,8 @@ def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
 
 
 def augment(images: torch.Tensor, crop: int, opts: FaceTrainOptions, gen: torch.Generator):
-    """Random affine crops of ``[B, 1, 48, 48]`` floats → ``[B, 1, crop, crop]``."""
+    """Random affine crops of ``[B, 1, 48, 48]`` floats → ``[B, 1, crop, crop]`` (on the images'
+    device; the random draws come from ``gen`` on the CPU, so a run is the same on any device)."""
     b = images.shape[0]
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(opts.rotation_deg)
     scale = (crop / 48) * (1 + (torch.rand(b, generator=gen) * 2 - 1) * opts.scale_jitter)
@@ -78,8 +134,78 @@ def augment(images: torch.Tensor, crop: int, opts: FaceTrainOptions, gen: torch.
         ],
         1,
     )
-    grid = F.affine_grid(theta, [b, 1, crop, crop], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = F.affine_grid(theta.to(images.device), [b, 1, crop, crop], align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if opts.erase_prob > 0:
+        out = random_erase(out, opts.erase_prob, opts.erase_max_area, gen)
+    return out
+
+
+def random_erase(x: torch.Tensor, prob: float, max_area: float, gen: torch.Generator):
+    """Blank one random rectangle (area 2 %..``max_area`` of the image, aspect 0.3..3.3) in a
+    ``prob`` fraction of ``x [B, 1, H, W]``; the rectangle is filled with the image's mean."""
+    b, _, h, w = x.shape
+    area = (0.02 + torch.rand(b, generator=gen) * (max_area - 0.02)) * h * w
+    aspect = torch.exp((torch.rand(b, generator=gen) * 2 - 1) * math.log(3.3))
+    eh = (area * aspect).sqrt().clamp(1, h)
+    ew = (area / aspect).sqrt().clamp(1, w)
+    top = torch.rand(b, generator=gen) * (h - eh)
+    left = torch.rand(b, generator=gen) * (w - ew)
+    use = (torch.rand(b, generator=gen) < prob).float()
+    # [B, 5] box (top, bottom, left, right, used) moved once; the mask is built on x's device
+    box = torch.stack([top, top + eh, left, left + ew, use], 1).to(x.device).view(b, 5, 1, 1)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (
+        (rows >= box[:, 0]) & (rows < box[:, 1]) & (cols >= box[:, 2]) & (cols < box[:, 3])
+    ) & (box[:, 4] > 0)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.where(inside.unsqueeze(1), mean, x)
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor, opts: FaceTrainOptions
+) -> torch.Tensor:
+    """Hinton et al. (2015): ``(1 - w) · hard + w · T² · KL(softmax(t/T) ‖ softmax(s/T))`` for
+    student/teacher logits ``[B, C]``; T² keeps the soft term's gradients on the hard term's
+    scale."""
+    t = opts.distill_temperature
+    soft = F.kl_div(
+        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+        reduction="batchmean",
+    )  # fmt: skip
+    return (1 - opts.distill_weight) * hard + opts.distill_weight * t * t * soft
+
+
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers; ``forward`` gives ``T · log(mean_i softmax(z_i / T))``, logits whose
+    tempered softmax is the teachers' mean tempered distribution (one teacher: its own logits,
+    up to a constant)."""
+
+    def __init__(self, nets: list[nn.Module], temperature: float) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        probs = torch.stack([torch.softmax(net(x) / t, -1) for net in self.nets]).mean(0)
+        return t * torch.log(probs)
+
+
+def _load_teacher(opts: FaceTrainOptions, student: FaceNetOptions, device: torch.device):
+    """The frozen teacher(s) of ``opts.teacher`` on ``device`` (None without one)."""
+    paths = [p.strip() for p in opts.teacher.split(",") if p.strip()]
+    if not paths:
+        return None
+    nets = []
+    for path in paths:
+        net = FaceExpressionHead.load(path, flip=False).net
+        if net.options.crop != student.crop or net.options.labels != student.labels:
+            raise ValueError(f"teacher {path} has another crop or label set than the student")
+        nets.append(net.to(device, memory_format=torch.channels_last).eval().requires_grad_(False))
+    return TeacherEnsemble(nets, opts.distill_temperature)
 
 
 def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
@@ -93,10 +219,11 @@ def score_faces(net: nn.Module, data: FaceImages, batch_size: int = 512) -> dict
     """Accuracy, unweighted accuracy (mean per-class recall) and mean NLL, flip-averaged."""
     net.eval()
     crop = net.options.crop
+    device = next(net.parameters()).device
     preds, nll = [], 0.0
     for i in range(0, len(data.images), batch_size):
-        x = torch.from_numpy(data.images[i : i + batch_size]).float().unsqueeze(1) / 255.0
-        logp = _flip_averaged_logits(net, standardize(center_crop(x, crop)))
+        x = torch.from_numpy(data.images[i : i + batch_size]).to(device).float().unsqueeze(1) / 255
+        logp = _flip_averaged_logits(net, standardize(center_crop(x, crop))).cpu()
         y = torch.from_numpy(data.labels[i : i + batch_size])
         nll += float(F.nll_loss(logp, y, reduction="sum"))
         preds.append(logp.argmax(-1).numpy())
@@ -124,8 +251,11 @@ def train_face(
     options: FaceTrainOptions = FaceTrainOptions(),
     net_options: FaceNetOptions | None = None,
     progress: Progress = _noop,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train on FER2013 Training, select on PublicTest, write the best checkpoint to ``out``.
+
+    ``device``: where the network, the images and their augmentation live (``cpu``, ``cuda``…).
 
     Returns the ``info`` dict stored in the checkpoint (scores, data provenance, timings).
     """
@@ -150,7 +280,8 @@ def train_face(
     )
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
-    net = FaceExpressionNet(net_options).to(memory_format=torch.channels_last)
+    device = torch.device(device)
+    net = FaceExpressionNet(net_options).to(device, memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train.images) / options.batch_size)
     opt = torch.optim.SGD(
         net.parameters(),
@@ -192,18 +323,22 @@ def train_face(
             log.info("resuming from %s after epoch %d", last, state["epoch"])
         else:
             log.info("ignoring %s: it was written with other options", last)
-    images = torch.from_numpy(train.images).float().unsqueeze(1) / 255.0
-    labels = torch.from_numpy(train.labels)
+    teacher = _load_teacher(options, net_options, device)
+    images = torch.from_numpy(train.images).to(device).float().unsqueeze(1) / 255.0
+    labels = torch.from_numpy(train.labels).to(device)
     for epoch in range(state["epoch"], options.epochs):
         net.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(images), generator=gen)
         total_loss = 0.0
         for step in range(steps_per_epoch):
-            idx = order[step * options.batch_size : (step + 1) * options.batch_size]
+            idx = order[step * options.batch_size : (step + 1) * options.batch_size].to(device)
             x = standardize(augment(images[idx], net_options.crop, options, gen))
             x = x.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(net(x), labels[idx], label_smoothing=options.label_smoothing)
+            logits = net(x)
+            loss = F.cross_entropy(logits, labels[idx], label_smoothing=options.label_smoothing)
+            if teacher is not None:
+                loss = distillation_loss(logits, teacher(x), loss, options)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -227,7 +362,7 @@ def train_face(
         state["train_seconds"] += seconds
         if scores["accuracy"] > state["best"]:
             state["best"] = scores["accuracy"]
-            state["best_model"] = {k: v.clone() for k, v in net.state_dict().items()}
+            state["best_model"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         state["epoch"] = epoch + 1
         log.info("epoch %d: %s", epoch + 1, entry)
         progress(

@@ -21,7 +21,16 @@ from realtime_erc.features.face_expression import (
     standardize,
 )
 from realtime_erc.training.emotion_data import FaceImages, clean_fer_training, fer_file, load_fer
-from realtime_erc.training.face_trainer import FaceTrainOptions, augment, score_faces
+from realtime_erc.training.face_trainer import (
+    FaceTrainOptions,
+    TeacherEnsemble,
+    augment,
+    distillation_loss,
+    face_recipe,
+    random_erase,
+    recipe_key,
+    score_faces,
+)
 
 DATA = DataConfig().resolve()
 
@@ -114,6 +123,53 @@ def test_a_few_training_steps_lower_the_loss() -> None:
     assert loss() < before
 
 
+def test_random_erase_blanks_one_rectangle_in_the_chosen_images() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 40, 40)
+    out = random_erase(x, prob=0.5, max_area=0.3, gen=gen)
+    changed = (out != x).flatten(1).float().mean(1)
+    assert 10 < int((changed > 0).sum()) < 54  # about half the images
+    assert float(changed.max()) <= 0.3 + 1e-6  # at most max_area of the image
+    for i in torch.nonzero(changed > 0).flatten().tolist():
+        mask = out[i, 0] != x[i, 0]
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert bool(box.all()) or float(box.float().mean()) > 0.9  # one filled rectangle
+        assert torch.allclose(out[i, 0][mask], x[i].mean().expand(int(mask.sum())))
+
+
+def test_distillation_from_an_ensemble_of_one_is_its_tempered_distribution() -> None:
+    torch.manual_seed(0)
+    net = FaceExpressionNet(FaceNetOptions(widths=(4, 8), embed_dim=8)).eval()
+    x = torch.randn(5, 1, 40, 40)
+    opts = FaceTrainOptions(distill_temperature=4.0, distill_weight=1.0)
+    one = TeacherEnsemble([net], opts.distill_temperature)
+    with torch.no_grad():
+        z = net(x)
+        assert torch.allclose(torch.softmax(one(x) / 4, -1), torch.softmax(z / 4, -1), atol=1e-6)
+        # a student equal to its teacher has nothing to learn from it; a different one does
+        zero = distillation_loss(z, one(x), torch.tensor(0.0), opts)
+        assert float(zero) == pytest.approx(0.0, abs=1e-6)
+        assert float(distillation_loss(z.flip(-1), one(x), torch.tensor(0.0), opts)) > 0.01
+        pair = TeacherEnsemble([net, net], opts.distill_temperature)
+        assert torch.allclose(pair(x), one(x), atol=1e-5)
+
+
+def test_face_recipe_settings_and_their_refusals() -> None:
+    train, net = face_recipe(
+        FaceTrainOptions(seed=3),
+        ["erase_prob=0.25", "batch_size=256", "teacher=a.pt,b.pt", "net.widths=64,128,256"],
+    )
+    assert (train.erase_prob, train.batch_size, train.teacher, train.seed) == (
+        0.25, 256, "a.pt,b.pt", 3
+    )  # fmt: skip
+    assert net.widths == (64, 128, 256)
+    assert recipe_key(train, net) != recipe_key(FaceTrainOptions(seed=3), FaceNetOptions())
+    for bad, says in (("nope=1", "erase_prob"), ("epochs", "KEY=VALUE"), ("epochs=x", "int")):
+        with pytest.raises(FaceExpressionError, match=says):
+            face_recipe(FaceTrainOptions(), [bad])
+
+
 def test_cleaning_drops_black_test_copies_and_duplicates() -> None:
     rng = np.random.default_rng(1)
     imgs = rng.integers(1, 256, (6, 48, 48), dtype=np.uint8)
@@ -147,6 +203,16 @@ def test_cli_trains_and_evaluates_on_a_fer_layout_file(run_cli, tmp_path, monkey
     )
     assert trained.returncode == 0, trained.stderr
     assert ckpt.is_file()
+    student = tmp_path / "student.pt"
+    distilled = run_cli(
+        "train-extractor", "face", "--data", str(npz), "--out", str(student), "--epochs", "1",
+        "--option", f"teacher={ckpt}", "--option", "erase_prob=0.5", "--option", "batch_size=16",
+    )  # fmt: skip
+    assert distilled.returncode == 0, distilled.stderr
+    info = FaceExpressionHead.load(student).info
+    assert info["options"]["teacher"] == str(ckpt) and info["options"]["batch_size"] == 16
+    refused = run_cli("train-extractor", "face", "--data", str(npz), "--option", "widths=8")
+    assert refused.returncode == 2 and "net.<widths" in refused.stderr, refused.stderr
     result = run_cli("evaluate-extractor", "face", "--data", str(npz), "--checkpoint", str(ckpt))
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout[result.stdout.index("{") :])
