@@ -2,7 +2,9 @@
 
 The signal is the *lag* of each closed speech segment: how long after the segmenter closed it a
 stage starts working on it (queueing included). Stages report it with :meth:`LoadMonitor.observe`
-and ask :meth:`LoadMonitor.sheds` before optional work. Levels, each adding to the one before:
+and ask :meth:`LoadMonitor.sheds` before optional work. The level follows the most lagging stage
+(each stage's latest lag), so a fast stage does not mask a slow one. Levels, each adding to the
+one before:
 
 ====== ================ ==========================================================================
 level  lag reaches      shed
@@ -63,11 +65,13 @@ class LoadMonitor:
         self.lag_s = 0.0
         self.max_level = 0
         self.shed_counts: Counter[str] = Counter()
+        self._stage_lags: dict[str, float] = {}
         self._changed = False
 
-    def observe(self, lag_s: float) -> None:
-        """A stage started on a segment ``lag_s`` seconds after it closed."""
-        self.lag_s = max(0.0, lag_s)
+    def observe(self, lag_s: float, stage: str = "") -> None:
+        """``stage`` started on a segment ``lag_s`` seconds after it closed."""
+        self._stage_lags[stage] = max(0.0, lag_s)
+        self.lag_s = max(self._stage_lags.values())
         if not self.policy.enabled:
             return
         level = self.level

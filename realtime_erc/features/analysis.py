@@ -96,7 +96,7 @@ class AnalysisStage(FeatureStage):
             await self.add_frame(event)
         elif isinstance(event, SpeechSegment):
             if self.load is not None:
-                self.load.observe(now() - event.closed_at)
+                self.load.observe(now() - event.closed_at, "analysis")
             yield event  # the ASR starts on it while the analysis runs
             yield await self.analyze(event)
         else:

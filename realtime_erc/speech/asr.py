@@ -334,7 +334,7 @@ class AsrStage(Stage):
         """Always an utterance: empty text with a :class:`Fault` when the transcription failed
         or was shed by the overload policy."""
         if self.load is not None:
-            self.load.observe(now() - segment.closed_at)
+            self.load.observe(now() - segment.closed_at, "asr")
             if self.load.shed("transcription"):
                 fault = Fault("asr", f"not transcribed: overload (level {self.load.level})")
                 return self._utterance(segment, None, (fault,))

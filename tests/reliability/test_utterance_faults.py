@@ -71,6 +71,15 @@ def test_load_levels_rise_in_order_and_fall_with_hysteresis():
     assert load.level == 0 and load.max_level == 4
 
 
+def test_the_most_lagging_stage_sets_the_level():
+    load = LoadMonitor(LoadPolicy((1.0, 2.0, 4.0, 8.0)))
+    load.observe(5.0, "asr")
+    load.observe(0.0, "analysis")  # a fast stage does not mask the slow one
+    assert load.level == 3 and load.lag_s == 5.0
+    load.observe(0.2, "asr")  # the slow stage caught up
+    assert load.level == 0
+
+
 def test_a_disabled_policy_never_sheds():
     load = LoadMonitor(LoadPolicy(enabled=False))
     load.observe(60.0)
