@@ -559,6 +559,35 @@ def bench_replay(
     _guard(run)
 
 
+@bench_app.command("overload")
+def bench_overload(
+    recording: Annotated[Path, typer.Option(help="Recording to replay.")] = Path("recordings/demo"),
+    speed: Annotated[float, typer.Option(min=0.1, help="Replay pace (× real time).")] = 4.0,
+    runs: Annotated[int, typer.Option(min=1, help="Runs per policy.")] = 3,
+    out: Annotated[Path, typer.Option(help="Directory for overload.json and overload.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Latency with and without the overload policy when transcription is slower than the pace
+    (default profile: Whisper base, one thread, padded window; --set overrides it)."""
+    from realtime_erc.bench.overload import SLOW_ASR
+
+    profile = [f"asr.{k}={str(v).lower()}" for k, v in SLOW_ASR.items()]
+    config = _load(config_file, profile + (overrides or []))
+
+    def run() -> None:
+        from realtime_erc.bench.overload import run_overload_benchmark
+
+        report = run_overload_benchmark(recording, config, speed=speed, runs=runs)
+        paths = report.write(out)
+        console.print(report.markdown())
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+    _guard(run)
+
+
 @bench_app.command("soak")
 def bench_soak(
     minutes: Annotated[
