@@ -43,14 +43,13 @@ from realtime_erc.events import SAMPLE_RATE, ModalityFeatures, UtteranceFeatures
 from realtime_erc.features.text import TEXT_DIM
 from realtime_erc.training.corpus import SPLITS, CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.emotion_data import DataError, SpeechClip
+from realtime_erc.training.progress import Progress
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
 """Bump when the recipe or the feature computation changes (it is part of every cache key)."""
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
-"""``progress(phase, done, total, metrics)``, as the trainers report."""
 
 MELD7: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 

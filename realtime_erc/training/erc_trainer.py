@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,9 @@ from realtime_erc.training.corpus import CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.datasets import split_sizes
 from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.erc_metrics import scores
+from realtime_erc.training.progress import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 @dataclass

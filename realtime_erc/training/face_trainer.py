@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -40,11 +39,9 @@ from realtime_erc.features.face_expression import (
     standardize,
 )
 from realtime_erc.training.emotion_data import FaceImages, clean_fer_training, load_fer
+from realtime_erc.training.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
-"""``progress(phase, done, total, metrics)``: called per training step and per epoch."""
 
 
 @dataclass(frozen=True)
@@ -112,10 +109,6 @@ def recipe_key(options: FaceTrainOptions, net: FaceNetOptions) -> str:
     """A short stable name for a recipe (the work directory of its run)."""
     text = json.dumps({"train": asdict(options), "net": options_dict(net)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
-    pass
 
 
 def augment(images: torch.Tensor, crop: int, opts: FaceTrainOptions, gen: torch.Generator):
@@ -250,7 +243,7 @@ def train_face(
     work_dir: Path,
     options: FaceTrainOptions = FaceTrainOptions(),
     net_options: FaceNetOptions | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train on FER2013 Training, select on PublicTest, write the best checkpoint to ``out``.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,10 @@ from realtime_erc.training.erc_trainer import (
     run_name,
     train_erc,
 )
+from realtime_erc.training.progress import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 # Published test weighted F1 (IEMOCAP-6 / MELD-7), as quoted in MODELS.md.
 PUBLISHED: dict[str, dict[str, str]] = {

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,10 @@ from realtime_erc.features.speech_emotion import (
     standardize_by_group,
 )
 from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
+from realtime_erc.training.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 TRAIN_ACTORS = tuple(range(1, 17))
 HELD_OUT_ACTORS = (17, 18, 19, 20)
@@ -61,10 +60,6 @@ class SpeechTrainOptions:
     subset_size: int = 40
 
 
-def _noop(phase: str, done: int, total: int, metrics: dict[str, float]) -> None:
-    pass
-
-
 def read_clip(path: Path) -> np.ndarray:
     """A clip as float32 mono 16 kHz (other rates are resampled with soxr)."""
     try:
@@ -83,7 +78,7 @@ def clip_features(
     clips: list[SpeechClip],
     options: SpeechFeatureOptions,
     cache_dir: Path | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> np.ndarray:
     """Raw (unnormalised) features ``[N, D]`` of ``clips``, cached per clip and options."""
     cache = (cache_dir or cache_root() / "features" / "speech") / _options_key(options)
@@ -118,7 +113,7 @@ def unweighted_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) ->
 
 
 def fit_net(
-    x: np.ndarray, y: np.ndarray, options: SpeechTrainOptions, progress: Progress = _noop
+    x: np.ndarray, y: np.ndarray, options: SpeechTrainOptions, progress: Progress = no_progress
 ) -> tuple[SpeechEmotionNet, list[float]]:
     """Full-batch AdamW on standardised ``x [N, D]``; returns the net and its loss curve."""
     torch.manual_seed(options.seed)
@@ -181,7 +176,7 @@ def train_speech(
     out: Path,
     options: SpeechTrainOptions = SpeechTrainOptions(),
     feature_options: SpeechFeatureOptions | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Cross-validate, train on actors 1–16, score on 17–20, write the checkpoint to ``out``."""
     t0 = time.perf_counter()
@@ -245,7 +240,7 @@ def train_speech(
 def evaluate_speech(
     head: SpeechEmotionHead,
     clips: list[SpeechClip],
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     cache_dir: Path | None = None,
 ) -> dict[str, float]:
     """Score a head on labelled clips, standardising per actor over the given clips."""

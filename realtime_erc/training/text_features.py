@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,10 +20,9 @@ from typing import Protocol
 import numpy as np
 
 from realtime_erc.features.assets import cache_root
+from realtime_erc.training.progress import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 class PooledTextEncoder(Protocol):

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,9 @@ from realtime_erc.features.text import TEXT_DIM, load_sentence_encoder
 from realtime_erc.features.text_adapter import BERT_TARGETS, save_adapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus
 from realtime_erc.training.erc_metrics import scores
+from realtime_erc.training.progress import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
