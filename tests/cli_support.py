@@ -28,13 +28,15 @@ def cli(
     )
 
 
-def popen_cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "200"}
+def popen_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``realtime-erc ARGS`` (stdout and stderr piped, text); ``env`` as for :func:`cli`,
+    ``kwargs`` go to :class:`subprocess.Popen` (e.g. ``preexec_fn``)."""
     return subprocess.Popen(
         [sys.executable, "-m", "realtime_erc", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        **kwargs,
     )

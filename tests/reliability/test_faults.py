@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 from mqtt_fixtures import mosquitto_fixture  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sources"))
-from cli_support import ROOT  # noqa: E402
+from cli_support import ROOT, cli, popen_cli  # noqa: E402
 from pulse_server import PulseServer, pulse_fixture, write_wav  # noqa: E402, F401
 
 from realtime_erc.events import SAMPLE_RATE  # noqa: E402
@@ -67,18 +66,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _start(*args: str, env: dict[str, str] | None = None, preexec=None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "realtime_erc", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        preexec_fn=preexec,
-    )
-
-
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -96,14 +83,7 @@ def _assert_replayable(recording: Path, tmp_path: Path, min_s: float) -> None:
     assert len(audio) == pytest.approx(rec.duration * SAMPLE_RATE, abs=SAMPLE_RATE * 0.05)
     assert float(np.abs(audio).max()) > 0.1  # the noise, not silence
     out = tmp_path / "replayed.jsonl"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "realtime_erc", "replay", str(recording), "--speed", "max",
-            "--no-zmq", "--jsonl", str(out), "-q",
-        ],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    result = cli("replay", str(recording), "--speed", "max", "--no-zmq", "--jsonl", str(out), "-q")
     assert result.returncode == 0, result.stderr
     states = [json.loads(x).get("state") for x in out.read_text().splitlines()]
     assert states[0] == "online" and states[-1] == "offline"
@@ -129,9 +109,9 @@ def test_disk_full_while_recording_is_one_error_and_the_recording_replays(
     target = small_fs / "rec"
     try:
         if command == "record":
-            proc = _start("record", str(target), "--mic", "pulse", "--camera", "none")
+            proc = popen_cli("record", str(target), "--mic", "pulse", "--camera", "none")
         else:
-            proc = _start(
+            proc = popen_cli(
                 "run", "--mic", "pulse", "--camera", "none", "--record", str(target),
                 "--no-zmq", "--jsonl", str(tmp_path / "live.jsonl"), "-q",
             )  # fmt: skip
@@ -159,8 +139,8 @@ def test_file_size_limit_while_recording_is_one_error_and_the_recording_replays(
     player = pulse.play(_noise_wav(tmp_path / "noise.wav"))
     target = tmp_path / "rec"
     try:
-        proc = _start(
-            "record", str(target), "--mic", "pulse", "--camera", "none", preexec=limit_file_size
+        proc = popen_cli(
+            "record", str(target), "--mic", "pulse", "--camera", "none", preexec_fn=limit_file_size
         )
         code, _, err = _finish(proc)
     finally:
@@ -220,7 +200,9 @@ def test_sigterm_at_any_stage_exits_0_with_everything_closed_published(
 ):
     n_annotated = len(read_recording(demo_dir).annotations)
     out = tmp_path / "stream.jsonl"
-    proc = _start("replay", str(demo_dir), "--speed", speed, "--no-zmq", "--jsonl", str(out), "-q")
+    proc = popen_cli(
+        "replay", str(demo_dir), "--speed", speed, "--no-zmq", "--jsonl", str(out), "-q"
+    )
     try:
         if moment == "start-up":
             _wait_for(out, _online)
@@ -301,8 +283,8 @@ async def test_subscribers_that_vanish_do_not_disturb_the_session(
     stay_zmq = asyncio.create_task(_zmq_until_offline(endpoint))
     stay_mqtt_task = asyncio.create_task(_mqtt_until_offline(stay_mqtt))
     gone = {
-        "zmq": _start("watch", "--zmq", endpoint, "--jsonl", str(tmp_path / "gone-zmq.jsonl")),
-        "mqtt": _start(
+        "zmq": popen_cli("watch", "--zmq", endpoint, "--jsonl", str(tmp_path / "gone-zmq.jsonl")),
+        "mqtt": popen_cli(
             "watch", "--mqtt", mosquitto.url, "--jsonl", str(tmp_path / "gone-mqtt.jsonl")
         ),
     }
