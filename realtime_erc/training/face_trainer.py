@@ -77,9 +77,10 @@ def face_recipe(
     net: dict[str, Any] = {}
     for item in settings:
         key, sep, value = item.partition("=")
-        target, cls, name = (net, FaceNetOptions, key[4:]) if key.startswith("net.") else (
-            train, FaceTrainOptions, key
-        )  # fmt: skip
+        if key.startswith("net."):
+            target, cls, name = net, FaceNetOptions, key.removeprefix("net.")
+        else:
+            target, cls, name = train, FaceTrainOptions, key
         fields = {f.name: f for f in dataclass_fields(cls)}
         if not sep or name not in fields or name == "labels":
             valid = [f for f in fields if f != "labels"]
@@ -187,16 +188,23 @@ class TeacherEnsemble(nn.Module):
         return t * torch.log(probs)
 
 
+def teacher_paths(opts: FaceTrainOptions) -> list[str]:
+    return [p.strip() for p in opts.teacher.split(",") if p.strip()]
+
+
 def _load_teacher(opts: FaceTrainOptions, student: FaceNetOptions, device: torch.device):
     """The frozen teacher(s) of ``opts.teacher`` on ``device`` (None without one)."""
-    paths = [p.strip() for p in opts.teacher.split(",") if p.strip()]
+    paths = teacher_paths(opts)
     if not paths:
         return None
     nets = []
     for path in paths:
         net = FaceExpressionHead.load(path, flip=False).net
         if net.options.crop != student.crop or net.options.labels != student.labels:
-            raise ValueError(f"teacher {path} has another crop or label set than the student")
+            raise FaceExpressionError(
+                f"teacher {path} has another crop or label set than the student: distil from "
+                "checkpoints trained on the same crops and labels"
+            )
         nets.append(net.to(device, memory_format=torch.channels_last).eval().requires_grad_(False))
     return TeacherEnsemble(nets, opts.distill_temperature)
 
@@ -416,6 +424,10 @@ def _write_face_checkpoint(
         "history": state["history"],
         "options": asdict(options),
     }
+    if paths := teacher_paths(options):
+        info["teachers"] = [
+            {"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in paths
+        ]
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"options": options_dict(net_options), "model": net.state_dict(), "info": info}, out)
     return info

@@ -3,6 +3,7 @@ probability vectors over FER2013's labels, and a few training steps lower the lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -211,6 +212,7 @@ def test_cli_trains_and_evaluates_on_a_fer_layout_file(run_cli, tmp_path, monkey
     assert distilled.returncode == 0, distilled.stderr
     info = FaceExpressionHead.load(student).info
     assert info["options"]["teacher"] == str(ckpt) and info["options"]["batch_size"] == 16
+    assert info["teachers"][0]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     refused = run_cli("train-extractor", "face", "--data", str(npz), "--option", "widths=8")
     assert refused.returncode == 2 and "net.<widths" in refused.stderr, refused.stderr
     result = run_cli("evaluate-extractor", "face", "--data", str(npz), "--checkpoint", str(ckpt))
