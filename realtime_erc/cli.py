@@ -790,6 +790,10 @@ def train_extractor_command(
     def run() -> None:
         from realtime_erc.training.extractors import train_extractor
 
+        if _extractor_kind(kind) == "speech" and (option or device != "cpu"):
+            raise UserError(
+                "--option and --device apply to the face head only (train it with: face)"
+            )
         info = train_extractor(
             _extractor_kind(kind),
             config.data.resolve(data),
