@@ -11,19 +11,16 @@ less than ``min_speech_s`` of voiced audio stay unattributed (None).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import warnings
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from realtime_erc.events import SAMPLE_RATE, Event, Utterance
+from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.features.assets import resemblyzer_weights_path
-from realtime_erc.pipeline import Stage
 
 log = logging.getLogger(__name__)
 
@@ -193,26 +190,3 @@ def read_audio(path: Path) -> np.ndarray:
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)
     return mono
-
-
-class SpeakerStage(Stage):
-    """``Utterance`` → the same utterance with ``speaker`` set (unless already set)."""
-
-    name = "speakers"
-
-    def __init__(self, tracker: SpeakerTracker | SpeakerOptions | None = None) -> None:
-        if isinstance(tracker, SpeakerTracker):
-            self.tracker = tracker
-        else:
-            self.tracker = SpeakerTracker(tracker)
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.tracker.load)
-        await asyncio.to_thread(self.tracker.warm_up)
-
-    async def process(self, event: Event) -> AsyncIterator[Event]:
-        if not isinstance(event, Utterance) or event.speaker is not None:
-            yield event
-            return
-        result = await asyncio.to_thread(self.tracker.assign, event.segment.samples)
-        yield replace(event, speaker=result.speaker) if result.speaker else event

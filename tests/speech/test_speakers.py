@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import soundfile as sf
 from feature_media import espeak, ravdess_clips
 
 from realtime_erc.bench.speakers import attribution_accuracy
-from realtime_erc.events import SpeechSegment, Utterance
 from realtime_erc.speech.speakers import (
     EMBEDDING_DIM,
     SpeakerError,
     SpeakerOptions,
-    SpeakerStage,
     SpeakerTracker,
 )
 
@@ -112,29 +107,6 @@ def test_clustering_rule_on_fixed_embeddings() -> None:
     third = np.eye(EMBEDDING_DIM, dtype=np.float32)[2]  # far from both, but 2 is the maximum
     assert t.assign_embedding(third).speaker in {"S1", "S2"} and len(t.speakers) == 2
     assert t.assign_embedding(mid).speaker in {"S1", "S2"}
-
-
-def test_stage_sets_the_speaker_and_passes_other_events(voices) -> None:
-    stage = SpeakerStage(SpeakerOptions())
-
-    def utt(i: int, samples: np.ndarray) -> Utterance:
-        seg = SpeechSegment(i, 0.0, len(samples) / 16000, samples, 0.0, 0.0)
-        return Utterance(i, seg, LINES[i % 3])
-
-    async def run() -> list:
-        await stage.start()
-        out = []
-        inputs = [utt(0, voices["ana"][0]), "other", utt(1, voices["ben"][0])]
-        inputs.append(replace(utt(2, voices["ana"][1]), speaker="preset"))
-        for event in inputs:
-            out += [e async for e in stage.process(event)]
-        await stage.close()
-        return out
-
-    out = asyncio.run(run())
-    assert out[1] == "other"
-    assert out[0].speaker == "S1" and out[2].speaker == "S2" and out[3].speaker == "preset"
-    assert out[0].text == LINES[0] and out[0].segment is not None
 
 
 def test_cli_names_a_missing_enrolment_file(run_cli, demo_dir, tmp_path) -> None:
