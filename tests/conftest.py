@@ -34,8 +34,8 @@ def run_cli():
 def start_cli():
     procs: list[subprocess.Popen] = []
 
-    def start(*args: str) -> subprocess.Popen:
-        proc = popen_cli(*args)
+    def start(*args: str, **kwargs) -> subprocess.Popen:
+        proc = popen_cli(*args, **kwargs)
         procs.append(proc)
         return proc
 

@@ -6,6 +6,7 @@ overload sheds work but not a sample of the recording."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -66,22 +67,27 @@ def test_a_slow_asr_sheds_work_reports_it_and_keeps_latency_bounded(tmp_path: Pa
 def test_live_overload_sheds_work_but_records_every_sample(
     pulse: PulseServer, start_cli, tmp_path: Path
 ):
-    # The demo's first utterances cut into 1 s pieces 0.5 s apart: a segment closes every 1.5 s,
-    # while base Whisper on one thread takes about 2 s for each.
+    # The demo's first utterances cut into 0.8 s pieces 0.5 s apart: a segment closes every
+    # 1.3 s, while base Whisper in float32 on one thread of one pinned core takes several
+    # seconds for each (a CPU several times faster than the 2-core machine this was measured on
+    # would still fall behind).
     demo = read_recording(DEMO)
     audio, pause = demo.read_audio(), np.zeros(SAMPLE_RATE // 2, np.float32)
     voiced = np.concatenate(
         [audio[int(a.start * SAMPLE_RATE) : int(a.end * SAMPLE_RATE)] for a in demo.annotations[:5]]
     )
-    pieces = [voiced[i : i + SAMPLE_RATE] for i in range(0, len(voiced), SAMPLE_RATE)]
-    speech = np.concatenate([x for piece in pieces for x in (piece, pause)])
+    piece = int(0.8 * SAMPLE_RATE)
+    pieces = [voiced[i : i + piece] for i in range(0, len(voiced), piece)]
+    speech = np.concatenate([x for part in pieces for x in (part, pause)])
     wav = write_wav(tmp_path / "speech.wav", speech, SAMPLE_RATE)
     out, rec = tmp_path / "stream.jsonl", tmp_path / "rec"
+    one_core = {sorted(os.sched_getaffinity(0))[0]}
     proc = start_cli(
         "run", "--mic", "pulse", "--camera", "none", "--no-zmq", "--jsonl", str(out),
         "--record", str(rec), "--set", "asr.model=base", "--set", "asr.cpu_threads=1",
-        "--set", "asr.fit_window=false",
+        "--set", "asr.compute_type=float32", "--set", "asr.fit_window=false",
         "--set", "load.shed_thresholds_s=[0.3, 0.6, 0.9, 1.2]",
+        preexec_fn=lambda: os.sched_setaffinity(0, one_core),
     )  # fmt: skip
     watch = StderrWatch(proc)
     watch.wait_for(CAPTURING, timeout=150)
@@ -94,7 +100,9 @@ def test_live_overload_sheds_work_but_records_every_sample(
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     loads = [d["load"] for d in docs if d["schema"] == "erc.status/1" and "load" in d]
     assert loads and max(r["level"] for r in loads) >= 2, "the overload was shed and reported"
-    assert len(loads) <= 12, loads  # no flapping: the level follows the slowest stage
+    finals = [d for d in docs if d["schema"] == "erc.emotion/1" and not d["provisional"]]
+    assert finals and [d["utterance_id"] for d in finals] == list(range(len(finals)))
+    assert len(loads) <= len(finals), loads  # no flapping: the level follows the slowest stage
     # Every captured sample is in the recording: as long as the capture ran, and it holds the
     # whole played speech (its loudest second is in it, at about the original level).
     audio = read_recording(rec).read_audio()
