@@ -506,6 +506,13 @@ def evaluate_session_command(
     _guard(run)
 
 
+def _show_report(report, out: Path, soft_wrap: bool = False) -> None:
+    """Write a benchmark report (JSON + markdown) under ``out`` and print it."""
+    paths = report.write(out)
+    console.print(report.markdown(), soft_wrap=soft_wrap)
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 @bench_app.command("stream")
 def bench_stream(
     out: Annotated[Path, typer.Option(help="Directory for stream.json and stream.md.")] = Path(
@@ -526,9 +533,7 @@ def bench_stream(
 
     def run() -> None:
         result = run_stream_benchmark(events, rate, burst, runs, mqtt_url=mqtt)
-        paths = result.write(out)
-        console.print(result.markdown())
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(result, out)
 
     _guard(run)
 
@@ -552,9 +557,7 @@ def bench_replay(
 
     def run() -> None:
         report = run_replay_benchmark(recording, config, runs=runs, include_realtime=realtime)
-        paths = report.write(out)
-        console.print(report.markdown())
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(report, out)
 
     _guard(run)
 
@@ -581,9 +584,7 @@ def bench_overload(
         from realtime_erc.bench.overload import run_overload_benchmark
 
         report = run_overload_benchmark(recording, config, speed=speed, runs=runs)
-        paths = report.write(out)
-        console.print(report.markdown())
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(report, out)
 
     _guard(run)
 
@@ -615,9 +616,7 @@ def bench_soak(
         if cache_dir is not None:
             options.cache_dir = cache_dir
         result = run_soak_benchmark(config, options)
-        paths = result.write(out)
-        console.print(result.markdown())
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(result, out)
         if failures := result.failures():
             _fail("soak criteria not met: " + "; ".join(failures), code=1)
 
@@ -652,9 +651,7 @@ def bench_features(
         data_dir = config.data.resolve(data)
         options = FeatureBenchOptions(runs=runs, data_dir=data_dir, threads=threads)
         report = run_features_benchmark(options)
-        paths = report.write(out)
-        console.print(report.markdown(), soft_wrap=True)
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(report, out, soft_wrap=True)
 
     _guard(run)
 
@@ -683,9 +680,7 @@ def bench_speakers(
             )
         except DataMissingError as e:
             raise UserError(str(e)) from None
-        paths = report.write(out)
-        console.print(report.markdown(), soft_wrap=True)
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(report, out, soft_wrap=True)
 
     _guard(run)
 
@@ -738,9 +733,7 @@ def bench_models(
             threads=threads,
         )
         report = run_models_benchmark(options)
-        paths = report.write(out)
-        console.print(report.markdown(), soft_wrap=True)
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+        _show_report(report, out, soft_wrap=True)
 
     _guard(run)
 

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from realtime_erc.bench.replay import replay_once, without_outputs
 from realtime_erc.bench.report import BenchReport, percentile
 from realtime_erc.config import Config
 
@@ -24,32 +25,10 @@ SLOW_ASR = {"model": "base", "cpu_threads": 1, "fit_window": False}
 """The default transcription profile: slower than a 4× replay on a 2-core CPU."""
 
 
-class _Collector:
-    """Keeps the emotion documents and the load reports of the status documents."""
-
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.finals: list[dict] = []
-        self.loads: list[dict] = []
-
-    async def start(self) -> None:
-        pass
-
-    async def publish(self, topic: str, document: dict) -> None:
-        if document.get("schema") == "erc.emotion/1" and not document["provisional"]:
-            self.finals.append(document)
-        elif document.get("schema") == "erc.status/1" and "load" in document:
-            self.loads.append(document["load"])
-
-    async def close(self) -> None:
-        pass
-
-
 @dataclass
 class OverloadRun:
-    finals: list[dict]
-    loads: list[dict]
+    finals: list[dict]  # the final emotion documents
+    loads: list[dict]  # the status documents' load reports
 
     @property
     def latencies(self) -> list[float]:
@@ -68,18 +47,14 @@ class OverloadRun:
         return self.loads[-1]["shed_counts"] if self.loads else {}
 
 
-async def _replay_once(recording: Path, config: Config) -> OverloadRun:
-    from realtime_erc.session import plan_replay, run_session
-
-    collector = _Collector()
-    await run_session(plan_replay(recording, config, [collector]), config)
-    return OverloadRun(collector.finals, collector.loads)
+def _run_once(recording: Path, config: Config) -> OverloadRun:
+    collector, _ = asyncio.run(replay_once(recording, config))
+    finals = [d for d in collector.documents if not d["provisional"]]
+    return OverloadRun(finals, collector.loads)
 
 
 def overload_config(config: Config, speed: float, shedding: bool) -> Config:
-    cfg = config.model_copy(deep=True)
-    cfg.output.zmq.enabled = False
-    cfg.output.jsonl.path = ""
+    cfg = without_outputs(config)
     cfg.replay.speed = speed
     cfg.load.shedding = shedding
     return cfg
@@ -113,7 +88,7 @@ def run_overload_benchmark(
     )
     for shedding in (True, False):
         cfg = overload_config(config, speed, shedding)
-        done = [asyncio.run(_replay_once(recording, cfg)) for _ in range(runs)]
+        done = [_run_once(recording, cfg) for _ in range(runs)]
         shed: Counter[str] = Counter()
         for run in done:
             shed.update(run.shed_counts)

@@ -20,12 +20,14 @@ from realtime_erc.sources.recording import read_recording
 
 
 class CollectingPublisher:
-    """Keeps every emotion document published (in memory), for measurement."""
+    """Keeps every emotion document published and the status documents' load reports (in
+    memory), for measurement."""
 
     name = "collect"
 
     def __init__(self) -> None:
         self.documents: list[dict] = []
+        self.loads: list[dict] = []
 
     async def start(self) -> None:
         pass
@@ -33,27 +35,35 @@ class CollectingPublisher:
     async def publish(self, topic: str, document: dict) -> None:
         if document.get("schema") == "erc.emotion/1":
             self.documents.append(document)
+        elif document.get("schema") == "erc.status/1" and "load" in document:
+            self.loads.append(document["load"])
 
     async def close(self) -> None:
         pass
 
 
-async def _replay_once(recording: Path, config: Config) -> tuple[list[dict], float]:
-    """One replay; returns the emotion documents and the running time (model loading excluded)."""
+async def replay_once(recording: Path, config: Config) -> tuple[CollectingPublisher, float]:
+    """One replay; returns what was published and the running time (model loading excluded)."""
     from realtime_erc.session import plan_replay, run_session
 
     collector = CollectingPublisher()
     stats = await run_session(plan_replay(recording, config, [collector]), config)
-    return collector.documents, stats.running_s
+    return collector, stats.running_s
+
+
+def without_outputs(config: Config) -> Config:
+    """A copy of ``config`` that publishes to no ZeroMQ socket and no JSONL file."""
+    cfg = config.model_copy(deep=True)
+    cfg.output.zmq.enabled = False
+    cfg.output.jsonl.path = ""
+    return cfg
 
 
 def run_replay_benchmark(
     recording: Path, config: Config, runs: int = 3, include_realtime: bool = True
 ) -> BenchReport:
     duration = read_recording(recording).duration
-    base = config.model_copy(deep=True)
-    base.output.zmq.enabled = False
-    base.output.jsonl.path = ""
+    base = without_outputs(config)
     report = BenchReport(
         name="replay",
         title=f"Replay benchmark: {recording}",
@@ -79,7 +89,10 @@ def run_replay_benchmark(
     for speed in modes:
         cfg = base.model_copy(deep=True)
         cfg.replay.speed = speed
-        per_run = [asyncio.run(_replay_once(recording, cfg)) for _ in range(runs)]
+        per_run = [
+            (collector.documents, wall)
+            for collector, wall in (asyncio.run(replay_once(recording, cfg)) for _ in range(runs))
+        ]
         close, eos, early = [], [], []
         for docs, _ in per_run:
             finals = [d for d in docs if not d["provisional"]]
