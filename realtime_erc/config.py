@@ -239,6 +239,11 @@ class VisualFeaturesConfig(Section):
 
 
 class FeaturesConfig(Section):
+    heads: Literal["auto", "none", "scores"] = Field(
+        "auto",
+        description="Emotion heads' log-probabilities appended to the audio (8) and visual (7) "
+        "vectors: auto (as the ERC checkpoint was trained), none, or scores.",
+    )
     text: TextFeaturesConfig = TextFeaturesConfig()
     audio: AudioFeaturesConfig = AudioFeaturesConfig()
     visual: VisualFeaturesConfig = VisualFeaturesConfig()

@@ -113,6 +113,7 @@ def build_stages(
     the full treatment.
     """
     from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.features.head_scores import resolve_heads
     from realtime_erc.features.text import TextEncoder, TextOptions
     from realtime_erc.features.text_adapter import resolve_adapter
     from realtime_erc.load import LoadMonitor, LoadPolicy
@@ -125,8 +126,14 @@ def build_stages(
         from realtime_erc.speech.speakers import SpeakerOptions, SpeakerTracker
 
         speakers = SpeakerTracker(SpeakerOptions.from_config(config.speakers))
+    provenance = engine.info.provenance if engine is not None else {}
+    trained_with = provenance.get("features") or {}
+    # the live features must be the ones the model was trained on
+    heads = resolve_heads(config.features.heads, trained_with.get("heads"))
+    features = config.features.model_copy(update={"heads": heads})
+    adapter = resolve_adapter(config.features.text.adapter, trained_with.get("text"))
     speech_head = face_head = None
-    if engine is not None and config.model.provisional:
+    if engine is not None and (config.model.provisional or heads == "scores"):
         from realtime_erc.features.face_expression import FaceExpressionHead
         from realtime_erc.features.speech_emotion import SpeechEmotionHead
 
@@ -134,10 +141,6 @@ def build_stages(
             speech_head = SpeechEmotionHead.load()
         if config.features.visual.enabled:
             face_head = FaceExpressionHead.load()
-    provenance = engine.info.provenance if engine is not None else {}
-    # the live text vectors must come from the encoder the model was trained on
-    trained_with = (provenance.get("features") or {}).get("text")
-    adapter = resolve_adapter(config.features.text.adapter, trained_with)
     emit = EmitStage(
         session_id,
         config.session.label_set,
@@ -154,7 +157,7 @@ def build_stages(
     return [
         Segmenter(config.vad),
         AnalysisStage(
-            config.features,
+            features,
             speakers=speakers,
             speech_head=speech_head,
             face_head=face_head,

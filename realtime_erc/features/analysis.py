@@ -31,6 +31,7 @@ from realtime_erc.events import (
     now,
 )
 from realtime_erc.features.audio import AudioFeatures
+from realtime_erc.features.head_scores import HEAD_CLASSES, with_scores
 from realtime_erc.features.stage import FeatureStage
 from realtime_erc.features.visual import FaceFeatures, VisualResult
 from realtime_erc.load import LoadMonitor
@@ -139,17 +140,32 @@ class AnalysisStage(FeatureStage):
             head_scores = await guarded(
                 "heads", asyncio.to_thread(self._head_scores, seg, speaker, visual), {}
             )
+        visual_features = visual.features if visual is not None else absent_visual
+        if self.config.heads == "scores":
+            audio, visual_features = self._with_head_scores(audio, visual_features, head_scores)
         self.stats.utterances += 1
         self.faults += len(faults)
         return SegmentAnalysis(
             segment=seg,
             speaker=speaker,
             audio=audio,
-            visual=visual.features if visual is not None else absent_visual,
+            visual=visual_features,
             head_scores=head_scores,
             faults=tuple(faults),
             shed=("features",) if shed else (),
         )
+
+    def _with_head_scores(
+        self, audio: ModalityFeatures, visual: ModalityFeatures, scores: dict[str, dict[str, float]]
+    ) -> tuple[ModalityFeatures, ModalityFeatures]:
+        """Both modalities with their head's log-probabilities appended (in the head's label
+        order; see :mod:`~realtime_erc.features.head_scores`)."""
+        out = []
+        for modality, features in (("audio", audio), ("visual", visual)):
+            probs = scores.get(modality)
+            vector = None if probs is None else np.array(list(probs.values()), np.float32)
+            out.append(with_scores(features, vector, HEAD_CLASSES[modality]))
+        return out[0], out[1]
 
     def _head_scores(
         self, seg: SpeechSegment, speaker: str | None, visual: VisualResult | None

@@ -35,17 +35,24 @@ log = logging.getLogger(__name__)
 
 
 def feature_dims(config):  # config: FeaturesConfig -> FeatureDims
-    """The :class:`FeatureDims` the configured extractors produce (what a model must accept)."""
+    """The :class:`FeatureDims` the configured extractors produce (what a model must accept);
+    ``config.heads`` must be resolved (``none`` or ``scores``; ``auto`` counts as ``none``)."""
     from realtime_erc.features.audio import AUDIO_DIMS
     from realtime_erc.features.text import TEXT_DIM
     from realtime_erc.features.visual import VISUAL_DIM
     from realtime_erc.models.base import FeatureDims
 
     audio, audio_seq = AUDIO_DIMS[config.audio.backend]
+    visual = VISUAL_DIM
+    if config.heads == "scores":
+        from realtime_erc.features.head_scores import HEAD_CLASSES
+
+        audio += HEAD_CLASSES["audio"]
+        visual += HEAD_CLASSES["visual"]
     return FeatureDims(
         text=TEXT_DIM,
         audio=audio,
-        visual=VISUAL_DIM,
+        visual=visual,
         text_seq=TEXT_DIM,
         audio_seq=audio_seq,
         visual_seq=VISUAL_DIM,

@@ -43,7 +43,7 @@ from realtime_erc.events import SAMPLE_RATE, ModalityFeatures, UtteranceFeatures
 from realtime_erc.features.text import TEXT_DIM
 from realtime_erc.training.corpus import SPLITS, CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.emotion_data import DataError, SpeechClip
-from realtime_erc.training.progress import Progress
+from realtime_erc.training.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,13 @@ class AssembledOptions:
     """The 48 px face is upscaled to this side and centred on a grey ``face_canvas`` frame."""
     gap_s: float = 0.3
     """Silence between consecutive utterances on the synthetic timeline (start/end)."""
+    head_scores: bool = False
+    """Append the emotion heads' log-probabilities (live: ``features.heads = "scores"``). The
+    speech head is cross-fitted over the training actors (:mod:`.head_crossfit`); the face head
+    has trained on all of FER ``Training``, so every split's faces then come from ``PublicTest``
+    (in thirds: train, valid, test), which it has not."""
+    crossfit_folds: int = 3
+    """Groups of training actors for the speech head's cross-fitting (with ``head_scores``)."""
 
     def actors(self, split: str) -> tuple[int, ...]:
         return {"train": self.train_actors, "valid": self.valid_actors, "test": self.test_actors}[
@@ -99,6 +106,9 @@ class AssembledOptions:
         """The options that decide the recipe (``max_dialogues`` only selects from it)."""
         d = asdict(self)
         d.pop("max_dialogues")
+        if not self.head_scores:  # the recipes written before these options existed
+            d.pop("head_scores")
+            d.pop("crossfit_folds")
         return d
 
 
@@ -211,7 +221,9 @@ def assemble(
         {
             "dialogues": f"MELD ({data_dir / 'erc_text' / 'meld.pkl'}), its splits and labels",
             "audio": "RAVDESS clips of one actor per speaker, matching emotion",
-            "faces": "FER2013 images of the matching emotion (Training; PublicTest halves)",
+            "faces": "FER2013 images of the matching emotion ("
+            + ("PublicTest thirds" if options.head_scores else "Training; PublicTest halves")
+            + ")",
             "seed": str(options.seed),
             "version": str(VERSION),
         },
@@ -241,7 +253,6 @@ def assemble(
     text, text_identity = _text_vectors(corpus, config.text, cache_dir, progress)
     seconds["text"] = time.perf_counter() - t
 
-    features = _utterance_features(corpus, recipe, text, audio, faces, options)
     extractor = {
         "text": text_identity,
         "audio": audio_x.identity,
@@ -249,6 +260,16 @@ def assemble(
         "sequences": "false",
         "corpus": f"assembled-v{VERSION}-seed{options.seed}",
     }
+    if options.head_scores:
+        t = time.perf_counter()
+        audio, faces, heads = _with_head_scores(
+            data_dir, cache_dir, options, config.visual, fer, used_faces, audio, faces, progress
+        )
+        seconds["heads"] = time.perf_counter() - t
+        extractor |= {"audio": f"{audio_x.identity}+{heads['audio']}",
+                      "visual": f"{visual_x.identity}+{heads['visual']}",
+                      "heads": "scores"}  # fmt: skip
+    features = _utterance_features(corpus, recipe, text, audio, faces, options)
     build = AssembledBuild(corpus, CorpusFeatures(features, extractor), recipe, actor_maps)
     recipe_path = _write_recipe(cache_dir, build, options, extractor)
     seconds["total"] = time.perf_counter() - t0
@@ -320,7 +341,8 @@ def face_pools(
     All-black images and every copy of a pixel-duplicated image that crosses Training/PublicTest
     or carries conflicting labels are dropped, other duplicates keep their first copy; so no image
     (by pixels) is in two splits. Train draws from ``Training``; ``PublicTest`` is shuffled per
-    class and halved (even positions valid, odd test). Each pool is then capped (seeded).
+    class and halved (even positions valid, odd test). With ``head_scores`` all three splits
+    draw from ``PublicTest``, in thirds. Each pool is then capped (seeded).
     """
     groups: dict[bytes, list[int]] = {}
     for row, img in enumerate(images):
@@ -339,9 +361,12 @@ def face_pools(
         public = np.flatnonzero(keep & (labels == fer_class) & (usage == "PublicTest"))
         train = rng.permutation(train)[: options.train_faces_per_class]
         public = rng.permutation(public)
-        halves = {"valid": public[0::2], "test": public[1::2]}
+        evaluation = {"valid": public[0::2], "test": public[1::2]}
+        if options.head_scores:  # the face head has trained on Training: thirds of PublicTest
+            train = public[0::3][: options.train_faces_per_class]
+            evaluation = {"valid": public[1::3], "test": public[2::3]}
         pools["train"][fer_class] = np.sort(train)
-        for split, rows in halves.items():
+        for split, rows in evaluation.items():
             pools[split][fer_class] = np.sort(rows[: options.eval_faces_per_class])
     for split, by_class in pools.items():
         for fer_class, rows in by_class.items():
@@ -553,6 +578,73 @@ def _text_vectors(
     texts = sorted({t for d in corpus.dialogues() for t in d.texts if t.strip()})
     vectors = encode_texts(texts, encoder, cache, progress=progress)
     return dict(zip(texts, vectors, strict=True)), encoder.identity
+
+
+def _with_head_scores(
+    data_dir: Path,
+    cache_dir: Path,
+    options: AssembledOptions,
+    visual_config: Any,
+    fer: _Fer,
+    used_faces: list[int],
+    audio: dict[str, _Item],
+    faces: dict[str, _Item],
+    progress: Progress | None,
+) -> tuple[dict[str, _Item], dict[str, _Item], dict[str, str]]:
+    """``audio`` and ``faces`` with the heads' log-probabilities appended to each present item
+    (:func:`~realtime_erc.features.head_scores.with_scores`), and the heads' identities."""
+    from realtime_erc.features.head_scores import HEAD_CLASSES, log_scores
+    from realtime_erc.training.head_crossfit import SpeechScores
+
+    speech = SpeechScores(
+        data_dir / "ravdess",
+        options.train_actors,
+        options.valid_actors + options.test_actors,
+        options.crossfit_folds,
+    )
+    probs = speech.compute(progress or no_progress)
+    scorer = _FaceScorer(visual_config, options, fer.images, fer.source)
+    face_probs = _cached(
+        cache_dir / f"face-head-{scorer.key}",
+        [str(r) for r in used_faces],
+        scorer,
+        "face head",
+        progress,
+    )
+    scorer.close()
+
+    def appended(item: _Item, p: np.ndarray | None, n: int) -> _Item:
+        extra = log_scores(p, n) if item.present else np.zeros(n, np.float32)
+        return _Item(np.concatenate([item.pooled, extra]), item.present, item.duration)
+
+    n_audio, n_visual = HEAD_CLASSES["audio"], HEAD_CLASSES["visual"]
+    audio = {k: appended(a, probs.get(k), n_audio) for k, a in audio.items()}
+    faces = {
+        k: appended(v, face_probs[k].pooled if face_probs[k].present else None, n_visual)
+        for k, v in faces.items()
+    }
+    return audio, faces, {"audio": speech.identity, "visual": scorer.identity}
+
+
+class _FaceScorer(_VisualExtractor):
+    """The packaged face head's probabilities on the live face crop of a rendered FER image
+    (absent when MediaPipe finds no face)."""
+
+    def __init__(self, config: Any, options: AssembledOptions, images: np.ndarray, source: Path):
+        from realtime_erc.features.face_expression import DEFAULT_CHECKPOINT, FaceExpressionHead
+
+        super().__init__(config, options, images, source)
+        self.head = FaceExpressionHead.load()
+        digest = hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()[:12]
+        self.identity = f"face-head-{digest}"
+        self.key = _short_hash(f"{self.key}-{self.identity}")
+
+    def __call__(self, row: str) -> _Item:
+        frame = render_face(self.images[int(row)], self.options.face_canvas, self.options.face_side)
+        result = self.extractor.summarize([self.extractor.analyze(frame, 0.0, 0)])
+        if result.face_crop is None:
+            return _Item(np.zeros(len(self.head.labels), np.float32), False)
+        return _Item(self.head.predict(result.face_crop).astype(np.float32), True)
 
 
 def _utterance_features(

@@ -337,14 +337,19 @@ def load_data(
     )
 
     dims = live_dims()
-    base, plus, variant = dataset.partition("+")
+    base, *variants = dataset.split("+")
     if base in TEXT_DATASETS or base == "assembled":
-        if plus and variant != "lora":
-            raise DataError(f"unknown dataset variant {dataset!r}: only '{base}+lora' exists")
+        known = ("lora", "heads") if base == "assembled" else ("lora",)
+        if not set(variants) <= set(known) or len(set(variants)) < len(variants):
+            raise DataError(
+                f"unknown dataset variant {dataset!r}: {base} takes "
+                + " and ".join(f"+{v}" for v in known)
+            )
         encoder = text_encoder(encoder_identity, text_adapter)
-        if plus and encoder.adapter is None:
+        if "lora" in variants and encoder.adapter is None:
             raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-        name = f"{base}+lora" if encoder.adapter is not None else base
+        heads = "heads" in variants
+        name = base + ("+lora" if encoder.adapter is not None else "") + ("+heads" if heads else "")
     if base in TEXT_DATASETS:
         corpus = load_text_corpus(base, data_dir)
         features = text_features(corpus, encoder, dims, progress=progress)
@@ -357,10 +362,16 @@ def load_data(
                 "the assembled multimodal corpus is not available in this version"
             ) from None
         from realtime_erc.config import FeaturesConfig, TextFeaturesConfig
+        from realtime_erc.training.assembled import AssembledOptions
 
         adapter = str(encoder.adapter) if encoder.adapter is not None else "none"
         config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter))
-        corpus, features = load_assembled(data_dir, features_config=config, progress=progress)
+        corpus, features = load_assembled(
+            data_dir,
+            options=AssembledOptions(head_scores=heads),
+            features_config=config,
+            progress=progress,
+        )
         return ErcData(corpus, features, infer_dims(features, dims), name)
     path = Path(dataset)
     if path.suffix == ".pkl" or path.is_file():

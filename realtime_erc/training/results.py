@@ -43,8 +43,11 @@ DATASET_TITLES = {
     "iemocap": "IEMOCAP-6", "meld": "MELD-7", "assembled": "assembled multimodal",
     "iemocap+lora": "IEMOCAP-6, adapted text", "meld+lora": "MELD-7, adapted text",
     "assembled+lora": "assembled, adapted text",
+    "assembled+heads": "assembled + head scores",
+    "assembled+lora+heads": "assembled, adapted text + head scores",
 }  # fmt: skip
-"""Row groups; ``+lora``: text from the emotion-adapted encoder (``train-text-encoder``)."""
+"""Row groups; ``+lora``: text from the emotion-adapted encoder (``train-text-encoder``);
+``+heads``: the emotion heads' scores appended to audio and visual (``features.heads``)."""
 
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
@@ -67,7 +70,7 @@ class ResultsPlan:
         "utterance-mlp", "dialoguegcn", "dfgcn", "dialogue-rnn-lite", "bigfusion", "hotspot",
     )  # fmt: skip
     """Cheapest first (measured CPU time per epoch), so a budget-cut table has whole rows."""
-    datasets: tuple[str, ...] = ("iemocap", "meld", "assembled")
+    datasets: tuple[str, ...] = ("iemocap", "meld", "assembled", "assembled+heads")
     seeds: tuple[int, ...] = (0, 1, 2)
     bidirectional_seeds: tuple[int, ...] = (0,)
     max_epochs: int = 10
@@ -162,10 +165,9 @@ def run_all(
     for dataset in plan.datasets:
         try:
             loaded[dataset] = load_data(dataset, data_dir, progress=progress)
-            if dataset in plan.text_adapters:
-                adapted = load_data(
-                    dataset, data_dir, progress=progress, text_adapter=plan.text_adapters[dataset]
-                )
+            adapter = plan.text_adapters.get(dataset.partition("+")[0])
+            if adapter is not None:
+                adapted = load_data(dataset, data_dir, progress=progress, text_adapter=adapter)
                 loaded[adapted.dataset] = adapted
         except DataError as e:
             notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
@@ -382,7 +384,10 @@ def regenerate(
         "all-MiniLM-L6-v2 sentence vectors (frozen, pooled; no token sequences), audio and "
         "visual absent; rows marked *adapted text* use the emotion-adapted encoder instead "
         "(LoRA on MiniLM trained on that corpus's train split and chosen on its valid split: "
-        "`realtime-erc train-text-encoder`). Each run: early stopping on validation weighted "
+        "`realtime-erc train-text-encoder`); *+ head scores* rows append the speech and face "
+        "emotion heads' log-probabilities to the audio and visual vectors (the speech head "
+        "cross-fitted over the training actors, faces from FER PublicTest only: see "
+        "docs/ASSEMBLED.md). Each run: early stopping on validation weighted "
         "F1 (patience "
         f"{plan.patience}, at most {plan.max_epochs} epochs), the test split scored once with "
         "the epoch chosen on validation. Causal rows: mean ± std over seeds "

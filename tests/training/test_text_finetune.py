@@ -67,5 +67,9 @@ def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_
         text_encoder("all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
     with pytest.raises(DataError, match="pass --text-adapter"):
         load_data("meld+lora", tmp_path)  # a +lora name needs the adapter
-    with pytest.raises(DataError, match="only 'meld\\+lora'"):
+    with pytest.raises(DataError, match="meld takes \\+lora$"):
         load_data("meld+other", tmp_path)
+    with pytest.raises(DataError, match="meld takes \\+lora$"):
+        load_data("meld+heads", tmp_path)  # head scores exist for the assembled corpus only
+    with pytest.raises(DataError, match="assembled takes \\+lora and \\+heads"):
+        load_data("assembled+heads+heads", tmp_path)
