@@ -46,9 +46,13 @@ def log_scores(probs: np.ndarray | None, n: int) -> np.ndarray:
     return np.log(np.clip(p, MIN_PROB, 1.0)).astype(np.float32)
 
 
+def appended_scores(present: bool, probs: np.ndarray | None, n: int) -> np.ndarray:
+    """What a modality gets appended: its head's log-probabilities, zeros when it is absent."""
+    return log_scores(probs, n) if present else np.zeros(n, np.float32)
+
+
 def with_scores(features: ModalityFeatures, probs: np.ndarray | None, n: int) -> ModalityFeatures:
-    """``features`` with the head's ``n`` log-probabilities appended to its pooled vector
-    (zeros when the modality is absent)."""
-    extra = log_scores(probs, n) if features.present else np.zeros(n, np.float32)
+    """``features`` with :func:`appended_scores` appended to its pooled vector."""
+    extra = appended_scores(features.present, probs, n)
     pooled = np.concatenate([np.asarray(features.pooled, np.float32), extra])
     return ModalityFeatures(pooled, features.sequence, features.mask, present=features.present)

@@ -591,9 +591,9 @@ def _with_head_scores(
     faces: dict[str, _Item],
     progress: Progress | None,
 ) -> tuple[dict[str, _Item], dict[str, _Item], dict[str, str]]:
-    """``audio`` and ``faces`` with the heads' log-probabilities appended to each present item
-    (:func:`~realtime_erc.features.head_scores.with_scores`), and the heads' identities."""
-    from realtime_erc.features.head_scores import HEAD_CLASSES, log_scores
+    """``audio`` and ``faces`` with the heads' scores appended to each item, as live
+    (:func:`~realtime_erc.features.head_scores.appended_scores`), and the heads' identities."""
+    from realtime_erc.features.head_scores import HEAD_CLASSES, appended_scores
     from realtime_erc.training.head_crossfit import SpeechScores
 
     speech = SpeechScores(
@@ -614,8 +614,8 @@ def _with_head_scores(
     scorer.close()
 
     def appended(item: _Item, p: np.ndarray | None, n: int) -> _Item:
-        extra = log_scores(p, n) if item.present else np.zeros(n, np.float32)
-        return _Item(np.concatenate([item.pooled, extra]), item.present, item.duration)
+        pooled = np.concatenate([item.pooled, appended_scores(item.present, p, n)])
+        return _Item(pooled, item.present, item.duration)
 
     n_audio, n_visual = HEAD_CLASSES["audio"], HEAD_CLASSES["visual"]
     audio = {k: appended(a, probs.get(k), n_audio) for k, a in audio.items()}
