@@ -1,4 +1,4 @@
-"""Audio features: paralinguistic descriptors of one utterance, and per-speaker standardisation.
+"""Audio features: paralinguistic descriptors of one utterance.
 
 Two backends, chosen by ``features.audio.backend``:
 
@@ -11,15 +11,15 @@ Two backends, chosen by ``features.audio.backend``:
   deviation of the frame-to-frame delta.
 
 Utterances quieter than ``min_rms_dbfs`` or shorter than 100 ms are *absent* (silence).
-Emotion cues in these features are confounded with the speaker's voice; :class:`SpeakerNormalizer`
-standardises them per (attributed) speaker with online running statistics.
+(Per-speaker standardisation of voice features lives in the speech-emotion head, which needs it:
+:class:`~realtime_erc.features.speech_emotion.SpeakerNormalizer`.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -154,86 +154,3 @@ def _librosa_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     delta = np.diff(frames, axis=0) if n > 1 else np.zeros_like(frames)
     pooled = np.concatenate([frames.mean(0), frames.std(0), delta.std(0)])
     return pooled.astype(np.float32), frames.astype(np.float32)
-
-
-@dataclass
-class _Running:
-    """Welford accumulator: count, mean ``[D]`` and sum of squared deviations ``[D]``."""
-
-    count: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    def update(self, x: np.ndarray) -> None:
-        self.count += 1
-        delta = x - self.mean
-        self.mean = self.mean + delta / self.count
-        self.m2 = self.m2 + delta * (x - self.mean)
-
-    def std(self, eps: float) -> np.ndarray:
-        var = self.m2 / max(self.count - 1, 1)
-        return np.sqrt(np.maximum(var, 0.0)) + eps
-
-
-@dataclass
-class SpeakerNormalizer:
-    """Standardise feature vectors per speaker with online (Welford) running statistics.
-
-    Why: eGeMAPS-style features differ more between voices than between emotions; standardising
-    per speaker removes the voice (≈ +10 points UA on held-out RAVDESS actors). Live, a speaker's
-    statistics grow utterance by utterance. Until a speaker has ``min_count`` vectors, the
-    statistics of everyone seen so far are used, and before that the ``prior`` (e.g. the training
-    set's global mean/std), else the vector passes unchanged.
-    """
-
-    dim: int
-    min_count: int = 3
-    eps: float = 1e-6
-    prior_mean: np.ndarray | None = None
-    prior_std: np.ndarray | None = None
-    _speakers: dict[str, _Running] = field(default_factory=dict, repr=False)
-    _all: _Running | None = field(default=None, repr=False)
-
-    def update(self, speaker: str, x: np.ndarray) -> None:
-        """Add one ``[dim]`` vector to ``speaker``'s statistics (and the global ones)."""
-        x = self._check(x).astype(np.float64)
-        for key in (speaker, None):
-            acc = self._speakers.get(key) if key is not None else self._all
-            if acc is None:
-                acc = _Running(0, np.zeros(self.dim), np.zeros(self.dim))
-                if key is None:
-                    self._all = acc
-                else:
-                    self._speakers[key] = acc
-            acc.update(x)
-
-    def normalize(self, speaker: str, x: np.ndarray) -> np.ndarray:
-        """``x`` standardised with the best statistics available for ``speaker``: ``[dim]``."""
-        x = self._check(x).astype(np.float64)
-        acc = self._speakers.get(speaker)
-        if acc is None or acc.count < self.min_count:
-            acc = self._all if self._all is not None and self._all.count >= self.min_count else None
-        if acc is not None:
-            return ((x - acc.mean) / acc.std(self.eps)).astype(np.float32)
-        if self.prior_mean is not None and self.prior_std is not None:
-            return ((x - self.prior_mean) / (self.prior_std + self.eps)).astype(np.float32)
-        return x.astype(np.float32)
-
-    def update_normalize(self, speaker: str, x: np.ndarray) -> np.ndarray:
-        """Live use: add ``x`` to the speaker's statistics, then standardise it."""
-        self.update(speaker, x)
-        return self.normalize(speaker, x)
-
-    def count(self, speaker: str) -> int:
-        acc = self._speakers.get(speaker)
-        return 0 if acc is None else acc.count
-
-    @property
-    def speakers(self) -> list[str]:
-        return list(self._speakers)
-
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.shape != (self.dim,):
-            raise ValueError(f"expected a [{self.dim}] vector, got shape {tuple(x.shape)}")
-        return x

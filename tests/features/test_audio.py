@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from feature_media import espeak, ravdess_clips
 
-from realtime_erc.features.audio import AUDIO_DIMS, AudioFeatures, AudioOptions, SpeakerNormalizer
+from realtime_erc.features.audio import AUDIO_DIMS, AudioFeatures, AudioOptions
 
 
 @pytest.fixture(scope="module")
@@ -61,34 +61,3 @@ def test_silence_and_too_short_audio_are_absent(backend) -> None:
         feats = extractor.extract(samples)
         assert not feats.present and not feats.pooled.any()
         assert feats.pooled.shape == (AUDIO_DIMS[backend][0],)
-
-
-def test_speaker_normalizer_standardises_each_speaker_with_running_stats() -> None:
-    rng = np.random.default_rng(1)
-    norm = SpeakerNormalizer(dim=3, min_count=3)
-    a = rng.normal([10, 0, -5], [1, 2, 3], size=(200, 3))
-    b = rng.normal([-10, 5, 5], [3, 1, 1], size=(200, 3))
-    for x, y in zip(a, b, strict=True):
-        norm.update("A", x)
-        norm.update("B", y)
-    za = np.array([norm.normalize("A", x) for x in a])
-    zb = np.array([norm.normalize("B", y) for y in b])
-    for z in (za, zb):
-        np.testing.assert_allclose(z.mean(0), 0, atol=1e-6)
-        np.testing.assert_allclose(z.std(0, ddof=1), 1, atol=1e-5)
-    # Welford equals the batch statistics
-    np.testing.assert_allclose(norm._speakers["A"].mean, a.mean(0), atol=1e-9)
-    assert norm.count("A") == 200 and sorted(norm.speakers) == ["A", "B"]
-
-
-def test_speaker_normalizer_falls_back_to_global_then_prior() -> None:
-    prior_mean, prior_std = np.array([1.0, 1.0]), np.array([2.0, 2.0])
-    norm = SpeakerNormalizer(dim=2, min_count=3, prior_mean=prior_mean, prior_std=prior_std)
-    x = np.array([3.0, 5.0])
-    np.testing.assert_allclose(norm.normalize("new", x), [1.0, 2.0], atol=1e-5)  # prior
-    for v in ([0.0, 0.0], [2.0, 2.0], [4.0, 4.0]):
-        norm.update("A", np.array(v))
-    # "B" is unknown: the statistics of everyone seen so far (mean 2, std 2)
-    np.testing.assert_allclose(norm.normalize("B", x), [0.5, 1.5], atol=1e-5)
-    with pytest.raises(ValueError, match=r"expected a \[2\] vector"):
-        norm.update("A", np.zeros(3))
