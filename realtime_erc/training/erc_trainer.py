@@ -34,6 +34,7 @@ from realtime_erc.training.datasets import split_sizes
 from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.erc_metrics import scores
 from realtime_erc.training.progress import Progress
+from realtime_erc.training.resume import load_last, save_last
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +156,14 @@ def train_erc(
         "epoch": 0, "best_f1": -1.0, "best_epoch": 0, "best_state": None, "history": [],
         "seconds": 0.0, "finished": False,
     }  # fmt: skip
-    if resume and last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        if saved.get("fingerprint") == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimiser.load_state_dict(saved["optimiser"])
-            state = saved["state"]
-            random.setstate(saved["rng"]["python"])
-            np.random.set_state(saved["rng"]["numpy"])
-            torch.set_rng_state(saved["rng"]["torch"])
-            log.info("resuming %s from epoch %d", work_dir, state["epoch"])
-        else:
-            log.info("%s belongs to other options; starting afresh", last)
+    saved = load_last(last, fingerprint) if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state = saved["state"]
+        random.setstate(saved["rng"]["python"])
+        np.random.set_state(saved["rng"]["numpy"])
+        torch.set_rng_state(saved["rng"]["torch"])
 
     order_rng = np.random.default_rng(options.seed)
     for _ in range(state["epoch"]):  # replay the shuffles of finished epochs
@@ -207,19 +204,17 @@ def train_erc(
             state["finished"] = True
         if progress is not None:
             progress("valid", epoch, options.max_epochs, {"wF1": f1, "best": state["best_f1"]})
-        torch.save(
-            {
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "state": state,
-                "rng": {
-                    "python": random.getstate(),
-                    "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                },  # fmt: skip
-            },
+        save_last(
             last,
+            fingerprint,
+            model=model.state_dict(),
+            optimiser=optimiser.state_dict(),
+            state=state,
+            rng={
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
         )
 
     model.load_state_dict(state["best_state"])

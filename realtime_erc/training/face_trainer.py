@@ -40,6 +40,7 @@ from realtime_erc.features.face_expression import (
 )
 from realtime_erc.training.emotion_data import FaceImages, clean_fer_training, load_fer
 from realtime_erc.training.progress import Progress, no_progress
+from realtime_erc.training.resume import load_last, save_last
 
 log = logging.getLogger(__name__)
 
@@ -312,18 +313,14 @@ def train_face(
         "net": options_dict(net_options),
         "data": str(fer.source.resolve()),
     }
-    if last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        if saved.get("signature") == signature:
-            net.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = saved["state"]
-            log.info("resuming from %s after epoch %d", last, state["epoch"])
-        else:
-            log.info("ignoring %s: it was written with other options", last)
+    saved = load_last(last, signature)
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
     teacher = _load_teacher(options, net_options, device)
     images = torch.from_numpy(train.images).to(device).float().unsqueeze(1) / 255.0
     labels = torch.from_numpy(train.labels).to(device)
@@ -372,17 +369,15 @@ def train_face(
             options.epochs,
             {"accuracy": scores["accuracy"], "loss": entry["train_loss"]},
         )
-        torch.save(
-            {
-                "signature": signature,
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "state": state,
-            },
+        save_last(
             last,
+            signature,
+            model=net.state_dict(),
+            optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(),
+            generator=gen.get_state(),
+            torch_rng=torch.get_rng_state(),
+            state=state,
         )
     return _write_face_checkpoint(
         out, net_options, options, state, test, dropped, len(train.images)

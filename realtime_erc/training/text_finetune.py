@@ -35,6 +35,7 @@ from realtime_erc.features.text_adapter import BERT_TARGETS, save_adapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus
 from realtime_erc.training.erc_metrics import scores
 from realtime_erc.training.progress import Progress
+from realtime_erc.training.resume import load_last, save_last
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,13 @@ def finetune_text_encoder(
     work_dir.mkdir(parents=True, exist_ok=True)
     last = work_dir / "last.pt"
     gen = torch.Generator().manual_seed(options.seed)
-    if resume and last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        if saved.get("signature") == signature:
-            model.load_state_dict(saved["model"], strict=False)
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            gen.set_state(saved["generator"])
-            state = saved["state"]
-            log.info("resuming %s after epoch %d", last, state["epoch"])
+    saved = load_last(last, signature) if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"], strict=False)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        state = saved["state"]
     eval_at = {
         round(steps_per_epoch * (k + 1) / options.evals_per_epoch)
         for k in range(options.evals_per_epoch)
@@ -202,9 +201,8 @@ def finetune_text_encoder(
         state["epoch"] = epoch + 1
         state["train_seconds"] += time.perf_counter() - t0
         trained = {k: v for k, v in model.state_dict().items() if ".lora_" in k or "head." in k}
-        torch.save({"signature": signature, "model": trained, "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "state": state}, last)  # fmt: skip
+        save_last(last, signature, model=trained, optimizer=opt.state_dict(),
+                  scheduler=sched.state_dict(), generator=gen.get_state(), state=state)  # fmt: skip
     best = state["best_state"]
     info = {
         "dataset": corpus.name,

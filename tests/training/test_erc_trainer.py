@@ -119,7 +119,7 @@ def test_a_run_cut_short_resumes_to_the_same_weights(tmp_path: Path) -> None:
     short = ErcTrainOptions("dialogue-rnn-lite", max_epochs=2, patience=10, lr=3e-3)
     train_erc(data, short, tmp_path / "b.pt", tmp_path / "b")
     last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
-    last["fingerprint"] = last["fingerprint"].replace(short.fingerprint(), full.fingerprint())
+    last["signature"] = last["signature"].replace(short.fingerprint(), full.fingerprint())
     last["state"]["finished"] = False
     torch.save(last, tmp_path / "b" / "last.pt")
     resumed = train_erc(data, full, tmp_path / "b.pt", tmp_path / "b")
