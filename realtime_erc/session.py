@@ -114,6 +114,7 @@ def build_stages(
     """
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.features.head_scores import resolve_heads
+    from realtime_erc.features.stage import feature_dims
     from realtime_erc.features.text import TextEncoder, TextOptions
     from realtime_erc.features.text_adapter import resolve_adapter
     from realtime_erc.load import LoadMonitor, LoadPolicy
@@ -132,6 +133,8 @@ def build_stages(
     heads = resolve_heads(config.features.heads, trained_with.get("heads"))
     features = config.features.model_copy(update={"heads": heads})
     adapter = resolve_adapter(config.features.text.adapter, trained_with.get("text"))
+    if engine is not None:
+        check_live_dims(engine, feature_dims(features), provenance.get("modalities", MODALITIES))
     speech_head = face_head = None
     if engine is not None and (config.model.provisional or heads == "scores"):
         from realtime_erc.features.face_expression import FaceExpressionHead
@@ -175,6 +178,21 @@ def build_stages(
             topic_prefix=config.output.topic_prefix,
         ),
     ]
+
+
+def check_live_dims(engine, live, modalities) -> None:  # Engine, FeatureDims, names
+    """Refuse at start, not at the first utterance, a model the configured features do not fit."""
+    from realtime_erc.models.base import FeatureDimError
+
+    model = engine.model.dims
+    for name in modalities:
+        if model.pooled(name) != live.pooled(name):
+            raise FeatureDimError(
+                f"the model {engine.info.model_id} takes {name} vectors of {model.pooled(name)} "
+                f"values, the configured features give {live.pooled(name)}: use the features it "
+                f'was trained with (features.{name}, and features.heads = "auto" to follow '
+                "the checkpoint) or another model.checkpoint"
+            )
 
 
 def plan_replay(

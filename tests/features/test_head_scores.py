@@ -96,3 +96,34 @@ def test_the_analysis_stage_appends_the_real_heads_scores():
         n = HEAD_CLASSES[modality]
         assert np.allclose(features.pooled[-n:], np.log(np.clip(probs, MIN_PROB, 1)), atol=1e-5)
         assert np.isfinite(features.pooled).all()
+
+
+def _heads_checkpoint(tmp_path):
+    """An (untrained) model saved as if trained on the heads' scores."""
+    from realtime_erc.models.checkpoint import build_model, save_checkpoint
+    from realtime_erc.training.assembled import MELD7
+
+    dims = feature_dims(FeaturesConfig(heads="scores"))
+    path = tmp_path / "heads.pt"
+    model = build_model("utterance-mlp", dims, MELD7, "meld7")
+    save_checkpoint(model, path, provenance={"features": {"heads": "scores"}})
+    return path
+
+
+def test_a_checkpoint_trained_on_head_scores_gets_them_live(tmp_path):
+    from realtime_erc.config import load_config
+    from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.models.base import FeatureDimError
+    from realtime_erc.session import build_stages
+
+    path = _heads_checkpoint(tmp_path)
+    off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false"]
+    config = load_config(overrides=[f"model.checkpoint={path}", "model.provisional=false", *off])
+    analysis = next(s for s in build_stages(config, "t") if isinstance(s, AnalysisStage))
+    assert analysis.config.heads == "scores"  # auto follows the checkpoint
+    assert analysis.speech_head is not None and analysis.face_head is not None  # even so
+    assert config.features.heads == "auto"  # the user's config is left as it was
+
+    config = load_config(overrides=[f"model.checkpoint={path}", "features.heads=none", *off])
+    with pytest.raises(FeatureDimError, match=r"takes audio vectors of 96 values.*give 88"):
+        build_stages(config, "t")

@@ -1,4 +1,4 @@
-"""Resumable state: only the run that wrote it resumes; a cut-short or foreign file starts afresh."""
+"""Resumable state: only the run that wrote it resumes; a cut-short or foreign file is ignored."""
 
 from __future__ import annotations
 
