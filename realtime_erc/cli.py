@@ -917,6 +917,15 @@ def train_command(
     subset: Annotated[
         int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
     ] = None,
+    modality_dropout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Remove audio/visual from a training dialogue, else from an utterance, with "
+            "this probability (robustness to a missing camera or face).",
+        ),
+    ] = 0.0,
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint to write (default: in the run's directory).")
     ] = None,
@@ -948,6 +957,7 @@ def train_command(
         options = ErcTrainOptions(
             model, seed=seed, causal=not bidirectional, max_epochs=epochs, patience=patience,
             lr=lr, batch_dialogues=batch, model_config=params, subset=subset,
+            modality_dropout=modality_dropout,
         )  # fmt: skip
         with _Bars(err_console) as bars:
             dataset = load_data(

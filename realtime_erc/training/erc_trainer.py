@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from realtime_erc.events import MODALITIES
+from realtime_erc.events import MODALITIES, ModalityFeatures, UtteranceFeatures
 from realtime_erc.models.base import DialogueBatch, ERCModel, FeatureDims
 from realtime_erc.models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from realtime_erc.models.options import load_model_config
@@ -54,11 +54,48 @@ class ErcTrainOptions:
     """Overrides of the model's ``Config`` (defaults: configs/models/<model>.toml)."""
     subset: int | None = None
     """Use only the first ``subset`` dialogues of each split (tests, smoke runs)."""
+    modality_dropout: float = 0.0
+    """Training only: audio and visual are each removed from a whole dialogue with this
+    probability, else from each utterance with it (see :func:`drop_modalities`), so the model
+    also works without a camera, without a face in view, or with features shed under load."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as stored in checkpoints (``modality_dropout`` only when used, so runs
+        from before it existed keep their identity)."""
+        data = asdict(self)
+        if not self.modality_dropout:
+            data.pop("modality_dropout")
+        return data
 
     def fingerprint(self) -> str:
         """What must match for ``last.pt`` to be resumed."""
-        data = asdict(self)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+DROPPABLE: tuple[str, ...] = ("audio", "visual")
+"""Modalities :func:`drop_modalities` may remove (the transcript is the one always asked for)."""
+
+
+def drop_modalities(
+    dialogue: list[UtteranceFeatures], p: float, rng: np.random.Generator
+) -> list[UtteranceFeatures]:
+    """``dialogue`` with each of :data:`DROPPABLE` marked absent in all its utterances with
+    probability ``p`` (a camera that is off), else in each utterance with probability ``p`` (a
+    face out of view, features shed under load)."""
+    out = list(dialogue)
+    for name in DROPPABLE:
+        whole = rng.random() < p
+        drop = np.ones(len(out), bool) if whole else rng.random(len(out)) < p
+        for i in np.flatnonzero(drop):
+            given = out[i].modality(name)
+            if given.present:
+                absent = ModalityFeatures.absent(len(given.pooled), _seq_dim(given))
+                out[i] = replace(out[i], **{name: absent})
+    return out
+
+
+def _seq_dim(features: ModalityFeatures) -> int | None:
+    return None if features.sequence is None else int(features.sequence.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -174,9 +211,14 @@ def train_erc(
         started = time.perf_counter()
         order = order_rng.permutation(len(train))
         steps = batches([train[i] for i in order], options.batch_dialogues)
+        drop_rng = np.random.default_rng([options.seed, epoch])  # per epoch: resumable
         total = 0.0
         for i, chunk in enumerate(steps, 1):
-            loss, ce = _loss(model, collate(data, chunk), options.causal)
+            feats = [data.features.of(d) for d in chunk]
+            if options.modality_dropout:
+                feats = [drop_modalities(f, options.modality_dropout, drop_rng) for f in feats]
+            batch = DialogueBatch.from_dialogues(feats, data.dims, [d.labels for d in chunk])
+            loss, ce = _loss(model, batch, options.causal)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if options.grad_clip:
@@ -247,7 +289,7 @@ def train_erc(
         "best_epoch": state["best_epoch"],
         "train_seconds": round(state["seconds"], 1),
         "history": state["history"],
-        "options": asdict(options),
+        "options": options.to_dict(),
     }  # fmt: skip
     info = save_checkpoint(model, out, metrics, provenance)
     return {"model_id": info.model_id, "path": str(out), "metrics": metrics,
@@ -382,7 +424,8 @@ def run_name(dataset: str, options: ErcTrainOptions) -> str:
     stem = Path(dataset).stem if dataset.endswith(".pkl") else dataset
     mode = "causal" if options.causal else "bidir"
     sub = f"-sub{options.subset}" if options.subset else ""
-    return f"{stem}-{options.model}-{mode}-seed{options.seed}{sub}"
+    drop = f"-mdrop{options.modality_dropout:g}" if options.modality_dropout else ""
+    return f"{stem}-{options.model}-{mode}-seed{options.seed}{drop}{sub}"
 
 
 def run_dir(name: str) -> Path:

@@ -147,9 +147,7 @@ def run_one(data: ErcData, options: ErcTrainOptions, progress: Progress | None =
 
 
 def _options_dict(options: ErcTrainOptions) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(options)
+    return options.to_dict()
 
 
 def run_all(

@@ -158,3 +158,46 @@ def test_scores_match_hand_computed_values() -> None:
     assert s["weighted_f1"] == pytest.approx((3 * 80 + 2 * 50 + 66.6667) / 6, abs=1e-3)
     assert s["accuracy"] == pytest.approx(400 / 6, abs=1e-3)
     assert s["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def _present_dialogue(n: int) -> list[UtteranceFeatures]:
+    def full(dim: int, seq: int) -> ModalityFeatures:
+        return ModalityFeatures(np.ones(dim, np.float32), np.ones((3, seq), np.float32))
+
+    return [
+        UtteranceFeatures(i, "A", float(i), i + 1.0, full(DIMS.text, DIMS.text_seq),
+                          full(DIMS.audio, DIMS.audio_seq), full(DIMS.visual, DIMS.visual_seq))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_modality_dropout_removes_audio_and_visual_never_text() -> None:
+    from realtime_erc.training.erc_trainer import drop_modalities
+
+    dialogue = _present_dialogue(6)
+    rng = np.random.default_rng(0)
+    assert drop_modalities(dialogue, 0.0, rng) == dialogue  # nothing dropped, same objects
+    gone = drop_modalities(dialogue, 1.0, rng)
+    assert all(u.present == (True, False, False) for u in gone)
+    DIMS.check(gone[0])  # absent vectors keep their sizes
+    assert gone[0].audio.sequence.shape == (1, DIMS.audio_seq) and not gone[0].audio.pooled.any()
+    assert all(u.present == (True, True, True) for u in dialogue)  # the input is untouched
+    # p = 0.5 over many dialogues: whole dialogues and single utterances both go
+    draws = [drop_modalities(dialogue, 0.5, rng) for _ in range(200)]
+    visual = np.array([[u.visual.present for u in d] for d in draws])
+    whole = (~visual).all(1).mean()
+    assert 0.35 < whole < 0.65  # expected 0.5 whole + 0.5 · 0.5⁶ by chance
+    partial = (~visual).any(1) & visual.any(1)
+    assert 0.3 < partial.mean() < 0.65  # expected 0.5 · (1 − 2 · 0.5⁶)
+
+
+def test_dropout_is_part_of_a_runs_identity_only_when_used(tmp_path: Path) -> None:
+    from realtime_erc.training.erc_trainer import run_name
+
+    plain = ErcTrainOptions("utterance-mlp")
+    assert "modality_dropout" not in plain.to_dict()  # earlier runs keep their fingerprint
+    dropped = ErcTrainOptions("utterance-mlp", modality_dropout=0.25, max_epochs=2)
+    assert dropped.to_dict()["modality_dropout"] == 0.25
+    assert run_name("assembled", dropped) == "assembled-utterance-mlp-causal-seed0-mdrop0.25"
+    result = train_erc(synthetic_data(4), dropped, tmp_path / "m.pt", tmp_path / "w")
+    assert result["provenance"]["options"]["modality_dropout"] == 0.25
