@@ -896,7 +896,9 @@ def train_command(
     data: Annotated[
         str,
         typer.Option(
-            "--data", help="iemocap | meld | emorynlp | assembled | a published feature .pkl."
+            "--data",
+            help="iemocap | meld | emorynlp | assembled | assembled+heads (the emotion heads' "
+            "scores too) | a published feature .pkl.",
         ),
     ] = "meld",
     data_dir: DataDirOpt = None,
