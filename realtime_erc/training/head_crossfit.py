@@ -67,7 +67,7 @@ class SpeechScores:
         ] + [(self.eval_actors, self.train_actors)]
         """(actors scored, actors the head is fitted on), one head each."""
         recipe = {
-            "features": asdict(self.feature_options) | {"threads": None},
+            "features": asdict(self.feature_options) | {"threads": None},  # not part of it
             "train": asdict(self.train_options),
             "groups": self.groups,
             "eval_actors": self.eval_actors,
