@@ -30,6 +30,18 @@ def data_dir() -> Path:
     return Config().data.resolve()
 
 
+ASSEMBLED_INPUTS = (
+    "erc_text/meld.pkl",
+    "ravdess/index.csv",
+    "fer2013/fer2013_train_publictest.npz",
+)
+"""What the assembled corpus is built from, under the data directory."""
+ASSEMBLED_MISSING = f"MELD/RAVDESS/FER2013 not found under {data_dir()} (set REALTIME_ERC_DATA)"
+needs_assembled_data = pytest.mark.skipif(
+    not all((data_dir() / p).exists() for p in ASSEMBLED_INPUTS), reason=ASSEMBLED_MISSING
+)
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from feature_media import ASSEMBLED_INPUTS, ASSEMBLED_MISSING, needs_assembled_data
 
 from realtime_erc.config import Config, DataConfig
 from realtime_erc.features.stage import feature_dims
@@ -30,24 +31,14 @@ from realtime_erc.training.corpus import SPLITS
 from realtime_erc.training.emotion_data import DataError
 
 DATA = DataConfig().resolve()
-needs_data = pytest.mark.skipif(
-    not all(
-        (DATA / p).exists()
-        for p in ("erc_text/meld.pkl", "ravdess/index.csv", "fer2013/fer2013_train_publictest.npz")
-    ),
-    reason=f"MELD/RAVDESS/FER2013 not found under {DATA} (set REALTIME_ERC_DATA)",
-)
 
 TINY = AssembledOptions(max_dialogues=3, train_faces_per_class=40, eval_faces_per_class=20)
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> tuple[AssembledBuild, AssembledBuild, Path]:
-    if not all(
-        (DATA / p).exists()
-        for p in ("erc_text/meld.pkl", "ravdess/index.csv", "fer2013/fer2013_train_publictest.npz")
-    ):
-        pytest.skip(f"MELD/RAVDESS/FER2013 not found under {DATA} (set REALTIME_ERC_DATA)")
+    if not all((DATA / p).exists() for p in ASSEMBLED_INPUTS):
+        pytest.skip(ASSEMBLED_MISSING)
     first_cache = tmp_path_factory.mktemp("assembled-a")
     first = assemble(DATA, first_cache, TINY)
     second = assemble(DATA, tmp_path_factory.mktemp("assembled-b"), TINY)
@@ -60,7 +51,7 @@ def fer() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return d["images"], d["labels"], d["usage"]
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_splits_are_meld_dialogues_with_their_texts_and_labels(builds) -> None:
     from realtime_erc.training.datasets import load_text_corpus
@@ -78,7 +69,7 @@ def test_splits_are_meld_dialogues_with_their_texts_and_labels(builds) -> None:
     assert len(build.features.features) == 9
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_actors_are_disjoint_between_splits_and_one_per_speaker(builds) -> None:
     build = builds[0]
@@ -102,7 +93,7 @@ def test_actors_are_disjoint_between_splits_and_one_per_speaker(builds) -> None:
     assert not used["valid"] & used["test"]
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_each_clip_is_the_actor_speaking_the_utterance_emotion(builds) -> None:
     build = builds[0]
@@ -114,7 +105,7 @@ def test_each_clip_is_the_actor_speaking_the_utterance_emotion(builds) -> None:
             assert (DATA / "ravdess" / src.clip).is_file()
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_faces_match_the_emotion_and_are_disjoint_between_splits(builds, fer) -> None:
     images, labels, usage = fer
@@ -133,7 +124,7 @@ def test_faces_match_the_emotion_and_are_disjoint_between_splits(builds, fer) ->
     assert not pixels["valid"] & pixels["test"]
 
 
-@needs_data
+@needs_assembled_data
 def test_face_pools_are_disjoint_by_pixels_and_capped(fer) -> None:
     images, labels, usage = fer
     options = AssembledOptions(train_faces_per_class=300, eval_faces_per_class=150)
@@ -154,7 +145,7 @@ def test_face_pools_are_disjoint_by_pixels_and_capped(fer) -> None:
     assert all(np.array_equal(again[s][c], pools[s][c]) for s in SPLITS for c in range(7))  # seeded
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_features_are_finite_pooled_vectors_of_the_live_dims(builds) -> None:
     build = builds[0]
@@ -186,7 +177,7 @@ def test_features_are_finite_pooled_vectors_of_the_live_dims(builds) -> None:
     assert starts == sorted(starts)
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_two_builds_from_fresh_caches_are_identical(builds) -> None:
     first, second, _ = builds
@@ -200,7 +191,7 @@ def test_two_builds_from_fresh_caches_are_identical(builds) -> None:
             assert a.present == b.present and (a.start, a.end) == (b.start, b.end)
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_a_rerun_reads_the_cache_and_the_recipe_is_recorded(builds) -> None:
     first, _, cache = builds

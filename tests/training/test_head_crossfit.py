@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from feature_media import needs_assembled_data
 
 from realtime_erc.config import DataConfig, FeaturesConfig
 from realtime_erc.features.head_scores import HEAD_CLASSES
@@ -16,13 +17,6 @@ from realtime_erc.training.emotion_data import DataError, ravdess_clips
 from realtime_erc.training.head_crossfit import SpeechScores, crossfit_groups
 
 DATA = DataConfig().resolve()
-needs_data = pytest.mark.skipif(
-    not all(
-        (DATA / p).exists()
-        for p in ("erc_text/meld.pkl", "ravdess/index.csv", "fer2013/fer2013_train_publictest.npz")
-    ),
-    reason=f"MELD/RAVDESS/FER2013 not found under {DATA} (set REALTIME_ERC_DATA)",
-)
 
 
 def test_training_actors_fall_into_near_equal_groups():
@@ -33,7 +27,7 @@ def test_training_actors_fall_into_near_equal_groups():
             crossfit_groups((1, 2, 3, 4, 5), folds)
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_no_head_scores_an_actor_it_was_fitted_on():
     root = DATA / "ravdess"
@@ -51,7 +45,7 @@ def test_no_head_scores_an_actor_it_was_fitted_on():
     assert accuracy > 0.25  # two training voices, 8 classes: chance is 0.125
 
 
-@needs_data
+@needs_assembled_data
 @pytest.mark.slow
 def test_assembled_head_scores_are_log_probabilities_at_the_live_dims(tmp_path: Path):
     from realtime_erc.training.assembled import AssembledOptions, assemble
