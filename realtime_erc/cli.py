@@ -854,6 +854,10 @@ def train_text_encoder_command(
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training split.")] = 3,
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (AdamW).")] = 1e-3,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    context_turns: Annotated[
+        int,
+        typer.Option(min=0, help="Earlier turns the encoder reads with each utterance (0 = none)."),
+    ] = 0,
     subset: Annotated[
         int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
     ] = None,
@@ -876,10 +880,12 @@ def train_text_encoder_command(
             raise UserError(f"--data {data!r}: choose one of {', '.join(TEXT_DATASETS)}")
         corpus = load_text_corpus(data, config.data.resolve(data_dir))
         options = TextFinetuneOptions(
-            epochs=epochs, lr=lr, rank=rank, seed=seed, subset=subset, threads=threads
-        )
+            epochs=epochs, lr=lr, rank=rank, context_turns=context_turns, seed=seed,
+            subset=subset, threads=threads,
+        )  # fmt: skip
         sub = f"-sub{subset}" if subset else ""
-        work = cache_root() / "train" / "text" / f"{data}-r{rank}-seed{seed}{sub}"
+        ctx = f"-ctx{context_turns}" if context_turns else ""
+        work = cache_root() / "train" / "text" / f"{data}-r{rank}{ctx}-seed{seed}{sub}"
         target = out or work / "adapter.pt"
         with _Bars(err_console) as bars:
             info = finetune_text_encoder(corpus, target, work, options, bars, resume=not fresh)

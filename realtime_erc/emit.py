@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from realtime_erc.events import (
     now,
     utc_timestamp,
 )
+from realtime_erc.features.text import turn_context
 from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
 
@@ -145,6 +147,8 @@ class EmitStage(Stage):
         self.expects_analysis = expects_analysis
         self._analyses: dict[int, SegmentAnalysis] = {}
         self._utterances: dict[int, Utterance] = {}
+        self._turns: deque[tuple[str, str]] = deque(maxlen=32)
+        """(speaker, transcript) of the latest final utterances: the text encoder's context."""
 
     async def flush(self) -> AsyncIterator[Event]:
         for utterance in self._utterances.values():  # only if an analysis went missing
@@ -235,6 +239,7 @@ class EmitStage(Stage):
             except Exception as e:  # one utterance's failure must not end the session
                 log.exception("the model failed on utterance %d", utt.utterance_id)
                 faults.append(Fault("model", f"{type(e).__name__}: {e}"))
+        self._turns.append((speaker, utt.text))
         self.faults += len(faults)
         emitted_at = now()
         return EmotionEvent(
@@ -262,7 +267,12 @@ class EmitStage(Stage):
         dims = self.engine.model.dims
         text = ModalityFeatures.absent(dims.text, dims.text_seq)
         if utt.text and self.text is not None and "text" in self.modalities:
-            text = await asyncio.to_thread(self.text.encode, utt.text)
+            context = ""
+            if self.text.context_turns:
+                speakers = [s for s, _ in self._turns] + [speaker]
+                texts = [t for _, t in self._turns] + [utt.text]
+                context = turn_context(texts, speakers, len(texts) - 1, self.text.context_turns)
+            text = await asyncio.to_thread(self.text.encode, utt.text, context)
         parts = {"text": text}
         for name in ("audio", "visual"):
             given = analysis.modality(name) if analysis is not None else None

@@ -3,6 +3,11 @@
 Per utterance: the pooled sentence embedding ``[384]`` (mean over tokens, L2-normalised, as the
 model was trained) and the token-level sequence ``[T, 384]`` (word pieces including ``[CLS]`` and
 ``[SEP]``, ``T <= max_tokens``) for models that attend over tokens. Empty transcripts are absent.
+
+An adapter trained with dialogue context (``context_turns > 0``, see
+:mod:`~realtime_erc.training.text_finetune`) reads each transcript together with the turns before
+it: the input is the pair ``[CLS] transcript [SEP] context [SEP]`` (:func:`turn_context`) and
+both outputs cover the transcript's segment only, so they keep their shape and meaning.
 The encoder is loaded once, by path (never from the hub), and runs on the calling thread: the
 feature stage calls it through ``asyncio.to_thread``.
 """
@@ -12,13 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from realtime_erc.events import ModalityFeatures
 from realtime_erc.features.assets import minilm_model_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,44 @@ class TextOptions:
         """``config``: a ``TextFeaturesConfig``; ``adapter``: the resolved adapter file (see
         :func:`~realtime_erc.features.text_adapter.resolve_adapter`)."""
         return cls(max_tokens=config.max_tokens, batch_size=config.batch_size, adapter=adapter)
+
+
+def turn_context(texts: Sequence[str], speakers: Sequence[str], i: int, turns: int) -> str:
+    """The context segment of utterance ``i``: up to ``turns`` earlier non-empty utterances, most
+    recent first (truncation then drops the oldest), each marked by whether its speaker is
+    utterance ``i``'s: ``"other: I lost it. | same: Where is it?"``."""
+    out: list[str] = []
+    for j in range(i - 1, -1, -1):
+        if len(out) == turns:
+            break
+        if text := texts[j].strip():
+            out.append(f"{'same' if speakers[j] == speakers[i] else 'other'}: {text}")
+    return " | ".join(out)
+
+
+def encode_in_context(
+    model, texts: Sequence[str], contexts: Sequence[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MiniLM (a ``SentenceTransformer``) over ``[CLS] text [SEP] context [SEP]`` pairs.
+
+    Returns ``pooled [B, 384]`` (mean over the first segment's tokens, L2-normalised, as the
+    sentence vector is), ``hidden [B, T, 384]`` and ``mask [B, T]`` (True on the first segment:
+    ``[CLS]``, the text's word pieces, ``[SEP]``). Pairs longer than ``max_tokens`` lose tokens
+    from the longer segment first, which is the context, from its oldest end.
+    """
+    import torch.nn.functional as F
+
+    module = model[0]
+    batch = module.tokenizer(
+        list(texts), list(contexts), truncation="longest_first", max_length=max_tokens,
+        padding=True, return_tensors="pt",
+    )  # fmt: skip
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    hidden = module.auto_model(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool() & (batch["token_type_ids"] == 0)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return F.normalize(pooled, dim=-1), hidden, mask
 
 
 def load_sentence_encoder(device: str = "cpu", max_tokens: int = 128, adapter: Path | None = None):
@@ -70,6 +118,12 @@ class TextEncoder:
 
     def __init__(self, options: TextOptions | None = None) -> None:
         self.options = options or TextOptions()
+        self.context_turns = 0
+        """Earlier turns the adapter reads with each transcript (0: the transcript alone)."""
+        if self.options.adapter is not None:
+            from realtime_erc.features.text_adapter import TextAdapter
+
+            self.context_turns = TextAdapter.load(self.options.adapter).context_turns
         self._model = None
         self._lock = threading.Lock()  # one forward pass at a time (torch modules are shared)
 
@@ -81,16 +135,35 @@ class TextEncoder:
             self.options.device, self.options.max_tokens, self.options.adapter
         )
 
-    def encode(self, text: str) -> ModalityFeatures:
-        return self.encode_batch([text])[0]
+    def encode(self, text: str, context: str = "") -> ModalityFeatures:
+        return self.encode_batch([text], [context])[0]
 
-    def encode_batch(self, texts: list[str]) -> list[ModalityFeatures]:
+    def encode_batch(
+        self, texts: list[str], contexts: list[str] | None = None
+    ) -> list[ModalityFeatures]:
         """One :class:`ModalityFeatures` per text: pooled ``[384]``, sequence ``[T, 384]`` with an
-        all-True mask ``[T]``; empty (whitespace-only) texts are absent."""
+        all-True mask ``[T]``; empty (whitespace-only) texts are absent. ``contexts`` (see
+        :func:`turn_context`) are read only by an encoder with ``context_turns > 0``."""
         self.load()
         out: list[ModalityFeatures | None] = [None] * len(texts)
         todo = [(i, t.strip()) for i, t in enumerate(texts) if t and t.strip()]
-        if todo:
+        if todo and self.context_turns:
+            given = contexts or [""] * len(texts)
+            import torch
+
+            for start in range(0, len(todo), self.options.batch_size):
+                part = todo[start : start + self.options.batch_size]
+                with self._lock, torch.inference_mode():
+                    pooled, hidden, mask = encode_in_context(
+                        self._model, [t for _, t in part], [given[i] for i, _ in part],
+                        self.options.max_tokens,
+                    )  # fmt: skip
+                for k, (i, _) in enumerate(part):
+                    seq = hidden[k][mask[k]].float().cpu().numpy()
+                    out[i] = ModalityFeatures(
+                        pooled[k].float().cpu().numpy(), seq, np.ones(len(seq), bool)
+                    )
+        elif todo:
             with self._lock:
                 encoded = self._model.encode(  # type: ignore[union-attr]
                     [t for _, t in todo],

@@ -7,7 +7,9 @@ An adapter file (``torch.save`` of a dict, ~1.3 MB) holds:
 - ``head``: the utterance classifier trained with it (``labels``, ``weight [C, 384]``, ``bias``,
   ``scale``), which gives text-only emotion scores: ``softmax(weight · (scale · v) + bias)`` for
   the pooled, L2-normalised vector ``v``;
-- ``info``: dataset, label set, validation scores, training time, options.
+- ``info``: dataset, label set, validation scores, training time, options;
+- ``context_turns``: how many earlier turns the encoder reads with each utterance (0 or absent:
+  the utterance alone; see :func:`~realtime_erc.features.text.turn_context`).
 
 Applying an adapter merges it into the encoder's weights (:func:`~realtime_erc.features.lora.
 merge_lora`): the adapted encoder costs the same per utterance as the base one.
@@ -51,6 +53,7 @@ class TextAdapter:
     head: dict[str, Any]
     info: dict[str, Any]
     digest: str
+    context_turns: int = 0
 
     @property
     def identity(self) -> str:
@@ -85,6 +88,7 @@ class TextAdapter:
             head=data["head"],
             info=data.get("info", {}),
             digest=hashlib.sha256(raw).hexdigest()[:12],
+            context_turns=int(data.get("context_turns", 0)),
         )
 
     def apply(self, transformer: nn.Module) -> None:
@@ -115,14 +119,15 @@ def save_adapter(
     state: dict[str, torch.Tensor],
     head: dict[str, Any],
     info: dict[str, Any],
+    context_turns: int = 0,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {"format": FORMAT, "base": BASE_ENCODER, "lora": lora, "state": state, "head": head,
-         "info": info},
-        tmp,
-    )  # fmt: skip
+    data = {"format": FORMAT, "base": BASE_ENCODER, "lora": lora, "state": state, "head": head,
+            "info": info}  # fmt: skip
+    if context_turns:  # absent otherwise: files without context stay byte-identical
+        data["context_turns"] = context_turns
+    torch.save(data, tmp)
     tmp.replace(path)
 
 

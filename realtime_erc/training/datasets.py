@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from realtime_erc.events import ModalityFeatures, UtteranceFeatures
+from realtime_erc.features.text import turn_context
 from realtime_erc.training.corpus import CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.text_features import (
@@ -148,7 +149,12 @@ def text_features(
         )
     dialogues = list(corpus.dialogues())
     texts = [t for d in dialogues for t in d.texts]
-    vectors = encode_texts(texts, encoder, cache, progress=progress)
+    contexts = [
+        turn_context(d.texts, d.speakers, j, encoder.context_turns)
+        for d in dialogues
+        for j in range(len(d))
+    ]
+    vectors = encode_texts(texts, encoder, cache, progress=progress, contexts=contexts)
     audio = ModalityFeatures.absent(dims.audio, dims.audio_seq)
     visual = ModalityFeatures.absent(dims.visual, dims.visual_seq)
     absent_text = ModalityFeatures(np.zeros(dims.text, np.float32), present=False)

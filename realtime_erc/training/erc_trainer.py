@@ -364,7 +364,8 @@ def load_data(
     ``assembled`` (the assembled multimodal conversations) or a path to a published feature
     pickle (DialogueGCN / MMGCN layout). With ``text_adapter`` (or a ``+lora`` name and an
     ``encoder_identity`` that names an adapter) text comes from the emotion-adapted encoder and
-    the data are named ``<dataset>+lora``."""
+    the data are named ``<dataset>+lora`` (``<dataset>+ctx`` when the adapter reads each
+    utterance with the turns before it)."""
     from realtime_erc.training.datasets import (
         TEXT_DATASETS,
         infer_dims,
@@ -376,17 +377,28 @@ def load_data(
     dims = live_dims()
     base, *variants = dataset.split("+")
     if base in TEXT_DATASETS or base == "assembled":
-        known = ("lora", "heads") if base == "assembled" else ("lora",)
+        known = ("lora", "heads") if base == "assembled" else ("lora", "ctx")
         if not set(variants) <= set(known) or len(set(variants)) < len(variants):
             raise DataError(
                 f"unknown dataset variant {dataset!r}: {base} takes "
                 + " and ".join(f"+{v}" for v in known)
             )
         encoder = text_encoder(encoder_identity, text_adapter)
-        if "lora" in variants and encoder.adapter is None:
+        if {"lora", "ctx"} & set(variants) and encoder.adapter is None:
             raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
+        if "ctx" in variants and not encoder.context_turns:
+            raise DataError(
+                f"{dataset} needs an adapter that reads context: pass one trained with "
+                "`realtime-erc train-text-encoder --context-turns N`"
+            )
+        if base == "assembled" and encoder.context_turns:
+            raise DataError(
+                "an adapter that reads context is for the text corpora (iemocap, meld, "
+                "emorynlp); the assembled corpus takes one trained without --context-turns"
+            )
         heads = "heads" in variants
-        name = base + ("+lora" if encoder.adapter is not None else "") + ("+heads" if heads else "")
+        adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
+        name = base + adapted + ("+heads" if heads else "")
     if base in TEXT_DATASETS:
         corpus = load_text_corpus(base, data_dir)
         features = text_features(corpus, encoder, dims, progress=progress)

@@ -42,22 +42,28 @@ PUBLISHED: dict[str, dict[str, str]] = {
 DATASET_TITLES = {
     "iemocap": "IEMOCAP-6", "meld": "MELD-7", "assembled": "assembled multimodal",
     "iemocap+lora": "IEMOCAP-6, adapted text", "meld+lora": "MELD-7, adapted text",
+    "iemocap+ctx": "IEMOCAP-6, adapted text read in context",
+    "meld+ctx": "MELD-7, adapted text read in context",
     "assembled+lora": "assembled, adapted text",
     "assembled+heads": "assembled + head scores",
     "assembled+lora+heads": "assembled, adapted text + head scores",
 }  # fmt: skip
 """Row groups; ``+lora``: text from the emotion-adapted encoder (``train-text-encoder``);
+``+ctx``: from one that reads each utterance with the turns before it (``--context-turns``);
 ``+heads``: the emotion heads' scores appended to audio and visual (``features.heads``)."""
 
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
-def packaged_adapters() -> dict[str, Path]:
+def packaged_adapters() -> dict[str, tuple[Path, ...]]:
     """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
     the MELD adapter, trained on the MELD train split only)."""
-    files = {"iemocap": "text_adapter_iemocap6.pt", "meld": "text_adapter_meld7.pt",
-             "assembled": "text_adapter_meld7.pt"}  # fmt: skip
-    return {d: ADAPTERS_DIR / f for d, f in files.items() if (ADAPTERS_DIR / f).is_file()}
+    files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt"),
+             "meld": ("text_adapter_meld7.pt",),
+             "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
+    found = {d: tuple(ADAPTERS_DIR / f for f in fs if (ADAPTERS_DIR / f).is_file())
+             for d, fs in files.items()}  # fmt: skip
+    return {d: paths for d, paths in found.items() if paths}
 
 
 @dataclass
@@ -82,8 +88,9 @@ class ResultsPlan:
     """Per-dataset overrides of :class:`ErcTrainOptions` fields (MELD: many short dialogues,
     so bigger batches)."""
     budget_minutes: float | None = None
-    text_adapters: dict[str, Path] = field(default_factory=packaged_adapters)
-    """Datasets also run on text from an emotion-adapted encoder (rows ``<dataset>+lora``)."""
+    text_adapters: dict[str, tuple[Path, ...]] = field(default_factory=packaged_adapters)
+    """Datasets also run on text from emotion-adapted encoders (rows ``<dataset>+lora`` and,
+    for one that reads context, ``<dataset>+ctx``)."""
 
     def options(self, dataset: str, model: str, seed: int, causal: bool) -> ErcTrainOptions:
         base = ErcTrainOptions(
@@ -163,8 +170,7 @@ def run_all(
     for dataset in plan.datasets:
         try:
             loaded[dataset] = load_data(dataset, data_dir, progress=progress)
-            adapter = plan.text_adapters.get(dataset.partition("+")[0])
-            if adapter is not None:
+            for adapter in plan.text_adapters.get(dataset.partition("+")[0], ()):
                 adapted = load_data(dataset, data_dir, progress=progress, text_adapter=adapter)
                 loaded[adapted.dataset] = adapted
         except DataError as e:
@@ -239,7 +245,8 @@ def plot_confusion(result: RunResult, labels: Sequence[str], path: Path) -> None
     plt.close(fig)
 
 
-TARGETS = {"iemocap": 65.0, "meld": 63.0, "iemocap+lora": 65.0, "meld+lora": 63.0}
+TARGETS = {"iemocap": 65.0, "meld": 63.0, "iemocap+lora": 65.0, "meld+lora": 63.0,
+           "iemocap+ctx": 65.0, "meld+ctx": 63.0}  # fmt: skip
 """Issue targets: causal text-only test weighted F1 with our encoders (base or adapted)."""
 
 

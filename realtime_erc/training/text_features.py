@@ -1,7 +1,8 @@
 """Pooled text features for whole corpora, cached on disk so re-runs take seconds.
 
 The cache lives in ``<cache_root>/features/text/<encoder_id>/`` as ``shard-*.npz`` files, each
-holding ``keys`` (sha256 hex of the UTF-8 text, ``[M]``) and ``vectors`` (``[M, D]`` float32).
+holding ``keys`` (sha256 hex of the UTF-8 text, ``[M]``; of text and context for an encoder that
+reads context) and ``vectors`` (``[M, D]`` float32).
 ``encoder_id`` names the encoder and everything that changes its output (weights, max tokens),
 so two encoders never share vectors. Shards are only ever added, never rewritten, so an
 interrupted run keeps what it already encoded.
@@ -30,12 +31,16 @@ class PooledTextEncoder(Protocol):
 
     identity: str
     dim: int
+    context_turns: int
 
-    def encode_pooled(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_pooled(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None
+    ) -> np.ndarray: ...
 
 
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def text_key(text: str, context: str | None = None) -> str:
+    data = text if context is None else f"{text}\x1e{context}"
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -63,8 +68,18 @@ class MiniLMPooled:
     def identity(self) -> str:
         return f"all-MiniLM-L6-v2-pooled-t{self.max_tokens}{self._adapter_id}"
 
-    def encode_pooled(self, texts: Sequence[str]) -> np.ndarray:
+    @property
+    def context_turns(self) -> int:
+        return self._encoder.context_turns
+
+    def encode_pooled(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None
+    ) -> np.ndarray:
         self._encoder.load()
+        if self.context_turns:
+            given = list(contexts) if contexts is not None else [""] * len(texts)
+            feats = self._encoder.encode_batch(list(texts), given)
+            return np.stack([f.pooled for f in feats]).astype(np.float32)
         model = self._encoder._model  # the loaded SentenceTransformer (shared with the live path)
         vectors = model.encode(  # type: ignore[union-attr]
             list(texts),
@@ -118,20 +133,27 @@ def encode_texts(
     cache: TextFeatureCache | None = None,
     chunk: int = 512,
     progress: Progress | None = None,
+    contexts: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Pooled vectors ``[N, encoder.dim]`` for ``texts``, encoding only those not cached yet
-    (in chunks of ``chunk``, each saved as it completes, so a crash loses at most one chunk)."""
+    """Pooled vectors ``[N, encoder.dim]`` for ``texts`` (read with ``contexts`` by an encoder
+    with ``context_turns``), encoding only those not cached yet (in chunks of ``chunk``, each
+    saved as it completes, so a crash loses at most one chunk)."""
     cache = cache or TextFeatureCache(encoder.identity)
-    keys = [text_key(t) for t in texts]
+    given = list(contexts) if contexts is not None and encoder.context_turns else None
+    pairs = list(zip(texts, given or [None] * len(texts), strict=True))
+    keys = [text_key(t, c) for t, c in pairs]
     unique = list(dict.fromkeys(keys))
     have = cache.get(unique)
     todo_keys = [k for k in unique if k not in have]
     if todo_keys:
-        by_key = dict(zip(keys, texts, strict=True))
+        by_key = dict(zip(keys, pairs, strict=True))
         log.info("encoding %d texts with %s", len(todo_keys), encoder.identity)
         for start in range(0, len(todo_keys), chunk):
             part = todo_keys[start : start + chunk]
-            vectors = encoder.encode_pooled([by_key[k] for k in part])
+            items = [by_key[k] for k in part]
+            vectors = encoder.encode_pooled(
+                [t for t, _ in items], [c or "" for _, c in items] if given else None
+            )
             cache.add(part, vectors)
             have.update(zip(part, vectors, strict=True))
             if progress is not None:

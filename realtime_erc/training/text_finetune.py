@@ -3,10 +3,12 @@
 Every non-empty training utterance is one example: MiniLM (LoRA on every projection, see
 :mod:`~realtime_erc.features.lora`) → mean pooling → L2 normalisation (the live sentence vector
 ``v``) → a linear classifier on ``scale · v``; cross-entropy with label smoothing, AdamW, linear
-warm-up then linear decay. The validation split is scored ``evals_per_epoch`` times per epoch
-(weighted F1); the adapters and head with the best score are written as an adapter file
-(:mod:`~realtime_erc.features.text_adapter`). The test split is never read here. After every
-epoch the whole state goes to ``<work_dir>/last.pt`` so a killed run resumes.
+warm-up then linear decay. With ``context_turns = K > 0`` the encoder reads each utterance with
+the K turns before it (:func:`~realtime_erc.features.text.turn_context`) and pools over the
+utterance's own tokens, as it will live. The validation split is scored ``evals_per_epoch``
+times per epoch (weighted F1); the adapters and head with the best score are written as an
+adapter file (:mod:`~realtime_erc.features.text_adapter`). The test split is never read here.
+After every epoch the whole state goes to ``<work_dir>/last.pt`` so a killed run resumes.
 
 Context models then train on the adapted vectors (``realtime-erc train --text-adapter PATH``).
 """
@@ -30,7 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from realtime_erc.features.lora import add_lora, lora_state
-from realtime_erc.features.text import TEXT_DIM, load_sentence_encoder
+from realtime_erc.features.text import (
+    TEXT_DIM,
+    encode_in_context,
+    load_sentence_encoder,
+    turn_context,
+)
 from realtime_erc.features.text_adapter import BERT_TARGETS, save_adapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus
 from realtime_erc.training.erc_metrics import scores
@@ -56,6 +63,8 @@ class TextFinetuneOptions:
     scale: float = 20.0
     """Multiplies the unit-norm sentence vector before the classifier (a fixed temperature)."""
     max_tokens: int = 128
+    context_turns: int = 0
+    """Earlier turns read with each utterance (a second segment; 0 = the utterance alone)."""
     evals_per_epoch: int = 2
     seed: int = 0
     threads: int = 0
@@ -63,40 +72,54 @@ class TextFinetuneOptions:
     """Only the first ``subset`` dialogues of each split (tests, smoke runs)."""
 
 
-def examples(dialogues: Sequence[Dialogue]) -> tuple[list[str], np.ndarray]:
-    """Non-empty utterances and their labels, in corpus order."""
+Example = tuple[str, str]
+"""An utterance and its context segment (``""`` without context)."""
+
+
+def examples(
+    dialogues: Sequence[Dialogue], context_turns: int = 0
+) -> tuple[list[Example], np.ndarray]:
+    """Non-empty utterances with their contexts, and their labels, in corpus order."""
     pairs = [
-        (t.strip(), y)
+        ((t.strip(), turn_context(d.texts, d.speakers, i, context_turns)), y)
         for d in dialogues
-        for t, y in zip(d.texts, d.labels, strict=True)
+        for i, (t, y) in enumerate(zip(d.texts, d.labels, strict=True))
         if t.strip()
     ]
-    return [t for t, _ in pairs], np.array([y for _, y in pairs], np.int64)
+    return [x for x, _ in pairs], np.array([y for _, y in pairs], np.int64)
 
 
 class _Classifier(nn.Module):
     """Sentence encoder + linear head: ``texts -> logits [B, C]``."""
 
-    def __init__(self, encoder: nn.Module, n_labels: int, scale: float) -> None:
+    def __init__(
+        self, encoder: nn.Module, n_labels: int, scale: float, in_context: bool, max_tokens: int
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(TEXT_DIM, n_labels)
         self.scale = scale
+        self.in_context = in_context
+        self.max_tokens = max_tokens
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        features = self.encoder.preprocess(list(texts))
+    def embed(self, batch: Sequence[Example]) -> torch.Tensor:
+        texts = [t for t, _ in batch]
+        if self.in_context:
+            contexts = [c for _, c in batch]
+            return encode_in_context(self.encoder, texts, contexts, self.max_tokens)[0]
+        features = self.encoder.preprocess(texts)
         return self.encoder(features)["sentence_embedding"]  # [B, 384], unit norm
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.head(self.scale * self.embed(texts))
+    def forward(self, batch: Sequence[Example]) -> torch.Tensor:
+        return self.head(self.scale * self.embed(batch))
 
 
 @torch.no_grad()
-def _predict(model: _Classifier, texts: list[str], batch_size: int = 128) -> np.ndarray:
+def _predict(model: _Classifier, texts: list[Example], batch_size: int = 128) -> np.ndarray:
     was = model.training
     model.eval()
     out = []
-    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    order = np.argsort([len(t) + len(c) for t, c in texts])  # similar lengths: less padding
     for i in range(0, len(texts), batch_size):
         idx = order[i : i + batch_size]
         out.append((idx, model([texts[j] for j in idx]).argmax(-1).numpy()))
@@ -128,9 +151,9 @@ def finetune_text_encoder(
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
 
-    def split(name: str) -> tuple[list[str], np.ndarray]:
+    def split(name: str) -> tuple[list[Example], np.ndarray]:
         ds = corpus.split(name)
-        return examples(ds[: options.subset] if options.subset else ds)
+        return examples(ds[: options.subset] if options.subset else ds, options.context_turns)
 
     train_x, train_y = split("train")
     valid_x, valid_y = split("valid")
@@ -138,7 +161,9 @@ def finetune_text_encoder(
     transformer = encoder[0].auto_model
     lora = {"rank": options.rank, "alpha": options.alpha, "targets": list(BERT_TARGETS)}
     add_lora(transformer, BERT_TARGETS, options.rank, options.alpha, options.dropout)
-    model = _Classifier(encoder, len(corpus.labels), options.scale)
+    model = _Classifier(
+        encoder, len(corpus.labels), options.scale, options.context_turns > 0, options.max_tokens
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
@@ -216,5 +241,5 @@ def finetune_text_encoder(
     }
     head = {"labels": list(corpus.labels), "weight": best["head"]["weight"],
             "bias": best["head"]["bias"], "scale": options.scale}  # fmt: skip
-    save_adapter(out, lora, best["lora"], head, info)
+    save_adapter(out, lora, best["lora"], head, info, options.context_turns)
     return info

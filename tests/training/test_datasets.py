@@ -134,12 +134,28 @@ class _CountingEncoder:
     identity = "test-encoder"
     dim = 4
 
-    def __init__(self) -> None:
+    def __init__(self, context_turns: int = 0) -> None:
+        self.context_turns = context_turns
         self.calls: list[list[str]] = []
 
-    def encode_pooled(self, texts):
-        self.calls.append(list(texts))
-        return np.stack([np.full(4, len(t), np.float32) for t in texts])
+    def encode_pooled(self, texts, contexts=None):
+        pairs = list(zip(texts, contexts or [""] * len(texts), strict=True))
+        self.calls.append([f"{t}|{c}" if c else t for t, c in pairs])
+        return np.stack([np.full(4, len(t) + len(c), np.float32) for t, c in pairs])
+
+
+def test_an_encoder_reading_context_is_cached_per_text_and_context(tmp_path: Path) -> None:
+    encoder = _CountingEncoder(context_turns=1)
+    cache = TextFeatureCache(encoder.identity, root=tmp_path)
+    out = encode_texts(["ab", "ab", "ab"], encoder, cache, contexts=["", "x: y", ""])
+    assert out[:, 0].tolist() == [2, 6, 2]
+    assert encoder.calls == [["ab", "ab|x: y"]]
+    # the base encoder ignores contexts: one vector per text
+    base = _CountingEncoder()
+    out = encode_texts(
+        ["ab", "ab"], base, TextFeatureCache("base", root=tmp_path), contexts=["", "z"]
+    )
+    assert out[:, 0].tolist() == [2, 2] and base.calls == [["ab"]]
 
 
 def test_text_cache_encodes_each_text_once_and_survives_reload(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,9 +69,72 @@ def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_
         text_encoder("all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
     with pytest.raises(DataError, match="pass --text-adapter"):
         load_data("meld+lora", tmp_path)  # a +lora name needs the adapter
-    with pytest.raises(DataError, match="meld takes \\+lora$"):
+    with pytest.raises(DataError, match="meld takes \\+lora and \\+ctx$"):
         load_data("meld+other", tmp_path)
-    with pytest.raises(DataError, match="meld takes \\+lora$"):
+    with pytest.raises(DataError, match="meld takes \\+lora and \\+ctx$"):
         load_data("meld+heads", tmp_path)  # head scores exist for the assembled corpus only
     with pytest.raises(DataError, match="assembled takes \\+lora and \\+heads"):
         load_data("assembled+heads+heads", tmp_path)
+
+
+def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_live(tmp_path):
+    import asyncio
+
+    from realtime_erc.config import Config
+    from realtime_erc.emit import EmitStage
+    from realtime_erc.engine import Engine
+    from realtime_erc.events import SpeechSegment, Utterance
+    from realtime_erc.features.stage import feature_dims
+    from realtime_erc.models.checkpoint import build_model
+
+    options = TextFinetuneOptions(
+        epochs=1, batch_size=8, evals_per_epoch=1, threads=1, context_turns=2
+    )
+    out = tmp_path / "ctx.pt"
+    info = finetune_text_encoder(toy_corpus(), out, tmp_path / "work", options)
+    assert info["options"]["context_turns"] == 2 and TextAdapter.load(out).context_turns == 2
+    encoder = TextEncoder(TextOptions(adapter=out))
+    assert encoder.context_turns == 2 and TextEncoder().context_turns == 0
+    alone, calm, heated = encoder.encode_batch(
+        ["I see"] * 3, ["", "same: what a wonderful day", "other: you ruined everything"]
+    )
+    assert not np.allclose(calm.pooled, heated.pooled, atol=1e-4)
+    assert not np.allclose(alone.pooled, calm.pooled, atol=1e-4)
+    assert np.isclose(np.linalg.norm(heated.pooled), 1, atol=1e-4)
+    # outputs cover the utterance's own tokens only: [CLS] i see [SEP]
+    assert [len(f.sequence) for f in (alone, calm, heated)] == [4, 4, 4]
+
+    # live, the emit stage hands each transcript the turns before it, most recent first
+    seen: list[tuple[str, str]] = []
+    encode = encoder.encode
+    encoder.encode = lambda text, context="": seen.append((text, context)) or encode(text, context)
+    model = build_model("utterance-mlp", feature_dims(Config().features), ("anger", "joy"), "toy2")
+    emit = EmitStage("s", "toy2", engine=Engine(model, "cpu"), text=encoder)
+    turns = [("A", "hello there"), ("B", ""), ("B", "I hate you"), ("A", "I see")]
+
+    async def run() -> list:
+        events = []
+        for i, (speaker, text) in enumerate(turns):
+            seg = SpeechSegment(i, 2.0 * i, 2.0 * i + 1, np.zeros(16000, np.float32), 0.0, 0.0)
+            events += [e async for e in emit.process(Utterance(i, seg, text, speaker=speaker))]
+        return events
+
+    events = asyncio.run(run())
+    assert [e.modalities["text"] for e in events] == [True, False, True, True]
+    assert seen == [
+        ("hello there", ""),
+        ("I hate you", "other: hello there"),
+        ("I see", "other: I hate you | same: hello there"),
+    ]
+
+    # a context-reading adapter names its rows +ctx and is refused where it has no turns
+    from realtime_erc.training.emotion_data import DataError
+    from realtime_erc.training.erc_trainer import load_data
+
+    with pytest.raises(DataError, match="is for the text corpora"):
+        load_data("assembled", tmp_path, text_adapter=out)
+    packaged = TextAdapter.load(
+        Path(__file__).resolve().parents[2] / "realtime_erc/assets/text_adapter_meld7.pt"
+    )
+    with pytest.raises(DataError, match="needs an adapter that reads context"):
+        load_data("meld+ctx", tmp_path, text_adapter=packaged.path)
