@@ -148,9 +148,9 @@ class TextEncoder:
         out: list[ModalityFeatures | None] = [None] * len(texts)
         todo = [(i, t.strip()) for i, t in enumerate(texts) if t and t.strip()]
         if todo and self.context_turns:
-            given = contexts or [""] * len(texts)
             import torch
 
+            given = contexts or [""] * len(texts)
             for start in range(0, len(todo), self.options.batch_size):
                 part = todo[start : start + self.options.batch_size]
                 with self._lock, torch.inference_mode():
