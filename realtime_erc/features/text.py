@@ -30,6 +30,8 @@ from realtime_erc.features.assets import minilm_model_dir
 if TYPE_CHECKING:
     import torch
 
+    from realtime_erc.features.text_adapter import TextAdapter
+
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 384
@@ -90,7 +92,9 @@ def encode_in_context(
     return F.normalize(pooled, dim=-1), hidden, mask
 
 
-def load_sentence_encoder(device: str = "cpu", max_tokens: int = 128, adapter: Path | None = None):
+def load_sentence_encoder(
+    device: str = "cpu", max_tokens: int = 128, adapter: TextAdapter | None = None
+):
     """The packaged MiniLM as a ``SentenceTransformer`` (loaded by path, never from the hub),
     with ``adapter`` merged into its weights when given."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
@@ -103,10 +107,8 @@ def load_sentence_encoder(device: str = "cpu", max_tokens: int = 128, adapter: P
     model = SentenceTransformer(str(path), device="cpu")
     model.max_seq_length = max_tokens
     if adapter is not None:
-        from realtime_erc.features.text_adapter import TextAdapter
-
-        TextAdapter.load(adapter).apply(model[0].auto_model)
-    log.debug("text encoder loaded from %s (adapter: %s)", path, adapter)
+        adapter.apply(model[0].auto_model)
+    log.debug("text encoder loaded from %s (adapter: %s)", path, adapter and adapter.path)
     return model.to(device)
 
 
@@ -118,12 +120,14 @@ class TextEncoder:
 
     def __init__(self, options: TextOptions | None = None) -> None:
         self.options = options or TextOptions()
-        self.context_turns = 0
-        """Earlier turns the adapter reads with each transcript (0: the transcript alone)."""
+        self.adapter: TextAdapter | None = None
+        """The adapter file, read once (its identity and context turns are needed early)."""
         if self.options.adapter is not None:
             from realtime_erc.features.text_adapter import TextAdapter
 
-            self.context_turns = TextAdapter.load(self.options.adapter).context_turns
+            self.adapter = TextAdapter.load(self.options.adapter)
+        self.context_turns = self.adapter.context_turns if self.adapter is not None else 0
+        """Earlier turns the adapter reads with each transcript (0: the transcript alone)."""
         self._model = None
         self._lock = threading.Lock()  # one forward pass at a time (torch modules are shared)
 
@@ -132,7 +136,7 @@ class TextEncoder:
         if self._model is not None:
             return
         self._model = load_sentence_encoder(
-            self.options.device, self.options.max_tokens, self.options.adapter
+            self.options.device, self.options.max_tokens, self.adapter
         )
 
     def encode(self, text: str, context: str = "") -> ModalityFeatures:

@@ -58,11 +58,8 @@ class MiniLMPooled:
         from realtime_erc.features.text import TextEncoder, TextOptions
 
         self._encoder = TextEncoder(TextOptions(max_tokens=self.max_tokens, adapter=self.adapter))
-        self._adapter_id = ""
-        if self.adapter is not None:
-            from realtime_erc.features.text_adapter import TextAdapter
-
-            self._adapter_id = "+" + TextAdapter.load(self.adapter).identity
+        adapter = self._encoder.adapter
+        self._adapter_id = "+" + adapter.identity if adapter is not None else ""
 
     @property
     def identity(self) -> str:
