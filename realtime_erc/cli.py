@@ -858,6 +858,12 @@ def train_text_encoder_command(
         int,
         typer.Option(min=0, help="Earlier turns the encoder reads with each utterance (0 = none)."),
     ] = 0,
+    encoder: Annotated[
+        str, typer.Option(help="Base encoder: minilm (384-d) or mpnet (768-d, ~5x the compute).")
+    ] = "minilm",
+    lora_layers: Annotated[
+        int, typer.Option(min=0, help="Adapt only the top N transformer layers (0 = all).")
+    ] = 0,
     subset: Annotated[
         int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
     ] = None,
@@ -866,26 +872,34 @@ def train_text_encoder_command(
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Emotion-adapt the text encoder (LoRA on MiniLM) on a corpus's train split, chosen on
-    valid; then 'train --text-adapter FILE' trains context models on its vectors."""
+    """Emotion-adapt the text encoder (LoRA on MiniLM or MPNet) on a corpus's train split,
+    chosen on valid; then 'train --text-adapter FILE' trains context models on its vectors."""
     config = _load(config_file, overrides)
 
     def run() -> None:
         from realtime_erc.features.assets import cache_root
+        from realtime_erc.features.text import encoder_spec
         from realtime_erc.training.datasets import TEXT_DATASETS, load_text_corpus
         from realtime_erc.training.extractors import _Bars
         from realtime_erc.training.text_finetune import TextFinetuneOptions, finetune_text_encoder
 
         if data not in TEXT_DATASETS:
             raise UserError(f"--data {data!r}: choose one of {', '.join(TEXT_DATASETS)}")
+        try:
+            encoder_spec(encoder)
+        except ValueError as e:
+            raise UserError(f"--encoder: {e}") from None
         corpus = load_text_corpus(data, config.data.resolve(data_dir))
         options = TextFinetuneOptions(
             epochs=epochs, lr=lr, rank=rank, context_turns=context_turns, seed=seed,
-            subset=subset, threads=threads,
+            subset=subset, threads=threads, encoder=encoder, lora_layers=lora_layers,
         )  # fmt: skip
         sub = f"-sub{subset}" if subset else ""
         ctx = f"-ctx{context_turns}" if context_turns else ""
-        work = cache_root() / "train" / "text" / f"{data}-r{rank}{ctx}-seed{seed}{sub}"
+        base = "" if encoder == "minilm" else f"-{encoder}"
+        top = f"-top{lora_layers}" if lora_layers else ""
+        name = f"{data}{base}-r{rank}{top}{ctx}-seed{seed}{sub}"
+        work = cache_root() / "train" / "text" / name
         target = out or work / "adapter.pt"
         with _Bars(err_console) as bars:
             info = finetune_text_encoder(corpus, target, work, options, bars, resume=not fresh)

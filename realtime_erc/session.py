@@ -115,7 +115,7 @@ def build_stages(
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.features.head_scores import resolve_heads
     from realtime_erc.features.stage import feature_dims
-    from realtime_erc.features.text import TextEncoder, TextOptions
+    from realtime_erc.features.text import TextEncoder, TextOptions, resolve_encoder
     from realtime_erc.features.text_adapter import resolve_adapter
     from realtime_erc.load import LoadMonitor, LoadPolicy
 
@@ -131,10 +131,22 @@ def build_stages(
     trained_with = provenance.get("features") or {}
     # the live features must be the ones the model was trained on
     heads = resolve_heads(config.features.heads, trained_with.get("heads"))
-    features = config.features.model_copy(update={"heads": heads})
+    encoder = resolve_encoder(config.features.text.encoder, trained_with.get("text"))
+    features = config.features.model_copy(
+        update={
+            "heads": heads,
+            "text": config.features.text.model_copy(update={"encoder": encoder}),
+        }
+    )
     adapter = resolve_adapter(config.features.text.adapter, trained_with.get("text"))
+    text = (
+        TextEncoder(TextOptions.from_config(features.text, adapter))
+        if config.features.text.enabled
+        else None
+    )
     if engine is not None:
-        check_live_dims(engine, feature_dims(features), provenance.get("modalities", MODALITIES))
+        live = feature_dims(features, text.dim if text is not None else None)
+        check_live_dims(engine, live, provenance.get("modalities", MODALITIES))
     speech_head = face_head = None
     if engine is not None and (config.model.provisional or heads == "scores"):
         from realtime_erc.features.face_expression import FaceExpressionHead
@@ -148,9 +160,7 @@ def build_stages(
         session_id,
         config.session.label_set,
         engine=engine,
-        text=TextEncoder(TextOptions.from_config(config.features.text, adapter))
-        if config.features.text.enabled
-        else None,
+        text=text,
         provisional=config.model.provisional,
         load=load,
         modalities=provenance.get("modalities", MODALITIES),

@@ -14,6 +14,9 @@ from realtime_erc.config import (
 
 def test_default_toml_mirrors_the_models():
     assert load_config(DEFAULT_CONFIG_FILE) == Config()
+    # every key is written out, with its description (regenerate with config_to_toml)
+    text = DEFAULT_CONFIG_FILE.read_text()
+    assert text.endswith(config_to_toml(Config(), comments=True))
 
 
 def test_show_output_round_trips(tmp_path: Path):

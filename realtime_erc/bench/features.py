@@ -125,7 +125,7 @@ def _row(name: str, ms: Timings, **extra) -> dict:
 def run_features_benchmark(options: FeatureBenchOptions) -> BenchReport:
     from realtime_erc.features.audio import AudioFeatures, AudioOptions
     from realtime_erc.features.stage import FeatureStage
-    from realtime_erc.features.text import TextEncoder
+    from realtime_erc.features.text import TextEncoder, TextOptions
     from realtime_erc.features.visual import FaceFeatures, VisualOptions
 
     if options.threads:
@@ -160,10 +160,16 @@ def run_features_benchmark(options: FeatureBenchOptions) -> BenchReport:
         },
     )
 
+    larger = TextEncoder(TextOptions(encoder="mpnet"))
+    larger.load()
+    larger.encode(SENTENCE)  # warm-up
+    note = 'features.text.encoder = "mpnet"'
+    mpnet = _row("text (MPNet)", _time(lambda: larger.encode(SENTENCE), runs), note=note)
     text = TextEncoder()
     text.load()
     text.encode(SENTENCE)  # warm-up
     report.rows.append(_row("text (MiniLM)", _time(lambda: text.encode(SENTENCE), runs)))
+    report.rows.append(mpnet)
 
     for backend in ("egemaps", "librosa"):
         audio = AudioFeatures(AudioOptions(backend=backend))

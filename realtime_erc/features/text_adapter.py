@@ -1,10 +1,11 @@
-"""Emotion-adapted text encoder: LoRA adapters for the packaged MiniLM, trained on ERC corpora.
+"""Emotion-adapted text encoder: LoRA adapters for a packaged encoder, trained on ERC corpora.
 
-An adapter file (``torch.save`` of a dict, ~1.3 MB) holds:
+An adapter file (``torch.save`` of a dict, ~1.3 MB for MiniLM) holds:
 
-- ``format``: ``"realtime-erc/text-adapter/1"``; ``base``: the encoder it adapts;
+- ``format``: ``"realtime-erc/text-adapter/1"``; ``base``: the encoder it adapts (a model name
+  of :data:`~realtime_erc.features.text.TEXT_ENCODERS`);
 - ``lora``: ``{"rank", "alpha", "targets"}`` and ``state``: the trained ``lora_A`` / ``lora_B``;
-- ``head``: the utterance classifier trained with it (``labels``, ``weight [C, 384]``, ``bias``,
+- ``head``: the utterance classifier trained with it (``labels``, ``weight [C, D]``, ``bias``,
   ``scale``), which gives text-only emotion scores: ``softmax(weight · (scale · v) + bias)`` for
   the pooled, L2-normalised vector ``v``;
 - ``info``: dataset, label set, validation scores, training time, options;
@@ -32,9 +33,6 @@ from realtime_erc.features.lora import add_lora, merge_lora
 log = logging.getLogger(__name__)
 
 FORMAT = "realtime-erc/text-adapter/1"
-BASE_ENCODER = "all-MiniLM-L6-v2"
-BERT_TARGETS: tuple[str, ...] = ("query", "key", "value", "output.dense", "intermediate.dense")
-"""Every attention and feed-forward projection of a BERT layer (not the unused pooler)."""
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "assets"
 
@@ -54,6 +52,8 @@ class TextAdapter:
     info: dict[str, Any]
     digest: str
     context_turns: int = 0
+    base: str = "all-MiniLM-L6-v2"
+    """The encoder it adapts (its model name)."""
 
     @property
     def identity(self) -> str:
@@ -73,11 +73,12 @@ class TextAdapter:
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TextAdapterError(f"{path} is not a text adapter ({FORMAT})")
-        if data.get("base") != BASE_ENCODER:
-            raise TextAdapterError(
-                f"{path} adapts {data.get('base')!r}, but this program's encoder is "
-                f"{BASE_ENCODER}: retrain the adapter"
-            )
+        from realtime_erc.features.text import encoder_spec
+
+        try:
+            encoder_spec(str(data.get("base")))
+        except ValueError as e:
+            raise TextAdapterError(f"{path} adapts an encoder this program lacks: {e}") from None
         lora = data["lora"]
         return cls(
             path=path,
@@ -89,10 +90,11 @@ class TextAdapter:
             info=data.get("info", {}),
             digest=hashlib.sha256(raw).hexdigest()[:12],
             context_turns=int(data.get("context_turns", 0)),
+            base=data["base"],
         )
 
     def apply(self, transformer: nn.Module) -> None:
-        """Adapt a BERT module in place (adapters loaded, then merged into its weights)."""
+        """Adapt a transformer module in place (adapters loaded, then merged into its weights)."""
         try:
             add_lora(transformer, self.targets, self.rank, self.alpha)
         except ValueError as e:
@@ -120,10 +122,11 @@ def save_adapter(
     head: dict[str, Any],
     info: dict[str, Any],
     context_turns: int = 0,
+    base: str = "all-MiniLM-L6-v2",
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    data = {"format": FORMAT, "base": BASE_ENCODER, "lora": lora, "state": state, "head": head,
+    data = {"format": FORMAT, "base": base, "lora": lora, "state": state, "head": head,
             "info": info}  # fmt: skip
     if context_turns:  # absent otherwise: files without context stay byte-identical
         data["context_turns"] = context_turns

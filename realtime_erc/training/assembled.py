@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 
 from realtime_erc.events import SAMPLE_RATE, ModalityFeatures, UtteranceFeatures
-from realtime_erc.features.text import TEXT_DIM
 from realtime_erc.training.corpus import SPLITS, CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.emotion_data import DataError, SpeechClip
 from realtime_erc.training.progress import Progress, no_progress
@@ -250,7 +249,7 @@ def assemble(
     visual_x.close()
     seconds["visual"] = time.perf_counter() - t
     t = time.perf_counter()
-    text, text_identity = _text_vectors(corpus, config.text, cache_dir, progress)
+    text, text_identity, text_dim = _text_vectors(corpus, config.text, cache_dir, progress)
     seconds["text"] = time.perf_counter() - t
 
     extractor = {
@@ -269,7 +268,7 @@ def assemble(
         extractor |= {"audio": f"{audio_x.identity}+{heads['audio']}",
                       "visual": f"{visual_x.identity}+{heads['visual']}",
                       "heads": "scores"}  # fmt: skip
-    features = _utterance_features(corpus, recipe, text, audio, faces, options)
+    features = _utterance_features(corpus, recipe, text, text_dim, audio, faces, options)
     build = AssembledBuild(corpus, CorpusFeatures(features, extractor), recipe, actor_maps)
     recipe_path = _write_recipe(cache_dir, build, options, extractor)
     seconds["total"] = time.perf_counter() - t0
@@ -564,20 +563,24 @@ def _write_shard(directory: Path, items: list[tuple[str, _Item]]) -> None:
 
 def _text_vectors(
     corpus: ErcCorpus, config: Any, cache_dir: Path, progress: Progress | None
-) -> tuple[dict[str, np.ndarray], str]:
-    """Text → pooled MiniLM vector for every non-empty transcript (the shared text cache, or
-    ``<cache_dir>/text`` when ``cache_dir`` is not the default)."""
+) -> tuple[dict[str, np.ndarray], str, int]:
+    """Text → pooled sentence vector for every non-empty transcript (the shared text cache, or
+    ``<cache_dir>/text`` when ``cache_dir`` is not the default); the encoder's identity and
+    width."""
     from realtime_erc.features.assets import cache_root
-    from realtime_erc.training.text_features import MiniLMPooled, TextFeatureCache, encode_texts
+    from realtime_erc.features.text import resolve_encoder
+    from realtime_erc.training.text_features import SentencePooled, TextFeatureCache, encode_texts
 
     adapter = None if config.adapter in ("auto", "none") else Path(config.adapter).expanduser()
-    encoder = MiniLMPooled(max_tokens=config.max_tokens, adapter=adapter)
+    encoder = SentencePooled(
+        max_tokens=config.max_tokens, adapter=adapter, encoder=resolve_encoder(config.encoder)
+    )
     default = cache_root() / "features" / "assembled"
     root = None if cache_dir == default else cache_dir / "text"
     cache = TextFeatureCache(encoder.identity, root)
     texts = sorted({t for d in corpus.dialogues() for t in d.texts if t.strip()})
     vectors = encode_texts(texts, encoder, cache, progress=progress)
-    return dict(zip(texts, vectors, strict=True)), encoder.identity
+    return dict(zip(texts, vectors, strict=True)), encoder.identity, encoder.dim
 
 
 def _with_head_scores(
@@ -651,6 +654,7 @@ def _utterance_features(
     corpus: ErcCorpus,
     recipe: dict[str, list[UtteranceSource]],
     text: dict[str, np.ndarray],
+    text_dim: int,
     audio: dict[str, _Item],
     faces: dict[str, _Item],
     options: AssembledOptions,
@@ -665,7 +669,7 @@ def _utterance_features(
         ):
             vec = text.get(words)
             if vec is None:  # empty transcript: absent, as live
-                vec, has_text = np.zeros(TEXT_DIM, np.float32), False
+                vec, has_text = np.zeros(text_dim, np.float32), False
             else:
                 has_text = True
             a, v = audio[src.clip], faces[str(src.face)]

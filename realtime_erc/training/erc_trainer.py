@@ -322,19 +322,22 @@ def evaluate_checkpoint(
 DATASETS: tuple[str, ...] = ("iemocap", "meld", "emorynlp", "assembled")
 
 
-def live_dims() -> FeatureDims:
-    """The dims the live feature stage produces with the default configuration."""
+def live_dims(text_dim: int | None = None) -> FeatureDims:
+    """The dims the live feature stage produces with the default configuration (and a text
+    encoder of width ``text_dim``)."""
     from realtime_erc.config import Config
     from realtime_erc.features.stage import feature_dims
 
-    return feature_dims(Config().features)
+    return feature_dims(Config().features, text_dim)
 
 
-def text_encoder(identity: str | None = None, adapter: Path | None = None):
-    """The pooled text encoder: the packaged MiniLM, emotion-adapted by ``adapter`` (a file) or
-    by the adapter ``identity`` names (found among the packaged and trained adapters)."""
+def text_encoder(identity: str | None = None, adapter: Path | None = None, base: str = "minilm"):
+    """The pooled text encoder: the packaged ``base`` encoder, or the one ``identity`` names,
+    emotion-adapted by ``adapter`` (a file, which brings its own base) or by the adapter
+    ``identity`` names (found among the packaged and trained adapters)."""
+    from realtime_erc.features.text import resolve_encoder
     from realtime_erc.features.text_adapter import find_adapter
-    from realtime_erc.training.text_features import MiniLMPooled
+    from realtime_erc.training.text_features import SentencePooled
 
     if adapter is None and identity and "+" in identity:
         found = find_adapter(identity.split("+", 1)[1])
@@ -344,7 +347,9 @@ def text_encoder(identity: str | None = None, adapter: Path | None = None):
                 "packaged nor under the cache; pass it with --text-adapter"
             )
         adapter = found.path
-    encoder = MiniLMPooled(adapter=adapter)
+    if identity:
+        base = resolve_encoder("auto", identity)
+    encoder = SentencePooled(adapter=adapter, encoder=base)
     if identity not in (None, encoder.identity):
         raise DataError(
             f"text encoder {identity!r} is not available here (this program has "
@@ -365,7 +370,8 @@ def load_data(
     pickle (DialogueGCN / MMGCN layout). With ``text_adapter`` (or a ``+lora`` name and an
     ``encoder_identity`` that names an adapter) text comes from the emotion-adapted encoder and
     the data are named ``<dataset>+lora`` (``<dataset>+ctx`` when the adapter reads each
-    utterance with the turns before it)."""
+    utterance with the turns before it). Text from the larger encoder (``+mpnet`` in the
+    name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``."""
     from realtime_erc.training.datasets import (
         TEXT_DATASETS,
         infer_dims,
@@ -374,16 +380,19 @@ def load_data(
         text_features,
     )
 
-    dims = live_dims()
     base, *variants = dataset.split("+")
     if base in TEXT_DATASETS or base == "assembled":
-        known = ("lora", "heads") if base == "assembled" else ("lora", "ctx")
+        known = ("mpnet", "lora", "heads") if base == "assembled" else ("mpnet", "lora", "ctx")
         if not set(variants) <= set(known) or len(set(variants)) < len(variants):
             raise DataError(
                 f"unknown dataset variant {dataset!r}: {base} takes "
-                + " and ".join(f"+{v}" for v in known)
+                + ", ".join(f"+{v}" for v in known)
             )
-        encoder = text_encoder(encoder_identity, text_adapter)
+        encoder = text_encoder(
+            encoder_identity, text_adapter, "mpnet" if "mpnet" in variants else "minilm"
+        )
+        dims = live_dims(encoder.dim)
+        larger = "" if encoder.encoder == "minilm" else f"+{encoder.encoder}"
         if {"lora", "ctx"} & set(variants) and encoder.adapter is None:
             raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
         if "ctx" in variants and not encoder.context_turns:
@@ -398,7 +407,7 @@ def load_data(
             )
         heads = "heads" in variants
         adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
-        name = base + adapted + ("+heads" if heads else "")
+        name = base + larger + adapted + ("+heads" if heads else "")
     if base in TEXT_DATASETS:
         corpus = load_text_corpus(base, data_dir)
         features = text_features(corpus, encoder, dims, progress=progress)
@@ -414,7 +423,7 @@ def load_data(
         from realtime_erc.training.assembled import AssembledOptions
 
         adapter = str(encoder.adapter) if encoder.adapter is not None else "none"
-        config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter))
+        config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter, encoder=encoder.encoder))
         corpus, features = load_assembled(
             data_dir,
             options=AssembledOptions(head_scores=heads),

@@ -44,12 +44,15 @@ DATASET_TITLES = {
     "iemocap+lora": "IEMOCAP-6, adapted text", "meld+lora": "MELD-7, adapted text",
     "iemocap+ctx": "IEMOCAP-6, adapted text read in context",
     "meld+ctx": "MELD-7, adapted text read in context",
+    "iemocap+mpnet+lora": "IEMOCAP-6, adapted MPNet text",
+    "meld+mpnet+lora": "MELD-7, adapted MPNet text",
     "assembled+lora": "assembled, adapted text",
     "assembled+heads": "assembled + head scores",
     "assembled+lora+heads": "assembled, adapted text + head scores",
 }  # fmt: skip
 """Row groups; ``+lora``: text from the emotion-adapted encoder (``train-text-encoder``);
 ``+ctx``: from one that reads each utterance with the turns before it (``--context-turns``);
+``+mpnet``: from the larger encoder (all-mpnet-base-v2) instead of MiniLM;
 ``+heads``: the emotion heads' scores appended to audio and visual (``features.heads``)."""
 
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -59,7 +62,8 @@ def packaged_adapters() -> dict[str, tuple[Path, ...]]:
     """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
     the MELD adapter, trained on the MELD train split only)."""
     files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt"),
-             "meld": ("text_adapter_meld7.pt",),
+             "meld": ("text_adapter_meld7.pt", "text_adapter_meld7_ctx3.pt",
+                      "text_adapter_meld7_mpnet.pt"),
              "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
     found = {d: tuple(ADAPTERS_DIR / f for f in fs if (ADAPTERS_DIR / f).is_file())
              for d, fs in files.items()}  # fmt: skip
@@ -246,7 +250,8 @@ def plot_confusion(result: RunResult, labels: Sequence[str], path: Path) -> None
 
 
 TARGETS = {"iemocap": 65.0, "meld": 63.0, "iemocap+lora": 65.0, "meld+lora": 63.0,
-           "iemocap+ctx": 65.0, "meld+ctx": 63.0}  # fmt: skip
+           "iemocap+ctx": 65.0, "meld+ctx": 63.0, "iemocap+mpnet+lora": 65.0,
+           "meld+mpnet+lora": 63.0}  # fmt: skip
 """Issue targets: causal text-only test weighted F1 with our encoders (base or adapted)."""
 
 

@@ -44,26 +44,32 @@ def text_key(text: str, context: str | None = None) -> str:
 
 
 @dataclass
-class MiniLMPooled:
+class SentencePooled:
     """The live text encoder (:class:`~realtime_erc.features.text.TextEncoder`), pooled output
     only: the same ``sentence_embedding`` the live feature stage emits, without token vectors.
-    ``adapter``: an emotion-adapted LoRA file (its content hash joins the identity)."""
+    ``encoder``: the base (``minilm`` | ``mpnet``); ``adapter``: an emotion-adapted LoRA file,
+    which brings its own base (its content hash joins the identity)."""
 
     max_tokens: int = 128
     batch_size: int = 64
-    dim: int = 384
     adapter: Path | None = None
+    encoder: str = "minilm"
 
     def __post_init__(self) -> None:
-        from realtime_erc.features.text import TextEncoder, TextOptions
+        from realtime_erc.features.text import TEXT_ENCODERS, TextEncoder, TextOptions
 
-        self._encoder = TextEncoder(TextOptions(max_tokens=self.max_tokens, adapter=self.adapter))
+        self._encoder = TextEncoder(
+            TextOptions(max_tokens=self.max_tokens, adapter=self.adapter, encoder=self.encoder)
+        )
+        self.dim = self._encoder.dim
+        # an adapter brings its own base: name the encoder actually used
+        self.encoder = next(k for k, v in TEXT_ENCODERS.items() if v is self._encoder.spec)
         adapter = self._encoder.adapter
         self._adapter_id = "+" + adapter.identity if adapter is not None else ""
 
     @property
     def identity(self) -> str:
-        return f"all-MiniLM-L6-v2-pooled-t{self.max_tokens}{self._adapter_id}"
+        return f"{self._encoder.spec.name}-pooled-t{self.max_tokens}{self._adapter_id}"
 
     @property
     def context_turns(self) -> int:

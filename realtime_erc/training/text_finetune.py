@@ -1,6 +1,7 @@
-"""Emotion-adapt the text encoder: LoRA fine-tuning of MiniLM on an ERC corpus's training split.
+"""Emotion-adapt the text encoder: LoRA fine-tuning on an ERC corpus's training split.
 
-Every non-empty training utterance is one example: MiniLM (LoRA on every projection, see
+Every non-empty training utterance is one example: the encoder (MiniLM by default; LoRA on every
+projection of every layer, or of the top ``lora_layers`` only, see
 :mod:`~realtime_erc.features.lora`) → mean pooling → L2 normalisation (the live sentence vector
 ``v``) → a linear classifier on ``scale · v``; cross-entropy with label smoothing, AdamW, linear
 warm-up then linear decay. With ``context_turns = K > 0`` the encoder reads each utterance with
@@ -33,12 +34,12 @@ from torch import nn
 
 from realtime_erc.features.lora import add_lora, lora_state
 from realtime_erc.features.text import (
-    TEXT_DIM,
     encode_in_context,
+    encoder_spec,
     load_sentence_encoder,
     turn_context,
 )
-from realtime_erc.features.text_adapter import BERT_TARGETS, save_adapter
+from realtime_erc.features.text_adapter import save_adapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus
 from realtime_erc.training.erc_metrics import scores
 from realtime_erc.training.progress import Progress
@@ -65,6 +66,12 @@ class TextFinetuneOptions:
     max_tokens: int = 128
     context_turns: int = 0
     """Earlier turns read with each utterance (a second segment; 0 = the utterance alone)."""
+    encoder: str = "minilm"
+    """The base encoder (``minilm`` or ``mpnet``, see :data:`~realtime_erc.features.text.
+    TEXT_ENCODERS`)."""
+    lora_layers: int = 0
+    """Adapt only the top ``lora_layers`` transformer layers (0 = all): gradients then stop
+    below them, which makes the larger encoder affordable on a CPU."""
     evals_per_epoch: int = 2
     seed: int = 0
     threads: int = 0
@@ -93,11 +100,17 @@ class _Classifier(nn.Module):
     """Sentence encoder + linear head: ``texts -> logits [B, C]``."""
 
     def __init__(
-        self, encoder: nn.Module, n_labels: int, scale: float, in_context: bool, max_tokens: int
+        self,
+        encoder: nn.Module,
+        dim: int,
+        n_labels: int,
+        scale: float,
+        in_context: bool,
+        max_tokens: int,
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(TEXT_DIM, n_labels)
+        self.head = nn.Linear(dim, n_labels)
         self.scale = scale
         self.in_context = in_context
         self.max_tokens = max_tokens
@@ -108,7 +121,7 @@ class _Classifier(nn.Module):
             contexts = [c for _, c in batch]
             return encode_in_context(self.encoder, texts, contexts, self.max_tokens)[0]
         features = self.encoder.preprocess(texts)
-        return self.encoder(features)["sentence_embedding"]  # [B, 384], unit norm
+        return self.encoder(features)["sentence_embedding"]  # [B, D], unit norm
 
     def forward(self, batch: Sequence[Example]) -> torch.Tensor:
         return self.head(self.scale * self.embed(batch))
@@ -157,13 +170,16 @@ def finetune_text_encoder(
 
     train_x, train_y = split("train")
     valid_x, valid_y = split("valid")
-    encoder = load_sentence_encoder("cpu", options.max_tokens)
+    spec = encoder_spec(options.encoder)
+    encoder = load_sentence_encoder("cpu", options.max_tokens, spec=spec)
     transformer = encoder[0].auto_model
-    lora = {"rank": options.rank, "alpha": options.alpha, "targets": list(BERT_TARGETS)}
-    add_lora(transformer, BERT_TARGETS, options.rank, options.alpha, options.dropout)
+    targets = spec.lora_targets(options.lora_layers)
+    lora = {"rank": options.rank, "alpha": options.alpha, "targets": list(targets)}
+    add_lora(transformer, targets, options.rank, options.alpha, options.dropout)
     model = _Classifier(
-        encoder, len(corpus.labels), options.scale, options.context_turns > 0, options.max_tokens
-    )
+        encoder, spec.dim, len(corpus.labels), options.scale, options.context_turns > 0,
+        options.max_tokens,
+    )  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
@@ -241,5 +257,5 @@ def finetune_text_encoder(
     }
     head = {"labels": list(corpus.labels), "weight": best["head"]["weight"],
             "bias": best["head"]["bias"], "scale": options.scale}  # fmt: skip
-    save_adapter(out, lora, best["lora"], head, info, options.context_turns)
+    save_adapter(out, lora, best["lora"], head, info, options.context_turns, spec.name)
     return info

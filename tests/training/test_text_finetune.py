@@ -1,4 +1,5 @@
-"""Emotion-adapting the text encoder (LoRA on the packaged MiniLM) on a small synthetic corpus."""
+"""Emotion-adapting the text encoder (LoRA on the packaged MiniLM or MPNet) on a small synthetic
+corpus."""
 
 from __future__ import annotations
 
@@ -69,11 +70,11 @@ def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_
         text_encoder("all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
     with pytest.raises(DataError, match="pass --text-adapter"):
         load_data("meld+lora", tmp_path)  # a +lora name needs the adapter
-    with pytest.raises(DataError, match="meld takes \\+lora and \\+ctx$"):
+    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx$"):
         load_data("meld+other", tmp_path)
-    with pytest.raises(DataError, match="meld takes \\+lora and \\+ctx$"):
+    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx$"):
         load_data("meld+heads", tmp_path)  # head scores exist for the assembled corpus only
-    with pytest.raises(DataError, match="assembled takes \\+lora and \\+heads"):
+    with pytest.raises(DataError, match="assembled takes \\+mpnet, \\+lora, \\+heads"):
         load_data("assembled+heads+heads", tmp_path)
 
 
@@ -138,3 +139,37 @@ def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_l
     )
     with pytest.raises(DataError, match="needs an adapter that reads context"):
         load_data("meld+ctx", tmp_path, text_adapter=packaged.path)
+
+
+def test_the_larger_encoder_adapts_its_top_layers_only_and_is_used_wherever_the_adapter_goes(
+    tmp_path,
+):
+    from realtime_erc.training.erc_trainer import text_encoder
+
+    options = TextFinetuneOptions(
+        epochs=3, batch_size=8, lr=3e-3, evals_per_epoch=1, threads=1, encoder="mpnet",
+        lora_layers=2,
+    )  # fmt: skip
+    out = tmp_path / "adapter.pt"
+    info = finetune_text_encoder(toy_corpus(), out, tmp_path / "work", options)
+    losses = [h["loss"] for h in info["history"]]
+    assert losses[-1] < losses[0]
+    adapter = TextAdapter.load(out)
+    assert adapter.base == "all-mpnet-base-v2"
+    assert adapter.head["weight"].shape == (2, 768)
+    layers = {k.split("encoder.layer.")[1].split(".")[0] for k in adapter.state}
+    assert layers == {"10", "11"}  # the top two of twelve
+    assert len(adapter.state) == 2 * 6 * 2  # layers x projections x (A, B)
+
+    # the adapter brings its base: the live encoder is MPNet whatever the option says
+    live = TextEncoder(TextOptions(adapter=out, encoder="minilm"))
+    feats = live.encode("I love this so much")
+    assert live.dim == 768 and feats.pooled.shape == (768,) and feats.sequence.shape[1] == 768
+    pooled = text_encoder(adapter=out)
+    assert pooled.encoder == "mpnet" and pooled.dim == 768
+    assert pooled.identity.startswith("all-mpnet-base-v2-pooled-t128+lora-toy@")
+    np.testing.assert_allclose(pooled.encode_pooled(["I love this so much"])[0], feats.pooled,
+                               atol=1e-5)  # fmt: skip
+    # and a checkpoint's identity names it back
+    again = text_encoder(pooled.identity, out)
+    assert again.identity == pooled.identity
