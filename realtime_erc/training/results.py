@@ -61,7 +61,8 @@ ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets"
 def packaged_adapters() -> dict[str, tuple[Path, ...]]:
     """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
     the MELD adapter, trained on the MELD train split only)."""
-    files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt"),
+    files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt",
+                         "text_adapter_iemocap6_mpnet.pt"),
              "meld": ("text_adapter_meld7.pt", "text_adapter_meld7_ctx3.pt",
                       "text_adapter_meld7_mpnet.pt"),
              "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
