@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEXT_DIM = 384
-"""Width of the default encoder's pooled vector and token vectors."""
-
-
 @dataclass(frozen=True)
 class SentenceEncoderSpec:
     """A packaged sentence-transformers encoder."""
