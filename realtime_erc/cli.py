@@ -843,6 +843,16 @@ TextAdapterOpt = Annotated[
 ]
 
 
+def _fold(value: str | None) -> tuple[int, int]:
+    """``"K/N"`` → ``(K, N)``; None → ``(0, 1)`` (no cross-fitting)."""
+    if value is None:
+        return 0, 1
+    k, _, n = value.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n) and int(n) >= 2):
+        raise UserError(f"--fold {value!r}: give K/N with 0 <= K < N and N >= 2, e.g. --fold 0/2")
+    return int(k), int(n)
+
+
 @app.command("train-text-encoder")
 def train_text_encoder_command(
     data: Annotated[str, typer.Option("--data", help="iemocap | meld | emorynlp.")] = "meld",
@@ -867,6 +877,12 @@ def train_text_encoder_command(
     subset: Annotated[
         int | None, typer.Option(min=1, help="Only the first N dialogues of each split.")
     ] = None,
+    fold: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: hold out fold K of N of the train split (cross-fitting, for +xfit data)."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = default).")] = 0,
     fresh: Annotated[bool, typer.Option(help="Ignore the run's last.pt (do not resume).")] = False,
     config_file: ConfigOpt = None,
@@ -889,16 +905,19 @@ def train_text_encoder_command(
             encoder_spec(encoder)
         except ValueError as e:
             raise UserError(f"--encoder: {e}") from None
+        k, n = _fold(fold)
         corpus = load_text_corpus(data, config.data.resolve(data_dir))
         options = TextFinetuneOptions(
             epochs=epochs, lr=lr, rank=rank, context_turns=context_turns, seed=seed,
             subset=subset, threads=threads, encoder=encoder, lora_layers=lora_layers,
+            folds=n, fold=k,
         )  # fmt: skip
         sub = f"-sub{subset}" if subset else ""
         ctx = f"-ctx{context_turns}" if context_turns else ""
         base = "" if encoder == "minilm" else f"-{encoder}"
         top = f"-top{lora_layers}" if lora_layers else ""
-        name = f"{data}{base}-r{rank}{top}{ctx}-seed{seed}{sub}"
+        part = f"-fold{k}of{n}" if n > 1 else ""
+        name = f"{data}{base}-r{rank}{top}{ctx}{part}-seed{seed}{sub}"
         work = cache_root() / "train" / "text" / name
         target = out or work / "adapter.pt"
         with _Bars(err_console) as bars:

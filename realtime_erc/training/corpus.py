@@ -35,6 +35,12 @@ class Dialogue:
         return len(self.labels)
 
 
+def in_fold(dialogues: list[Dialogue], folds: int, fold: int) -> list[Dialogue]:
+    """Fold ``fold`` of ``folds`` (every ``folds``-th dialogue from the ``fold``-th, so each
+    fold samples the whole split): what a cross-fitted encoder holds out."""
+    return dialogues[fold::folds]
+
+
 @dataclass(frozen=True)
 class ErcCorpus:
     """Dialogues of one dataset. ``label_set`` names ``labels`` (``iemocap6``, ``meld7`` ...)."""

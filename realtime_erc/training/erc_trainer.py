@@ -371,9 +371,12 @@ def load_data(
     ``encoder_identity`` that names an adapter) text comes from the emotion-adapted encoder and
     the data are named ``<dataset>+lora`` (``<dataset>+ctx`` when the adapter reads each
     utterance with the turns before it). Text from the larger encoder (``+mpnet`` in the
-    name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``."""
+    name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``. ``+xfit``
+    (with an adapter): training dialogues are encoded by the adapter's cross-fitted folds
+    (:func:`~realtime_erc.training.datasets.crossfit_text_features`), valid and test by it."""
     from realtime_erc.training.datasets import (
         TEXT_DATASETS,
+        crossfit_text_features,
         infer_dims,
         load_feature_pickle,
         load_text_corpus,
@@ -382,7 +385,9 @@ def load_data(
 
     base, *variants = dataset.split("+")
     if base in TEXT_DATASETS or base == "assembled":
-        known = ("mpnet", "lora", "heads") if base == "assembled" else ("mpnet", "lora", "ctx")
+        known = ("mpnet", "lora", "heads")
+        if base != "assembled":
+            known = ("mpnet", "lora", "ctx", "xfit")
         if not set(variants) <= set(known) or len(set(variants)) < len(variants):
             raise DataError(
                 f"unknown dataset variant {dataset!r}: {base} takes "
@@ -407,10 +412,17 @@ def load_data(
             )
         heads = "heads" in variants
         adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
-        name = base + larger + adapted + ("+heads" if heads else "")
+        crossfit = "xfit" in variants
+        if crossfit and encoder.adapter is None:
+            raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
+        name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
     if base in TEXT_DATASETS:
         corpus = load_text_corpus(base, data_dir)
-        features = text_features(corpus, encoder, dims, progress=progress)
+        if crossfit:
+            folds = [text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base)]
+            features = crossfit_text_features(corpus, encoder, folds, dims, progress=progress)
+        else:
+            features = text_features(corpus, encoder, dims, progress=progress)
         return ErcData(corpus, features, dims, name)
     if base == "assembled":
         try:
@@ -438,6 +450,42 @@ def load_data(
     raise DataError(
         f"unknown dataset {dataset!r}: choose {', '.join(DATASETS)} or a published feature .pkl"
     )
+
+
+def _fold_adapters(adapter: Path, corpus: str) -> list[Path]:
+    """``adapter``'s cross-fitted siblings, checked to be its folds (same corpus, base encoder
+    and context) and complete."""
+    from realtime_erc.features.text_adapter import TextAdapter
+    from realtime_erc.training.datasets import fold_adapters
+
+    main = TextAdapter.load(adapter)
+    paths = fold_adapters(adapter)
+    options = main.info.get("options", {})
+    fold_command = (
+        f"`realtime-erc train-text-encoder --data {corpus} --encoder {options.get('encoder')} "
+        f"--lora-layers {options.get('lora_layers', 0)} --epochs {options.get('epochs')} "
+        f"--context-turns {main.context_turns} --fold K/N --out "
+        f"{adapter.parent / adapter.stem}_foldKofN.pt` for each K < N"
+    )
+    missing = [p.name for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise DataError(
+            f"{corpus}+xfit needs the cross-fitted adapters beside {adapter.name} "
+            f"({', '.join(missing) or 'none found'}): train them with {fold_command}"
+        )
+    for k, path in enumerate(paths):
+        fold = TextAdapter.load(path)
+        got = fold.info.get("options", {})
+        if (
+            (got.get("fold"), got.get("folds")) != (k, len(paths))
+            or fold.info.get("dataset") != main.info.get("dataset")
+            or (fold.base, fold.context_turns) != (main.base, main.context_turns)
+        ):
+            raise DataError(
+                f"{path.name} is not fold {k} of {len(paths)} of {adapter.name} (another "
+                f"corpus, encoder, context or fold): retrain it with {fold_command}"
+            )
+    return paths
 
 
 def run_name(dataset: str, options: ErcTrainOptions) -> str:

@@ -40,7 +40,7 @@ from realtime_erc.features.text import (
     turn_context,
 )
 from realtime_erc.features.text_adapter import save_adapter
-from realtime_erc.training.corpus import Dialogue, ErcCorpus
+from realtime_erc.training.corpus import Dialogue, ErcCorpus, in_fold
 from realtime_erc.training.erc_metrics import scores
 from realtime_erc.training.progress import Progress
 from realtime_erc.training.resume import load_last, save_last
@@ -72,6 +72,11 @@ class TextFinetuneOptions:
     lora_layers: int = 0
     """Adapt only the top ``lora_layers`` transformer layers (0 = all): gradients then stop
     below them, which makes the larger encoder affordable on a CPU."""
+    folds: int = 1
+    fold: int = 0
+    """With ``folds > 1``: train on every train dialogue except fold ``fold``
+    (:func:`~realtime_erc.training.corpus.in_fold`), which it then encodes unseen: the
+    cross-fitted training features of ``<dataset>+xfit``."""
     evals_per_epoch: int = 2
     seed: int = 0
     threads: int = 0
@@ -164,8 +169,14 @@ def finetune_text_encoder(
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
 
+    if not 0 <= options.fold < options.folds:
+        raise ValueError(f"fold {options.fold} of {options.folds}: need 0 <= fold < folds")
+
     def split(name: str) -> tuple[list[Example], np.ndarray]:
         ds = corpus.split(name)
+        if name == "train" and options.folds > 1:
+            held = {d.id for d in in_fold(ds, options.folds, options.fold)}
+            ds = [d for d in ds if d.id not in held]
         return examples(ds[: options.subset] if options.subset else ds, options.context_turns)
 
     train_x, train_y = split("train")
@@ -248,7 +259,8 @@ def finetune_text_encoder(
     info = {
         "dataset": corpus.name,
         "label_set": corpus.label_set,
-        "training_data": f"{corpus.name} train split ({len(train_x)} utterances)",
+        "training_data": f"{corpus.name} train split ({len(train_x)} utterances)"
+        + (f", fold {options.fold} of {options.folds} held out" if options.folds > 1 else ""),
         "selection_data": f"{corpus.name} valid split ({len(valid_x)} utterances), weighted F1",
         "valid": best["at"],
         "train_seconds": round(state["train_seconds"], 1),

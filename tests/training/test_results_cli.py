@@ -67,6 +67,8 @@ def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli("train-text-encoder", "--data", "assembled")
     assert r.returncode == 2 and "choose one of iemocap, meld, emorynlp" in r.stderr
+    r = cli("train-text-encoder", "--data", "meld", "--fold", "2/2")
+    assert r.returncode == 2 and "--fold '2/2': give K/N with 0 <= K < N" in r.stderr
     r = cli("train", "--model", "dialoguegcn", "--text-adapter", str(ROOT / "README.md"))
     assert r.returncode == 2 and "cannot read the text adapter" in r.stderr
     assert "Traceback" not in r.stderr

@@ -70,9 +70,11 @@ def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_
         text_encoder("all-MiniLM-L6-v2-pooled-t128+lora-meld@ffffffffffff")
     with pytest.raises(DataError, match="pass --text-adapter"):
         load_data("meld+lora", tmp_path)  # a +lora name needs the adapter
-    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx$"):
+    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx, \\+xfit$"):
         load_data("meld+other", tmp_path)
-    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx$"):
+    with pytest.raises(DataError, match="pass --text-adapter"):
+        load_data("meld+xfit", tmp_path)  # cross-fitting is of an adapter
+    with pytest.raises(DataError, match="meld takes \\+mpnet, \\+lora, \\+ctx, \\+xfit$"):
         load_data("meld+heads", tmp_path)  # head scores exist for the assembled corpus only
     with pytest.raises(DataError, match="assembled takes \\+mpnet, \\+lora, \\+heads"):
         load_data("assembled+heads+heads", tmp_path)
@@ -173,3 +175,59 @@ def test_the_larger_encoder_adapts_its_top_layers_only_and_is_used_wherever_the_
     # and a checkpoint's identity names it back
     again = text_encoder(pooled.identity, out)
     assert again.identity == pooled.identity
+
+
+def test_cross_fitted_training_features_come_from_the_fold_that_never_saw_each_dialogue(
+    tmp_path, monkeypatch
+):
+    import shutil
+    from dataclasses import replace
+
+    from realtime_erc.training.datasets import crossfit_text_features
+    from realtime_erc.training.emotion_data import DataError
+    from realtime_erc.training.erc_trainer import _fold_adapters, live_dims, text_encoder
+
+    monkeypatch.setenv("REALTIME_ERC_CACHE", str(tmp_path / "cache"))
+    corpus = toy_corpus()
+    options = TextFinetuneOptions(epochs=1, batch_size=8, evals_per_epoch=1, threads=1)
+    main = tmp_path / "adapter.pt"
+    finetune_text_encoder(corpus, main, tmp_path / "work", options)
+    with pytest.raises(DataError, match="none found.*train-text-encoder --data toy.*--fold K/N"):
+        _fold_adapters(main, "toy")
+    for k in (0, 1):
+        fold = replace(options, folds=2, fold=k)
+        info = finetune_text_encoder(corpus, tmp_path / f"adapter_fold{k}of2.pt",
+                                     tmp_path / f"work{k}", fold)  # fmt: skip
+        # 3 of the 6 training dialogues (4 utterances each) are held out
+        assert info["training_data"] == f"toy train split (12 utterances), fold {k} of 2 held out"
+    folds = _fold_adapters(main, "toy")
+    assert [p.name for p in folds] == ["adapter_fold0of2.pt", "adapter_fold1of2.pt"]
+
+    encoder = text_encoder(adapter=main)
+    fold_encoders = [text_encoder(adapter=p) for p in folds]
+    feats = crossfit_text_features(corpus, encoder, fold_encoders, live_dims(encoder.dim))
+    for i, dialogue in enumerate(corpus.split("train")):
+        got = np.stack([u.text.pooled for u in feats.of(dialogue)])
+        want = fold_encoders[i % 2].encode_pooled(list(dialogue.texts))  # fold i % 2 held it out
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert not np.allclose(got, encoder.encode_pooled(list(dialogue.texts)), atol=1e-3)
+    for dialogue in corpus.split("valid"):  # valid and test: the adapter itself, as live
+        got = np.stack([u.text.pooled for u in feats.of(dialogue)])
+        np.testing.assert_allclose(got, encoder.encode_pooled(list(dialogue.texts)), atol=1e-5)
+    assert feats.extractor["text"] == encoder.identity
+    assert all(e.identity in feats.extractor["text_train"] for e in fold_encoders)
+
+    shutil.copy(folds[1], folds[0])  # a file that is not the fold its name says
+    with pytest.raises(DataError, match="adapter_fold0of2.pt is not fold 0 of 2 of adapter.pt"):
+        _fold_adapters(main, "toy")
+    folds[1].unlink()
+    with pytest.raises(
+        DataError, match=r"cross-fitted adapters beside adapter.pt \(adapter_fold1of2"
+    ):
+        _fold_adapters(main, "toy")
+
+
+def test_a_fold_outside_its_count_is_refused(tmp_path):
+    options = TextFinetuneOptions(epochs=1, folds=2, fold=2)
+    with pytest.raises(ValueError, match="fold 2 of 2"):
+        finetune_text_encoder(toy_corpus(), tmp_path / "a.pt", tmp_path / "work", options)
