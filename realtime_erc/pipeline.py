@@ -150,8 +150,11 @@ class Pipeline:
 
     async def _wait(self, tasks: list[asyncio.Task]) -> None:
         pending = set(tasks)
+        deadline: float | None = None  # one drain budget for all stages, from the stop request
         while pending:
-            timeout = self.drain_timeout_s if self._stop_requested else None
+            if self._stop_requested and deadline is None:
+                deadline = time.monotonic() + self.drain_timeout_s
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )

@@ -99,6 +99,29 @@ async def test_request_stop_drains_and_flushes():
     assert sink.seen == list(range(len(sink.seen)))
 
 
+async def test_the_drain_timeout_bounds_the_whole_shutdown_not_each_stage():
+    class SlowFlush(Collect):
+        async def flush(self):
+            await asyncio.sleep(1.0)  # e.g. a transcription still running
+            self.flushed = True
+            return
+            yield
+
+    stages = [SlowFlush() for _ in range(4)]
+    for i, stage in enumerate(stages):
+        stage.name = f"slow{i}"
+    pipeline = Pipeline(count_source(10_000, delay=0.001), stages, drain_timeout_s=1.5)
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.1)
+    pipeline.request_stop()
+    started = asyncio.get_running_loop().time()
+    stats = await asyncio.wait_for(task, 10)
+    # each flush alone fits the budget, the four in a row (4 s) do not: stopped at 1.5 s
+    assert asyncio.get_running_loop().time() - started < 3.0
+    assert stats.stopped_early and all(stage.closed for stage in stages)
+    assert stages[0].flushed and not stages[-1].flushed
+
+
 async def test_failing_start_is_named():
     class NoModel(Stage):
         name = "asr"

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SentenceEncoderSpec:
     """A packaged sentence-transformers encoder."""
