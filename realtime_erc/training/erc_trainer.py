@@ -358,6 +358,62 @@ def text_encoder(identity: str | None = None, adapter: Path | None = None, base:
     return encoder
 
 
+@dataclass(frozen=True)
+class DataRequest:
+    """A dataset name resolved without reading any data: what :func:`load_data` will load and
+    the ``name`` it will carry (``meld+mpnet+lora``, ``assembled+heads``, a pickle's path)."""
+
+    name: str
+    base: str
+    encoder: Any = None
+    """The pooled text encoder (not loaded yet) for the text corpora and the assembled one."""
+    heads: bool = False
+    crossfit: bool = False
+
+
+def resolve_data(
+    dataset: str, encoder_identity: str | None = None, text_adapter: Path | None = None
+) -> DataRequest:
+    """Check ``dataset`` and its variants against the encoder they need and name the result,
+    cheaply (adapter files are read, no model and no corpus); see :func:`load_data`."""
+    from realtime_erc.training.datasets import TEXT_DATASETS
+
+    base, *variants = dataset.split("+")
+    if base not in TEXT_DATASETS and base != "assembled":
+        return DataRequest(dataset, base)
+    known = ("mpnet", "lora", "heads")
+    if base != "assembled":
+        known = ("mpnet", "lora", "ctx", "xfit")
+    if not set(variants) <= set(known) or len(set(variants)) < len(variants):
+        raise DataError(
+            f"unknown dataset variant {dataset!r}: {base} takes "
+            + ", ".join(f"+{v}" for v in known)
+        )
+    encoder = text_encoder(
+        encoder_identity, text_adapter, "mpnet" if "mpnet" in variants else "minilm"
+    )
+    larger = "" if encoder.encoder == "minilm" else f"+{encoder.encoder}"
+    if {"lora", "ctx"} & set(variants) and encoder.adapter is None:
+        raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
+    if "ctx" in variants and not encoder.context_turns:
+        raise DataError(
+            f"{dataset} needs an adapter that reads context: pass one trained with "
+            "`realtime-erc train-text-encoder --context-turns N`"
+        )
+    if base == "assembled" and encoder.context_turns:
+        raise DataError(
+            "an adapter that reads context is for the text corpora (iemocap, meld, "
+            "emorynlp); the assembled corpus takes one trained without --context-turns"
+        )
+    heads = "heads" in variants
+    adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
+    crossfit = "xfit" in variants
+    if crossfit and encoder.adapter is None:
+        raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
+    name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
+    return DataRequest(name, base, encoder, heads, crossfit)
+
+
 def load_data(
     dataset: str,
     data_dir: Path,
@@ -383,42 +439,12 @@ def load_data(
         text_features,
     )
 
-    base, *variants = dataset.split("+")
-    if base in TEXT_DATASETS or base == "assembled":
-        known = ("mpnet", "lora", "heads")
-        if base != "assembled":
-            known = ("mpnet", "lora", "ctx", "xfit")
-        if not set(variants) <= set(known) or len(set(variants)) < len(variants):
-            raise DataError(
-                f"unknown dataset variant {dataset!r}: {base} takes "
-                + ", ".join(f"+{v}" for v in known)
-            )
-        encoder = text_encoder(
-            encoder_identity, text_adapter, "mpnet" if "mpnet" in variants else "minilm"
-        )
-        dims = live_dims(encoder.dim)
-        larger = "" if encoder.encoder == "minilm" else f"+{encoder.encoder}"
-        if {"lora", "ctx"} & set(variants) and encoder.adapter is None:
-            raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-        if "ctx" in variants and not encoder.context_turns:
-            raise DataError(
-                f"{dataset} needs an adapter that reads context: pass one trained with "
-                "`realtime-erc train-text-encoder --context-turns N`"
-            )
-        if base == "assembled" and encoder.context_turns:
-            raise DataError(
-                "an adapter that reads context is for the text corpora (iemocap, meld, "
-                "emorynlp); the assembled corpus takes one trained without --context-turns"
-            )
-        heads = "heads" in variants
-        adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
-        crossfit = "xfit" in variants
-        if crossfit and encoder.adapter is None:
-            raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-        name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
+    request = resolve_data(dataset, encoder_identity, text_adapter)
+    base, encoder, name = request.base, request.encoder, request.name
     if base in TEXT_DATASETS:
+        dims = live_dims(encoder.dim)
         corpus = load_text_corpus(base, data_dir)
-        if crossfit:
+        if request.crossfit:
             folds = [text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base)]
             features = crossfit_text_features(corpus, encoder, folds, dims, progress=progress)
         else:
@@ -438,11 +464,11 @@ def load_data(
         config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter, encoder=encoder.encoder))
         corpus, features = load_assembled(
             data_dir,
-            options=AssembledOptions(head_scores=heads),
+            options=AssembledOptions(head_scores=request.heads),
             features_config=config,
             progress=progress,
         )
-        return ErcData(corpus, features, infer_dims(features, dims), name)
+        return ErcData(corpus, features, infer_dims(features, live_dims(encoder.dim)), name)
     path = Path(dataset)
     if path.suffix == ".pkl" or path.is_file():
         pickle = load_feature_pickle(path)

@@ -5,14 +5,21 @@ Runs: every registered model on text-only IEMOCAP-6 and MELD-7 (causal: seeds 0,
 bidirectional: seed 0) and, where the assembled multimodal corpus is available, on it (causal,
 seed 0..). Each run's checkpoint lives in its work directory; a finished run is read back, not
 retrained, so re-running the command after an interruption continues where it stopped.
+
+Every finished run is also written to the ledger, ``docs/results/runs.jsonl`` (committed): one
+JSON line per run with its options and scores. A run the ledger holds with the same options is
+not retrained, and its data are not even loaded, so the report regenerates on a machine that
+never trained it; a changed recipe (options) retrains just the runs it changes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ from realtime_erc.training.erc_trainer import (
     ErcData,
     ErcTrainOptions,
     load_data,
+    resolve_data,
     run_dir,
     run_name,
     train_erc,
@@ -132,34 +140,98 @@ class RunResult:
     best_epoch: int
     seconds: float
     checkpoint: str
+    """The run's checkpoint ("" for a run read from the ledger on a machine that lacks it)."""
+    labels: tuple[str, ...] = ()
+    """The label set's names, in the order of the confusion matrix."""
 
 
-def run_one(data: ErcData, options: ErcTrainOptions, progress: Progress | None = None) -> RunResult:
-    """Train the run (resuming its ``last.pt``) unless its checkpoint already exists for these
-    options; either way return its stored scores."""
+LEDGER_FIELDS = ("dataset", "model", "seed", "causal", "model_id", "test", "valid", "epochs",
+                 "best_epoch", "seconds", "labels")  # fmt: skip
+
+
+class RunLedger:
+    """Finished runs, one JSON line each (``{"run": name, "options": {...}, <RunResult
+    fields>}``), sorted by run name so that the file diffs well; rewritten atomically after each
+    new run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    self._records[record["run"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(
+                        f"{path}:{n} is not a ledger record ({e}): restore the file from git"
+                    ) from None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, name: str, options: ErcTrainOptions) -> RunResult | None:
+        """The recorded run ``name`` if it was trained with exactly ``options``."""
+        record = self._records.get(name)
+        if record is None or record["options"] != _options_dict(options):
+            return None
+        fields = {k: record[k] for k in LEDGER_FIELDS}
+        fields["labels"] = tuple(fields["labels"])
+        return RunResult(checkpoint="", **fields)
+
+    def add(self, name: str, options: ErcTrainOptions, result: RunResult) -> None:
+        record = {"run": name, "options": _options_dict(options)}
+        record.update({k: getattr(result, k) for k in LEDGER_FIELDS})
+        record["labels"] = list(result.labels)
+        if self._records.get(name) == record:
+            return
+        self._records[name] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        lines = (json.dumps(self._records[k], sort_keys=True) for k in sorted(self._records))
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+
+
+def run_one(
+    data: ErcData | Callable[[], ErcData],
+    options: ErcTrainOptions,
+    progress: Progress | None = None,
+    ledger: RunLedger | None = None,
+    dataset: str | None = None,
+) -> RunResult:
+    """The run's scores: from its checkpoint if it exists for these options, else from the
+    ledger, else trained now (resuming its ``last.pt``). ``data`` may be a loader, called only
+    when the run must be trained (then ``dataset`` names it); the ledger records the run."""
     from realtime_erc.models.checkpoint import read_checkpoint
 
-    name = run_name(data.dataset, options)
+    name = run_name(dataset or data.dataset, options)  # type: ignore[union-attr]
     work = run_dir(name)
     out = work / "model.pt"
     result = None
     if out.is_file():
         payload = read_checkpoint(out)
         if payload.get("provenance", {}).get("options") == _options_dict(options):
-            result = {
-                "model_id": f"{payload['model']}/{payload['label_set']}@"
-                f"{payload['content_hash'][:8]}",  # fmt: skip
-                "metrics": payload["metrics"],
-                "provenance": payload["provenance"],
-            }
+            result = payload
+    if result is None and ledger is not None and (recorded := ledger.get(name, options)):
+        return recorded
     if result is None:
         log.info("training %s", name)
-        result = train_erc(data, options, out, work, progress=progress)
+        loaded = data() if callable(data) else data
+        train_erc(loaded, options, out, work, progress=progress)
+        result = read_checkpoint(out)
     p, m = result["provenance"], result["metrics"]
-    return RunResult(
-        data.dataset, options.model, options.seed, options.causal, result["model_id"],
+    run = RunResult(
+        p["dataset"], options.model, options.seed, options.causal,
+        f"{result['model']}/{result['label_set']}@{result['content_hash'][:8]}",
         m["test"], m["valid"], p["epochs"], p["best_epoch"], p["train_seconds"], str(out),
+        tuple(result["labels"]),
     )  # fmt: skip
+    if ledger is not None:
+        ledger.add(name, options, run)
+    return run
 
 
 def _options_dict(options: ErcTrainOptions) -> dict[str, Any]:
@@ -167,47 +239,76 @@ def _options_dict(options: ErcTrainOptions) -> dict[str, Any]:
 
 
 def run_all(
-    plan: ResultsPlan, data_dir: Path, progress: Progress | None = None
+    plan: ResultsPlan,
+    data_dir: Path,
+    progress: Progress | None = None,
+    ledger: RunLedger | None = None,
 ) -> tuple[list[RunResult], list[str]]:
     """Every run of ``plan`` (within its budget); returns the results and notes on what was not
-    run and why."""
+    run and why. A dataset is loaded only when one of its runs must be trained."""
     from realtime_erc.training.datasets import fold_adapters
     from realtime_erc.training.emotion_data import DataError
 
     started = time.perf_counter()
-    loaded: dict[str, ErcData] = {}
+    requests: dict[str, tuple[str, Path | None]] = {}  # name -> (dataset, adapter)
     notes: list[str] = []
     for dataset in plan.datasets:
         try:
-            loaded[dataset] = load_data(dataset, data_dir, progress=progress)
+            variants: list[tuple[str, Path | None]] = [(dataset, None)]
             for adapter in plan.text_adapters.get(dataset.partition("+")[0], ()):
-                adapted = load_data(dataset, data_dir, progress=progress, text_adapter=adapter)
-                loaded[adapted.dataset] = adapted
+                variants.append((dataset, adapter))
                 if fold_adapters(adapter):
-                    crossfit = load_data(
-                        f"{dataset}+xfit", data_dir, progress=progress, text_adapter=adapter
-                    )
-                    loaded[crossfit.dataset] = crossfit
+                    variants.append((f"{dataset}+xfit", adapter))
+            for name, adapter in variants:
+                requests[resolve_data(name, text_adapter=adapter).name] = (name, adapter)
         except DataError as e:
             notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
+    loaded: dict[str, ErcData | DataError] = {}
+
+    def loader(name: str) -> Callable[[], ErcData]:
+        def load() -> ErcData:
+            if name not in loaded:
+                dataset, adapter = requests[name]
+                try:
+                    loaded[name] = load_data(dataset, data_dir, progress=progress,
+                                             text_adapter=adapter)  # fmt: skip
+                except DataError as e:
+                    loaded[name] = e
+            found = loaded[name]
+            if isinstance(found, DataError):
+                raise found
+            return found
+
+        return load
+
     results: list[RunResult] = []
     skipped: list[str] = []
+    failed: dict[str, str] = {}
     for model in plan.models:
         for causal, seed in plan.rounds():
-            for dataset, data in loaded.items():
-                if dataset.startswith("assembled") and not causal:
+            for dataset in requests:
+                if (dataset.startswith("assembled") and not causal) or dataset in failed:
                     continue
                 spent = (time.perf_counter() - started) / 60
                 label = f"{dataset} {model} {'causal' if causal else 'bidir'} seed {seed}"
+                options = plan.options(dataset, model, seed, causal)
                 if plan.budget_minutes is not None and spent > plan.budget_minutes:
-                    # a finished run is still read back; only new training is skipped
-                    options = plan.options(dataset, model, seed, causal)
+                    # a finished or recorded run is still read back; only training is skipped
                     done = run_dir(run_name(dataset, options)) / "model.pt"
-                    if not done.is_file():
+                    recorded = ledger is not None and ledger.get(run_name(dataset, options),
+                                                                 options)  # fmt: skip
+                    if not done.is_file() and not recorded:
                         skipped.append(label)
                         continue
-                results.append(run_one(data, plan.options(dataset, model, seed, causal), progress))
+                try:
+                    results.append(
+                        run_one(loader(dataset), options, progress, ledger, dataset=dataset)
+                    )
+                except DataError as e:
+                    failed[dataset] = str(e)
+                    continue
                 log.info("%s done (%.1f min in all)", label, spent)
+    notes += [f"{DATASET_TITLES.get(d, d)}: not run ({e})" for d, e in failed.items()]
     if skipped:
         notes.append(
             f"{len(skipped)} runs not trained within the {plan.budget_minutes:g}-minute budget "
@@ -360,8 +461,10 @@ def write_report(
             if not g:
                 continue
             png = plots / f"confusion-{d.replace('+', '-')}-{m}.png"
-            plot_confusion(g[0], labels[d], png)
-            lines.append(f"![{m} on {DATASET_TITLES[d]}](results/{png.name})")
+            if "confusion" in g[0].test:  # runs imported from an older report have none
+                plot_confusion(g[0], labels[d], png)
+            if png.is_file():
+                lines.append(f"![{m} on {DATASET_TITLES[d]}](results/{png.name})")
         lines.append("")
 
     lines += ["## Every run", "",
@@ -389,18 +492,14 @@ def regenerate(
     data_dir: Path, out: Path, plan: ResultsPlan | None = None, progress: Progress | None = None
 ) -> Path:
     """Run (or reuse) every run of ``plan`` and write the report to ``out`` (plots beside it in
-    ``results/``)."""
-    from realtime_erc.training.datasets import LABEL_SETS
-
+    ``results/``, with the ledger ``results/runs.jsonl``)."""
     plan = plan or ResultsPlan()
     started = time.perf_counter()
-    results, notes = run_all(plan, data_dir, progress)
-    labels = {"iemocap": LABEL_SETS["iemocap6"], "meld": LABEL_SETS["meld7"]}
+    ledger = RunLedger(out.parent / "results" / "runs.jsonl")
+    results, notes = run_all(plan, data_dir, progress, ledger)
+    labels: dict[str, Sequence[str]] = {}
     for r in results:
-        if r.dataset not in labels:
-            from realtime_erc.models.checkpoint import read_checkpoint
-
-            labels[r.dataset] = read_checkpoint(r.checkpoint)["labels"]
+        labels.setdefault(r.dataset, r.labels)
     header = (
         "Generated by `realtime-erc evaluate --all`. Text features: the packaged "
         "all-MiniLM-L6-v2 sentence vectors (frozen, pooled; no token sequences), audio and "

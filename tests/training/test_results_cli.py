@@ -10,10 +10,13 @@ import pytest
 from cli_support import ROOT, cli
 
 from realtime_erc.config import DataConfig
+from realtime_erc.training.erc_trainer import ErcTrainOptions
 from realtime_erc.training.results import (
     LIVE_CHECKPOINT_SUBSET,
     ResultsPlan,
+    RunLedger,
     RunResult,
+    run_one,
     write_report,
 )
 
@@ -46,6 +49,43 @@ def test_report_has_mean_std_rows_seed_counts_published_numbers_and_plots(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](results/confusion-iemocap-dialoguegcn.png)" in text
     assert text.count("| IEMOCAP-6 | dialoguegcn |") == 4  # every run listed with its time
+
+
+def test_the_ledger_replaces_training_and_a_changed_recipe_retrains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_erc_trainer import synthetic_data
+
+    monkeypatch.setenv("REALTIME_ERC_CACHE", str(tmp_path / "cache"))
+    ledger = RunLedger(tmp_path / "runs.jsonl")
+    options = ErcTrainOptions("utterance-mlp", max_epochs=2, patience=2)
+    loads: list[str] = []
+
+    def load():
+        loads.append("loaded")
+        return synthetic_data()
+
+    trained = run_one(load, options, ledger=ledger, dataset="toy")
+    assert loads == ["loaded"] and trained.labels == ("calm", "angry", "happy")
+    assert sum(trained.test["confusion"], []) and trained.checkpoint.endswith("model.pt")
+
+    # another machine: no run directories, only the committed ledger
+    monkeypatch.setenv("REALTIME_ERC_CACHE", str(tmp_path / "fresh"))
+    again = run_one(load, options, ledger=RunLedger(tmp_path / "runs.jsonl"), dataset="toy")
+    assert loads == ["loaded"]  # neither trained nor even loaded
+    assert (again.model_id, again.test, again.valid) == (trained.model_id, trained.test,
+                                                         trained.valid)  # fmt: skip
+    assert (again.epochs, again.labels, again.checkpoint) == (trained.epochs, trained.labels, "")
+
+    changed = run_one(load, ErcTrainOptions("utterance-mlp", max_epochs=1, patience=2),
+                      ledger=ledger, dataset="toy")  # fmt: skip
+    assert loads == ["loaded", "loaded"] and changed.epochs == 1
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"max_epochs": 1' in lines[0]  # the run's record is replaced
+
+    (tmp_path / "runs.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="runs.jsonl:1 is not a ledger record"):
+        RunLedger(tmp_path / "runs.jsonl")
 
 
 def test_plan_runs_first_seed_and_bidirectional_first() -> None:
