@@ -369,6 +369,16 @@ class DataRequest:
     """The pooled text encoder (not loaded yet) for the text corpora and the assembled one."""
     heads: bool = False
     crossfit: bool = False
+    text: str | None = None
+    """What the text features will come from, as :func:`text_identity` gives it for the loaded
+    data (None: not known before loading)."""
+
+
+def text_identity(extractor: dict[str, str]) -> str:
+    """The text encoder(s) of a corpus's features (``CorpusFeatures.extractor``, as checkpoints
+    store it): the encoder identity, and the cross-fitted fold encoders where there are."""
+    folds = extractor.get("text_train")
+    return extractor.get("text", "") + (f" | {folds}" if folds else "")
 
 
 def resolve_data(
@@ -411,7 +421,11 @@ def resolve_data(
     if crossfit and encoder.adapter is None:
         raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
     name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
-    return DataRequest(name, base, encoder, heads, crossfit)
+    text = {"text": encoder.identity}
+    if crossfit and base in TEXT_DATASETS:
+        folds = [text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base)]
+        text["text_train"] = "cross-fitted: " + ", ".join(f.identity for f in folds)
+    return DataRequest(name, base, encoder, heads, crossfit, text_identity(text))
 
 
 def load_data(

@@ -31,6 +31,7 @@ from realtime_erc.training.erc_trainer import (
     resolve_data,
     run_dir,
     run_name,
+    text_identity,
     train_erc,
 )
 from realtime_erc.training.progress import Progress
@@ -150,9 +151,10 @@ LEDGER_FIELDS = ("dataset", "model", "seed", "causal", "model_id", "test", "vali
 
 
 class RunLedger:
-    """Finished runs, one JSON line each (``{"run": name, "options": {...}, <RunResult
-    fields>}``), sorted by run name so that the file diffs well; rewritten atomically after each
-    new run."""
+    """Finished runs, one JSON line each (``{"run": name, "options": {...}, "text": <text
+    encoder identity>, <RunResult fields>}``), sorted by run name so that the file diffs well;
+    rewritten atomically after each new run. A record stands for a run only with the same
+    options and the same text encoder (another adapter under the same dataset name retrains)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -172,17 +174,20 @@ class RunLedger:
     def __len__(self) -> int:
         return len(self._records)
 
-    def get(self, name: str, options: ErcTrainOptions) -> RunResult | None:
-        """The recorded run ``name`` if it was trained with exactly ``options``."""
+    def get(self, name: str, options: ErcTrainOptions, text: str | None = None) -> RunResult | None:
+        """The recorded run ``name`` if it was trained with exactly ``options`` (and on text
+        from ``text``, see :func:`~realtime_erc.training.erc_trainer.text_identity`)."""
         record = self._records.get(name)
         if record is None or record["options"] != _options_dict(options):
+            return None
+        if text is not None and record.get("text") != text:
             return None
         fields = {k: record[k] for k in LEDGER_FIELDS}
         fields["labels"] = tuple(fields["labels"])
         return RunResult(checkpoint="", **fields)
 
-    def add(self, name: str, options: ErcTrainOptions, result: RunResult) -> None:
-        record = {"run": name, "options": _options_dict(options)}
+    def add(self, name: str, options: ErcTrainOptions, result: RunResult, text: str) -> None:
+        record = {"run": name, "options": _options_dict(options), "text": text}
         record.update({k: getattr(result, k) for k in LEDGER_FIELDS})
         record["labels"] = list(result.labels)
         if self._records.get(name) == record:
@@ -201,10 +206,12 @@ def run_one(
     progress: Progress | None = None,
     ledger: RunLedger | None = None,
     dataset: str | None = None,
+    text: str | None = None,
 ) -> RunResult:
-    """The run's scores: from its checkpoint if it exists for these options, else from the
-    ledger, else trained now (resuming its ``last.pt``). ``data`` may be a loader, called only
-    when the run must be trained (then ``dataset`` names it); the ledger records the run."""
+    """The run's scores: from its checkpoint if it exists for these options (and text encoder
+    ``text``, when given), else from the ledger, else trained now (resuming its ``last.pt``).
+    ``data`` may be a loader, called only when the run must be trained (then ``dataset`` names
+    it); the ledger records the run."""
     from realtime_erc.models.checkpoint import read_checkpoint
 
     name = run_name(dataset or data.dataset, options)  # type: ignore[union-attr]
@@ -213,9 +220,11 @@ def run_one(
     result = None
     if out.is_file():
         payload = read_checkpoint(out)
-        if payload.get("provenance", {}).get("options") == _options_dict(options):
+        provenance = payload.get("provenance", {})
+        same_text = text is None or text_identity(provenance.get("features", {})) == text
+        if provenance.get("options") == _options_dict(options) and same_text:
             result = payload
-    if result is None and ledger is not None and (recorded := ledger.get(name, options)):
+    if result is None and ledger is not None and (recorded := ledger.get(name, options, text)):
         return recorded
     if result is None:
         log.info("training %s", name)
@@ -230,7 +239,7 @@ def run_one(
         tuple(result["labels"]),
     )  # fmt: skip
     if ledger is not None:
-        ledger.add(name, options, run)
+        ledger.add(name, options, run, text_identity(p.get("features", {})))
     return run
 
 
@@ -250,7 +259,7 @@ def run_all(
     from realtime_erc.training.emotion_data import DataError
 
     started = time.perf_counter()
-    requests: dict[str, tuple[str, Path | None]] = {}  # name -> (dataset, adapter)
+    requests: dict[str, tuple[str, Path | None, str | None]] = {}  # name -> dataset, adapter, text
     notes: list[str] = []
     for dataset in plan.datasets:
         try:
@@ -260,7 +269,8 @@ def run_all(
                 if fold_adapters(adapter):
                     variants.append((f"{dataset}+xfit", adapter))
             for name, adapter in variants:
-                requests[resolve_data(name, text_adapter=adapter).name] = (name, adapter)
+                request = resolve_data(name, text_adapter=adapter)
+                requests[request.name] = (name, adapter, request.text)
         except DataError as e:
             notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
     loaded: dict[str, ErcData | DataError] = {}
@@ -268,7 +278,7 @@ def run_all(
     def loader(name: str) -> Callable[[], ErcData]:
         def load() -> ErcData:
             if name not in loaded:
-                dataset, adapter = requests[name]
+                dataset, adapter, _ = requests[name]
                 try:
                     loaded[name] = load_data(dataset, data_dir, progress=progress,
                                              text_adapter=adapter)  # fmt: skip
@@ -295,14 +305,22 @@ def run_all(
                 if plan.budget_minutes is not None and spent > plan.budget_minutes:
                     # a finished or recorded run is still read back; only training is skipped
                     done = run_dir(run_name(dataset, options)) / "model.pt"
+                    text = requests[dataset][2]
                     recorded = ledger is not None and ledger.get(run_name(dataset, options),
-                                                                 options)  # fmt: skip
+                                                                 options, text)  # fmt: skip
                     if not done.is_file() and not recorded:
                         skipped.append(label)
                         continue
                 try:
                     results.append(
-                        run_one(loader(dataset), options, progress, ledger, dataset=dataset)
+                        run_one(
+                            loader(dataset),
+                            options,
+                            progress,
+                            ledger,
+                            dataset=dataset,
+                            text=requests[dataset][2],
+                        )  # fmt: skip
                     )
                 except DataError as e:
                     failed[dataset] = str(e)

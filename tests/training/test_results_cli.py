@@ -76,6 +76,9 @@ def test_the_ledger_replaces_training_and_a_changed_recipe_retrains(
     assert (again.model_id, again.test, again.valid) == (trained.model_id, trained.test,
                                                          trained.valid)  # fmt: skip
     assert (again.epochs, again.labels, again.checkpoint) == (trained.epochs, trained.labels, "")
+    recorded_text = json.loads((tmp_path / "runs.jsonl").read_text())["text"]
+    assert ledger.get("toy-utterance-mlp-causal-seed0", options, recorded_text) is not None
+    assert ledger.get("toy-utterance-mlp-causal-seed0", options, "another adapter") is None
 
     changed = run_one(load, ErcTrainOptions("utterance-mlp", max_epochs=1, patience=2),
                       ledger=ledger, dataset="toy")  # fmt: skip
