@@ -80,6 +80,21 @@ def test_an_adapted_encoder_that_is_not_here_is_a_data_error_naming_the_fix(tmp_
         load_data("assembled+heads+heads", tmp_path)
 
 
+def test_a_dataset_is_named_with_its_text_encoder_without_reading_any_data():
+    from realtime_erc.training.erc_trainer import resolve_data
+
+    assets = Path(__file__).resolve().parents[2] / "realtime_erc" / "assets"
+    adapter = assets / "text_adapter_meld7_mpnet.pt"
+    request = resolve_data("meld", text_adapter=adapter)
+    assert request.name == "meld+mpnet+lora"
+    assert request.text == request.encoder.identity and "+lora-meld@" in request.text
+    crossfit = resolve_data("meld+xfit", text_adapter=adapter)
+    assert crossfit.name == "meld+mpnet+lora+xfit"
+    assert crossfit.text.startswith(request.text + " | cross-fitted: ")
+    assert crossfit.text.count("+lora-meld@") == 3  # the adapter and its two folds
+    assert resolve_data("iemocap").text == "all-MiniLM-L6-v2-pooled-t128"
+
+
 def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_live(tmp_path):
     import asyncio
 
