@@ -14,6 +14,7 @@ never trained it; a changed recipe (options) retrains just the runs it changes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -273,55 +274,33 @@ def run_all(
                 requests[request.name] = (name, adapter, request.text)
         except DataError as e:
             notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
-    loaded: dict[str, ErcData | DataError] = {}
 
-    def loader(name: str) -> Callable[[], ErcData]:
-        def load() -> ErcData:
-            if name not in loaded:
-                dataset, adapter, _ = requests[name]
-                try:
-                    loaded[name] = load_data(dataset, data_dir, progress=progress,
-                                             text_adapter=adapter)  # fmt: skip
-                except DataError as e:
-                    loaded[name] = e
-            found = loaded[name]
-            if isinstance(found, DataError):
-                raise found
-            return found
-
-        return load
+    @functools.cache
+    def load(name: str) -> ErcData:
+        dataset, adapter, _ = requests[name]
+        return load_data(dataset, data_dir, progress=progress, text_adapter=adapter)
 
     results: list[RunResult] = []
     skipped: list[str] = []
-    failed: dict[str, str] = {}
+    failed: dict[str, str] = {}  # dataset -> why it could not be loaded
     for model in plan.models:
         for causal, seed in plan.rounds():
-            for dataset in requests:
+            for dataset, (*_, text) in requests.items():
                 if (dataset.startswith("assembled") and not causal) or dataset in failed:
                     continue
                 spent = (time.perf_counter() - started) / 60
                 label = f"{dataset} {model} {'causal' if causal else 'bidir'} seed {seed}"
                 options = plan.options(dataset, model, seed, causal)
+                name = run_name(dataset, options)
                 if plan.budget_minutes is not None and spent > plan.budget_minutes:
                     # a finished or recorded run is still read back; only training is skipped
-                    done = run_dir(run_name(dataset, options)) / "model.pt"
-                    text = requests[dataset][2]
-                    recorded = ledger is not None and ledger.get(run_name(dataset, options),
-                                                                 options, text)  # fmt: skip
-                    if not done.is_file() and not recorded:
+                    recorded = ledger is not None and ledger.get(name, options, text)
+                    if not (run_dir(name) / "model.pt").is_file() and not recorded:
                         skipped.append(label)
                         continue
                 try:
-                    results.append(
-                        run_one(
-                            loader(dataset),
-                            options,
-                            progress,
-                            ledger,
-                            dataset=dataset,
-                            text=requests[dataset][2],
-                        )  # fmt: skip
-                    )
+                    loader = functools.partial(load, dataset)
+                    results.append(run_one(loader, options, progress, ledger, dataset, text))
                 except DataError as e:
                     failed[dataset] = str(e)
                     continue
