@@ -60,6 +60,11 @@ class TextAdapter:
         """Names the adapted encoder in feature caches and checkpoints (content-addressed)."""
         return f"lora-{self.info.get('dataset', 'custom')}@{self.digest}"
 
+    @property
+    def top_layers(self) -> int:
+        """The adapter covers only the encoder's top ``top_layers`` layers (0: all of them)."""
+        return int(self.info.get("options", {}).get("lora_layers") or 0)
+
     @classmethod
     def load(cls, path: Path | str) -> TextAdapter:
         path = Path(path)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -361,7 +362,7 @@ def text_encoder(identity: str | None = None, adapter: Path | None = None, base:
 @dataclass(frozen=True)
 class DataRequest:
     """A dataset name resolved without reading any data: what :func:`load_data` will load and
-    the ``name`` it will carry (``meld+mpnet+lora``, ``assembled+heads``, a pickle's path)."""
+    the ``name`` it will carry (``meld+mpnet+lora4``, ``assembled+heads``, a pickle's path)."""
 
     name: str
     base: str
@@ -391,6 +392,8 @@ def resolve_data(
     base, *variants = dataset.split("+")
     if base not in TEXT_DATASETS and base != "assembled":
         return DataRequest(dataset, base)
+    # "+lora4" (the name of data from an adapter of the top 4 layers) asks for "+lora"
+    variants = [re.sub(r"^lora\d+$", "lora", v) for v in variants]
     known = ("mpnet", "lora", "heads")
     if base != "assembled":
         known = ("mpnet", "lora", "ctx", "xfit")
@@ -417,6 +420,8 @@ def resolve_data(
         )
     heads = "heads" in variants
     adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
+    if adapted == "+lora" and encoder.partial_layers:
+        adapted += str(encoder.partial_layers)
     crossfit = "xfit" in variants
     if crossfit and encoder.adapter is None:
         raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
@@ -441,7 +446,8 @@ def load_data(
     ``encoder_identity`` that names an adapter) text comes from the emotion-adapted encoder and
     the data are named ``<dataset>+lora`` (``<dataset>+ctx`` when the adapter reads each
     utterance with the turns before it). Text from the larger encoder (``+mpnet`` in the
-    name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``. ``+xfit``
+    name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``; an adapter
+    of the top K layers only is named ``+loraK`` (``meld+mpnet+lora4``). ``+xfit``
     (with an adapter): training dialogues are encoded by the adapter's cross-fitted folds
     (:func:`~realtime_erc.training.datasets.crossfit_text_features`), valid and test by it."""
     from realtime_erc.training.datasets import (
@@ -519,11 +525,12 @@ def _fold_adapters(adapter: Path, corpus: str) -> list[Path]:
         if (
             (got.get("fold"), got.get("folds")) != (k, len(paths))
             or fold.info.get("dataset") != main.info.get("dataset")
-            or (fold.base, fold.context_turns) != (main.base, main.context_turns)
+            or (fold.base, fold.context_turns, fold.top_layers)
+            != (main.base, main.context_turns, main.top_layers)
         ):
             raise DataError(
                 f"{path.name} is not fold {k} of {len(paths)} of {adapter.name} (another "
-                f"corpus, encoder, context or fold): retrain it with {fold_command}"
+                f"corpus, encoder, context, depth or fold): retrain it with {fold_command}"
             )
     return paths
 

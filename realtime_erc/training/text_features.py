@@ -75,6 +75,13 @@ class SentencePooled:
     def context_turns(self) -> int:
         return self._encoder.context_turns
 
+    @property
+    def partial_layers(self) -> int:
+        """With an adapter on only the top K of the encoder's layers: K (else 0)."""
+        adapter = self._encoder.adapter
+        k = adapter.top_layers if adapter is not None else 0
+        return k if 0 < k < self._encoder.spec.layers else 0
+
     def encode_pooled(
         self, texts: Sequence[str], contexts: Sequence[str] | None = None
     ) -> np.ndarray:

@@ -86,10 +86,11 @@ def test_a_dataset_is_named_with_its_text_encoder_without_reading_any_data():
     assets = Path(__file__).resolve().parents[2] / "realtime_erc" / "assets"
     adapter = assets / "text_adapter_meld7_mpnet.pt"
     request = resolve_data("meld", text_adapter=adapter)
-    assert request.name == "meld+mpnet+lora"
+    assert request.name == "meld+mpnet+lora4"  # LoRA on the top 4 layers
     assert request.text == request.encoder.identity and "+lora-meld@" in request.text
     crossfit = resolve_data("meld+xfit", text_adapter=adapter)
-    assert crossfit.name == "meld+mpnet+lora+xfit"
+    assert crossfit.name == "meld+mpnet+lora4+xfit"
+    assert resolve_data("meld+mpnet+lora4", text_adapter=adapter).name == request.name
     assert crossfit.text.startswith(request.text + " | cross-fitted: ")
     assert crossfit.text.count("+lora-meld@") == 3  # the adapter and its two folds
     assert resolve_data("iemocap").text == "all-MiniLM-L6-v2-pooled-t128"
