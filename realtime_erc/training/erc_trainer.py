@@ -370,6 +370,8 @@ class DataRequest:
     """The pooled text encoder (not loaded yet) for the text corpora and the assembled one."""
     heads: bool = False
     crossfit: bool = False
+    folds: tuple[Any, ...] = ()
+    """With ``crossfit``: the fold encoders (see :func:`_fold_adapters`)."""
     text: str | None = None
     """What the text features will come from, as :func:`text_identity` gives it for the loaded
     data (None: not known before loading)."""
@@ -427,10 +429,11 @@ def resolve_data(
         raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
     name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
     text = {"text": encoder.identity}
+    folds: tuple[Any, ...] = ()
     if crossfit and base in TEXT_DATASETS:
-        folds = [text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base)]
+        folds = tuple(text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base))
         text["text_train"] = "cross-fitted: " + ", ".join(f.identity for f in folds)
-    return DataRequest(name, base, encoder, heads, crossfit, text_identity(text))
+    return DataRequest(name, base, encoder, heads, crossfit, folds, text_identity(text))
 
 
 def load_data(
@@ -465,8 +468,9 @@ def load_data(
         dims = live_dims(encoder.dim)
         corpus = load_text_corpus(base, data_dir)
         if request.crossfit:
-            folds = [text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base)]
-            features = crossfit_text_features(corpus, encoder, folds, dims, progress=progress)
+            features = crossfit_text_features(
+                corpus, encoder, request.folds, dims, progress=progress
+            )
         else:
             features = text_features(corpus, encoder, dims, progress=progress)
         return ErcData(corpus, features, dims, name)
