@@ -42,7 +42,8 @@ def test_report_has_mean_std_rows_seed_counts_published_numbers_and_plots(tmp_pa
     assert "| dialoguegcn | 61.00 ± 1.00 | 62.00 ± 1.00 | 3 |" in text  # causal, 3 seeds
     assert "| dialoguegcn | 64.00 | 65.00 | 1 |" in text  # bidirectional, 1 seed
     assert "| utterance-mlp | 50.00 | 51.00 | 1 |" in text
-    assert "| dialoguegcn | 61.00: missed | not run | yes |" in text  # vs targets, baseline
+    assert "| dialoguegcn | 61.00: missed, beats it on 1/1 | not run |" in text  # vs target
+    assert "| utterance-mlp | 50.00: missed | not run |" in text
     assert "COSMIC | 65.28" in text and "not run (no data)" in text
     assert "| dialoguegcn | 61.0 | 10.0 |" in text  # per-class F1, mean over seeds
     png = tmp_path / "docs" / "results" / "confusion-iemocap-dialoguegcn.png"
