@@ -525,7 +525,10 @@ def regenerate(
         f"{plan.patience}, at most {plan.max_epochs} epochs), the test split scored once with "
         "the epoch chosen on validation. Causal rows: mean ± std over seeds "
         f"{', '.join(map(str, plan.seeds))}; bidirectional rows: seed "
-        f"{', '.join(map(str, plan.bidirectional_seeds))}. Training ran on a shared 2-core CPU."
+        f"{', '.join(map(str, plan.bidirectional_seeds))}. Training ran on a shared 2-core CPU. "
+        "Every run's options and scores are in the ledger [results/runs.jsonl]"
+        "(results/runs.jsonl), from which this page regenerates without retraining (runs "
+        "imported from the report that preceded the ledger carry their row's per-class F1)."
     )
     extra = f"Report regenerated in {(time.perf_counter() - started) / 60:.1f} min."
     write_report(results, notes, out, out.parent / "results", labels, header, extra)
