@@ -24,7 +24,7 @@ def test_bench_overload_compares_the_policies(run_cli, demo_dir, tmp_path):
     out = tmp_path / "out"
     result = run_cli(
         "bench", "overload", "--recording", str(rec), "--runs", "1", "--out", str(out),
-        "--set", "load.shed_thresholds_s=[0.3, 0.6, 0.9, 1.2]", timeout=600,
+        "--speed", "8", "--set", "load.shed_thresholds_s=[0.3, 0.6, 0.9, 1.2]", timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "overload.json").read_text())
