@@ -175,9 +175,6 @@ class RunLedger:
                         f"{path}:{n} is not a ledger record ({e}): restore the file from git"
                     ) from None
 
-    def __len__(self) -> int:
-        return len(self._records)
-
     def get(self, name: str, options: ErcTrainOptions, text: str | None = None) -> RunResult | None:
         """The recorded run ``name`` if it was trained with exactly ``options`` (and on text
         from ``text``, see :func:`~realtime_erc.training.erc_trainer.text_identity`)."""
@@ -205,20 +202,22 @@ class RunLedger:
 
 
 def run_one(
-    data: ErcData | Callable[[], ErcData],
+    load: Callable[[], ErcData],
     options: ErcTrainOptions,
     progress: Progress | None = None,
     ledger: RunLedger | None = None,
-    dataset: str | None = None,
+    *,
+    dataset: str,
     text: str | None = None,
-) -> RunResult:
-    """The run's scores: from its checkpoint if it exists for these options (and text encoder
-    ``text``, when given), else from the ledger, else trained now (resuming its ``last.pt``).
-    ``data`` may be a loader, called only when the run must be trained (then ``dataset`` names
-    it); the ledger records the run."""
+    train: bool = True,
+) -> RunResult | None:
+    """The scores of run ``dataset``/``options``: from its checkpoint if it exists for these
+    options (and text encoder ``text``, when given), else from the ledger, else trained now
+    (resuming its ``last.pt``; None instead when not ``train``). ``load`` is called only to
+    train; the ledger records the run."""
     from realtime_erc.models.checkpoint import read_checkpoint
 
-    name = run_name(dataset or data.dataset, options)  # type: ignore[union-attr]
+    name = run_name(dataset, options)
     work = run_dir(name)
     out = work / "model.pt"
     result = None
@@ -231,9 +230,10 @@ def run_one(
     if result is None and ledger is not None and (recorded := ledger.get(name, options, text)):
         return recorded
     if result is None:
+        if not train:
+            return None
         log.info("training %s", name)
-        loaded = data() if callable(data) else data
-        train_erc(loaded, options, out, work, progress=progress)
+        train_erc(load(), options, out, work, progress=progress)
         result = read_checkpoint(out)
     p, m = result["provenance"], result["metrics"]
     run = RunResult(
@@ -294,19 +294,18 @@ def run_all(
                 spent = (time.perf_counter() - started) / 60
                 label = f"{dataset} {model} {'causal' if causal else 'bidir'} seed {seed}"
                 options = plan.options(dataset, model, seed, causal)
-                name = run_name(dataset, options)
-                if plan.budget_minutes is not None and spent > plan.budget_minutes:
-                    # a finished or recorded run is still read back; only training is skipped
-                    recorded = ledger is not None and ledger.get(name, options, text)
-                    if not (run_dir(name) / "model.pt").is_file() and not recorded:
-                        skipped.append(label)
-                        continue
+                # past the budget a finished or recorded run is still read back, not trained
+                train = plan.budget_minutes is None or spent <= plan.budget_minutes
                 try:
-                    loader = functools.partial(load, dataset)
-                    results.append(run_one(loader, options, progress, ledger, dataset, text))
+                    result = run_one(functools.partial(load, dataset), options, progress, ledger,
+                                     dataset=dataset, text=text, train=train)  # fmt: skip
                 except DataError as e:
                     failed[dataset] = str(e)
                     continue
+                if result is None:
+                    skipped.append(label)
+                    continue
+                results.append(result)
                 log.info("%s done (%.1f min in all)", label, spent)
     notes += [f"{DATASET_TITLES.get(d, d)}: not run ({e})" for d, e in failed.items()]
     if skipped:
