@@ -98,7 +98,7 @@ def test_short_soak_meets_the_criteria(demo_dir, tmp_path):
     assert s.latency["first_n"] >= 10 and s.latency["last_n"] >= 10
     # Latency drift is a speed goal: the benchmark reports it (the 2-hour run against the 20 %
     # target); here only that both windows were measured, since a shared CPU makes any bound flaky.
-    assert 0 < s.latency["first_p95_ms"] and 0 < s.latency["last_p95_ms"]
+    assert s.latency["first_p95_ms"] > 0 and s.latency["last_p95_ms"] > 0
     assert s.p95_ratio == pytest.approx(s.latency["last_p95_ms"] / s.latency["first_p95_ms"])
     assert s.x_realtime > 1.0
     assert {c.model for c in result.caches} >= {"bigfusion", "hotspot", "dfgcn"}
