@@ -4,6 +4,7 @@ packaged MELD checkpoint reproducing its stored score."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,34 @@ def test_report_has_mean_std_rows_seed_counts_published_numbers_and_plots(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](results/confusion-iemocap-dialoguegcn.png)" in text
     assert text.count("| IEMOCAP-6 | dialoguegcn |") == 4  # every run listed with its time
+
+
+def test_the_summary_chooses_features_on_valid_never_on_test(tmp_path: Path) -> None:
+    def run(dataset: str, model: str, seed: int, valid: float, test: float) -> RunResult:
+        return replace(_run(model, seed, True, test), dataset=dataset,
+                       valid={"weighted_f1": valid})  # fmt: skip
+
+    results = [run("iemocap", "utterance-mlp", s, 50.0, 60.0 + s) for s in (0, 1, 2)]
+    results += [run("iemocap+lora", "utterance-mlp", s, 49.0, 70.0) for s in (0, 1, 2)]
+    # better on valid, worse on test: chosen all the same
+    results += [run("iemocap+lora", "bigfusion", s, 58.0, 61.0 + s) for s in (0, 1, 2)]
+    results += [run("iemocap", "bigfusion", s, 55.0, 80.0) for s in (0, 1, 2)]
+    results += [run("iemocap+ctx", "bigfusion", 0, 90.0, 90.0)]  # one seed: not a candidate
+    results += [run(d, m, s, 60.0, 64.0 + s) for d in ("meld", "meld+lora")
+                for m in ("utterance-mlp", "bigfusion") for s in (0, 1, 2)]  # fmt: skip
+    out = tmp_path / "RESULTS.md"
+    write_report(results, [], out, tmp_path / "plots",
+                 {d: LABELS for d in ("iemocap", "iemocap+lora", "iemocap+ctx", "meld",
+                                      "meld+lora")})  # fmt: skip
+    text = out.read_text().split("## Chosen on validation")[1].split("\n## ")[0]
+    assert (
+        "| bigfusion | IEMOCAP-6, adapted text: 58.00 → 62.00 ± 1.00, missed, beats it on "
+        "3/3 | MELD-7: 60.00 → 65.00 ± 1.00, met, beats it on 0/3 | no |" in text
+    )
+    assert (
+        "| utterance-mlp | IEMOCAP-6: 50.00 → 61.00 ± 1.00, missed | MELD-7: 60.00 → "
+        "65.00 ± 1.00, met | no |" in text
+    )
 
 
 def test_the_ledger_replaces_training_and_a_changed_recipe_retrains(
