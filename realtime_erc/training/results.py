@@ -79,7 +79,7 @@ def packaged_adapters() -> dict[str, tuple[Path, ...]]:
     """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
     the MELD adapter, trained on the MELD train split only)."""
     files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt",
-                         "text_adapter_iemocap6_mpnet.pt"),
+                         "text_adapter_iemocap6_mpnet.pt", "text_adapter_iemocap6_mpnet12.pt"),
              "meld": ("text_adapter_meld7.pt", "text_adapter_meld7_ctx3.pt",
                       "text_adapter_meld7_mpnet.pt", "text_adapter_meld7_mpnet12.pt"),
              "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
