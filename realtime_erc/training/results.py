@@ -368,6 +368,12 @@ TARGETS = {
 """Issue targets: causal text-only test weighted F1 with our encoders (base or adapted)."""
 
 
+def _seed_wins(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> list[bool]:
+    """For each run of ``runs`` whose seed ``baseline`` also ran: does it score higher on test?"""
+    base = {r.seed: r.test["weighted_f1"] for r in baseline}
+    return [r.test["weighted_f1"] > base[r.seed] for r in runs if r.seed in base]
+
+
 def _targets(results: Sequence[RunResult], models: Sequence[str]) -> list[str]:
     """Where each model stands against the targets, and on how many seeds it beats the
     utterance-mlp baseline (same dataset, same seed)."""
@@ -389,10 +395,7 @@ def _targets(results: Sequence[RunResult], models: Sequence[str]) -> list[str]:
                 continue
             mean = statistics.mean(r.test["weighted_f1"] for r in g)
             cell = f"{mean:.2f}: {'met' if mean >= target else 'missed'}"
-            base = {
-                r.seed: r.test["weighted_f1"] for r in _group(results, d, "utterance-mlp", True)
-            }
-            paired = [r.test["weighted_f1"] > base[r.seed] for r in g if r.seed in base]
+            paired = _seed_wins(g, _group(results, d, "utterance-mlp", True))
             if m != "utterance-mlp" and paired:
                 cell += f", beats it on {sum(paired)}/{len(paired)}"
             cells.append(cell)
@@ -439,8 +442,7 @@ def _chosen_on_valid(results: Sequence[RunResult], models: Sequence[str]) -> lis
                     f"{statistics.mean(r.valid['weighted_f1'] for r in g):.2f} → "
                     f"{_mean_std(scores)}, {'met' if ok else 'missed'}")  # fmt: skip
             if m != "utterance-mlp":
-                base = {r.seed: r.test["weighted_f1"] for r in choose("utterance-mlp", c)}
-                paired = [r.test["weighted_f1"] > base[r.seed] for r in g if r.seed in base]
+                paired = _seed_wins(g, choose("utterance-mlp", c))
                 cell += f", beats it on {sum(paired)}/{len(paired)}"
                 ok = ok and bool(paired) and all(paired)
             cells.append(cell)
