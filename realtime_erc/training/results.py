@@ -60,6 +60,8 @@ DATASET_TITLES = {
     "meld+mpnet+lora4+xfit": "MELD-7, MPNet adapted on its top 4 layers, cross-fitted",
     "iemocap+mpnet+lora": "IEMOCAP-6, MPNet adapted on all layers",
     "meld+mpnet+lora": "MELD-7, MPNet adapted on all layers",
+    "iemocap+mpnet+lora+xfit": "IEMOCAP-6, MPNet adapted on all layers, cross-fitted",
+    "meld+mpnet+lora+xfit": "MELD-7, MPNet adapted on all layers, cross-fitted",
     "assembled+lora": "assembled, adapted text",
     "assembled+heads": "assembled + head scores",
     "assembled+lora+heads": "assembled, adapted text + head scores",
