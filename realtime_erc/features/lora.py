@@ -77,8 +77,8 @@ def add_lora(
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trained tensors only (``<layer>.lora_A`` / ``.lora_B``), detached copies."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+    """The trained tensors only (``<layer>.lora_A`` / ``.lora_B``), detached copies on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
 def merge_lora(model: nn.Module) -> int:

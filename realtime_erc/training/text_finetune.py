@@ -80,6 +80,8 @@ class TextFinetuneOptions:
     evals_per_epoch: int = 2
     seed: int = 0
     threads: int = 0
+    device: str = "cpu"
+    """Where to train (``cuda``: bf16 autocast; the adapters saved are float32 either way)."""
     subset: int | None = None
     """Only the first ``subset`` dialogues of each split (tests, smoke runs)."""
 
@@ -126,10 +128,13 @@ class _Classifier(nn.Module):
             contexts = [c for _, c in batch]
             return encode_in_context(self.encoder, texts, contexts, self.max_tokens)[0]
         features = self.encoder.preprocess(texts)
+        features = {k: v.to(self.head.weight.device) for k, v in features.items()}
         return self.encoder(features)["sentence_embedding"]  # [B, D], unit norm
 
     def forward(self, batch: Sequence[Example]) -> torch.Tensor:
-        return self.head(self.scale * self.embed(batch))
+        device = self.head.weight.device
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            return self.head(self.scale * self.embed(batch)).float()
 
 
 @torch.no_grad()
@@ -140,7 +145,7 @@ def _predict(model: _Classifier, texts: list[Example], batch_size: int = 128) ->
     order = np.argsort([len(t) + len(c) for t, c in texts])  # similar lengths: less padding
     for i in range(0, len(texts), batch_size):
         idx = order[i : i + batch_size]
-        out.append((idx, model([texts[j] for j in idx]).argmax(-1).numpy()))
+        out.append((idx, model([texts[j] for j in idx]).argmax(-1).cpu().numpy()))
     model.train(was)
     pred = np.zeros(len(texts), np.int64)
     for idx, p in out:
@@ -190,7 +195,7 @@ def finetune_text_encoder(
     model = _Classifier(
         encoder, spec.dim, len(corpus.labels), options.scale, options.context_turns > 0,
         options.max_tokens,
-    )  # fmt: skip
+    ).to(options.device)  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
@@ -224,7 +229,7 @@ def finetune_text_encoder(
         for step in range(steps_per_epoch):
             idx = order[step * options.batch_size : (step + 1) * options.batch_size]
             logits = model([train_x[i] for i in idx])
-            target = torch.from_numpy(train_y[idx])
+            target = torch.from_numpy(train_y[idx]).to(options.device)
             loss = F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,7 +252,9 @@ def finetune_text_encoder(
                     state["best"] = valid["weighted_f1"]
                     state["best_state"] = {
                         "lora": lora_state(transformer),
-                        "head": {k: v.detach().clone() for k, v in model.head.state_dict().items()},
+                        "head": {
+                            k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()
+                        },
                         "at": entry,
                     }
         state["epoch"] = epoch + 1
