@@ -473,7 +473,13 @@ def report(
 
 @app.command("evaluate-session")
 def evaluate_session_command(
-    recording: Annotated[Path, typer.Argument(help="A recording with annotations.jsonl.")],
+    recordings: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Recordings with annotations.jsonl, and/or folders searched for them "
+            "(condition = each session's parent folder)."
+        ),
+    ],
     speed: Annotated[str, typer.Option(help="realtime | max | a factor.")] = "max",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also write the scores as JSON.")
@@ -481,18 +487,18 @@ def evaluate_session_command(
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Replay an annotated recording and score the stream: weighted F1, accuracy, latency."""
+    """Replay annotated recordings and score the stream: weighted F1, accuracy, latency; with
+    several sessions, per condition and overall, provisional and final events apart."""
     config = _load(config_file, overrides, **{"replay.speed": speed})
     config.output.zmq.enabled = False
-    from realtime_erc.evaluate_session import SessionEvaluationError, evaluate_session
+    from realtime_erc.evaluate_session import SESSION_FILE, SessionEvaluationError
 
-    def run() -> None:
-        try:
-            scores = evaluate_session(recording, config)
-        except SessionEvaluationError as e:
-            raise UserError(str(e)) from None
+    def single(recording: Path) -> None:
         from rich.table import Table
 
+        from realtime_erc.evaluate_session import evaluate_session
+
+        scores = evaluate_session(recording, config)
         table = Table(title=f"{recording} — {scores.model}")
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -503,7 +509,73 @@ def evaluate_session_command(
             out.write_text(json.dumps(scores.__dict__, indent=2) + "\n")
             console.print(f"wrote {out}")
 
+    def several() -> None:
+        from realtime_erc.evaluate_session import evaluate_sessions
+
+        def progress(outcome, k: int, n: int) -> None:
+            name = f"{outcome.condition}/{outcome.path.name}"
+            if outcome.scores is None:
+                console.print(f"[{k}/{n}] {name}: skipped: {outcome.skipped}", soft_wrap=True)
+                return
+            s = outcome.scores
+            console.print(
+                f"[{k}/{n}] {name}: {s.annotated} utterances, final acc {s.accuracy:.3f}, "
+                f"provisional acc {_fmt(s.provisional_accuracy)}, "
+                f"speakers {s.speaker_accuracy:.3f}",
+                soft_wrap=True,
+            )
+
+        report = evaluate_sessions(recordings, config, progress)
+        # wide enough for every column whatever the terminal (logs, pipes)
+        console.print(_sessions_table(report), width=max(console.width, 120), crop=False)
+        for outcome in report.skipped:
+            console.print(f"skipped {outcome.path}: {outcome.skipped}", soft_wrap=True)
+        if out is not None:
+            out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            console.print(f"wrote {out}")
+
+    def run() -> None:
+        try:
+            if len(recordings) == 1 and (recordings[0] / SESSION_FILE).is_file():
+                single(recordings[0])
+            else:
+                several()
+        except SessionEvaluationError as e:
+            raise UserError(str(e)) from None
+
     _guard(run)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _sessions_table(report):  # MultiSessionReport -> rich Table
+    """Per condition and overall: sessions, utterances, provisional events and their wF1 /
+    accuracy, the final events' wF1 / accuracy, speaker accuracy."""
+    from rich.table import Table
+
+    summary = report.aggregate()
+    table = Table(title=f"{len(report.scored)} sessions — {report.model or 'no model'}")
+    for name in ("condition", "sessions", "utterances", "matched", "prov. n", "prov. wF1",
+                 "prov. acc", "final wF1", "final acc", "speaker acc"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "condition" else "right", no_wrap=True)
+    rows = [*summary["conditions"].items(), ("all", summary["all"])]
+    for k, (condition, p) in enumerate(rows):
+        table.add_row(
+            condition,
+            str(p["sessions"]),
+            str(p["annotated"]),
+            str(p["matched"]),
+            str(p["provisional_events"]),
+            _fmt(p["provisional"]["weighted_f1"]),
+            _fmt(p["provisional"]["accuracy"]),
+            _fmt(p["final"]["weighted_f1"]),
+            _fmt(p["final"]["accuracy"]),
+            _fmt(p["speaker_accuracy"]),
+            end_section=k == len(rows) - 2,
+        )
+    return table
 
 
 def _show_report(report, out: Path, soft_wrap: bool = False) -> None:
