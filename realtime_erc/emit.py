@@ -36,6 +36,7 @@ from realtime_erc.events import (
     utc_timestamp,
 )
 from realtime_erc.features.text import turn_context
+from realtime_erc.fusion import FusionParams, fuse
 from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
 
@@ -114,7 +115,8 @@ class EmitStage(Stage):
     transcripts (needed with an engine); ``modalities``: those the model was trained with (the
     others are passed as absent); ``sequences``: whether it uses feature sequences;
     ``expects_analysis``: every utterance has a :class:`SegmentAnalysis` coming (in either
-    order: the transcript may be faster), so an utterance waits for its analysis.
+    order: the transcript may be faster), so an utterance waits for its analysis;
+    ``fusion``: the model's fitted late fusion with the heads (:mod:`~realtime_erc.fusion`).
     """
 
     name = "emit"
@@ -132,8 +134,10 @@ class EmitStage(Stage):
         modalities: Sequence[str] = MODALITIES,
         sequences: bool = True,
         expects_analysis: bool = False,
+        fusion: FusionParams | None = None,
     ) -> None:
         self.session_id = session_id
+        self.fusion = fusion
         self.engine = engine
         self.label_set = engine.label_set if engine is not None else label_set
         self.model = engine.model_id if engine is not None else model
@@ -191,6 +195,7 @@ class EmitStage(Stage):
         scores = project_scores(analysis.head_scores, self.labels)
         if scores is None:
             return None
+        heads = self._heads(analysis)
         seg = analysis.segment
         emitted_at = now()
         return EmotionEvent(
@@ -217,7 +222,19 @@ class EmitStage(Stage):
             },
             emitted_at=utc_timestamp(),
             faults=analysis.faults,
+            heads=heads,
         )
+
+    def _heads(self, analysis: SegmentAnalysis | None) -> dict[str, dict[str, float]] | None:
+        """Each head's scores on the model's labels (None without a head or labels)."""
+        if analysis is None or not analysis.head_scores or not self.labels:
+            return None
+        heads = {}
+        for name, given in sorted(analysis.head_scores.items()):
+            mapped = project_scores({name: given}, self.labels)
+            if mapped is not None:
+                heads[name] = mapped
+        return heads or None
 
     async def _final(self, utt: Utterance, analysis: SegmentAnalysis | None) -> EmotionEvent:
         faults = list(utt.faults) + list(analysis.faults if analysis is not None else ())
@@ -227,15 +244,16 @@ class EmitStage(Stage):
             modalities["audio"] = analysis.audio.present
             modalities["visual"] = analysis.visual.present
         speaker = (analysis.speaker if analysis else None) or utt.speaker or UNATTRIBUTED_SPEAKER
+        heads = self._heads(analysis)
         if self.engine is not None:
             try:
                 features = await self._features(utt, analysis, speaker)
                 modalities = dict(zip(MODALITIES, features.present, strict=True))
                 prediction = await asyncio.to_thread(self.engine.step, self.session_id, features)
-                label, scores = (
-                    prediction.label,
-                    {k: round(v, 6) for k, v in prediction.scores.items()},
-                )
+                scores = {k: round(v, 6) for k, v in prediction.scores.items()}
+                if self.fusion is not None and heads:
+                    scores = fuse(scores, heads, self.fusion)
+                label = max(scores, key=scores.__getitem__)
             except Exception as e:  # one utterance's failure must not end the session
                 log.exception("the model failed on utterance %d", utt.utterance_id)
                 faults.append(Fault("model", f"{type(e).__name__}: {e}"))
@@ -258,6 +276,7 @@ class EmitStage(Stage):
             latency_ms=utterance_latency_ms(utt, emitted_at),
             emitted_at=utc_timestamp(),
             faults=tuple(faults),
+            heads=heads,
         )
 
     async def _features(

@@ -75,6 +75,16 @@ def _overlap(a: Annotation, doc: dict) -> float:
     return max(0.0, min(a.end, doc["end"]) - max(a.start, doc["start"]))
 
 
+def _heads_label(final: dict | None) -> str | None:
+    """The label a provisional event would carry: the mean of the heads' distributions."""
+    heads = (final or {}).get("heads") or {}
+    if not heads:
+        return None
+    labels = list(next(iter(heads.values())))
+    mean = {k: sum(h.get(k, 0.0) for h in heads.values()) for k in labels}
+    return max(mean, key=mean.__getitem__)
+
+
 def score_stream(annotations: list[Annotation], documents: list[dict]) -> SessionScores:
     """Score emotion documents (provisional and final) against annotations."""
     labelled = [a for a in annotations if a.emotion]
@@ -94,22 +104,27 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
         truth.append(a.emotion)
         pred.append(best["label"] if best else None)
         early = provisional.get(best["utterance_id"]) if best is not None else None
+        # where the transcript beat the analysis no provisional event went out: the heads'
+        # scores on the final event say what it would have said
+        early_label = early["label"] if early else _heads_label(best)
         if best is not None:
             speakers.setdefault(a.speaker, []).append(best["speaker"])
-        if early is not None:
+        if early_label is not None:
             early_truth.append(a.emotion)
-            early_pred.append(early["label"])
+            early_pred.append(early_label)
         rows.append(
             {
                 "utterance_id": a.utterance_id,
                 "emotion": a.emotion,
                 "predicted": best["label"] if best else None,
-                "provisional": early["label"] if early else None,
+                "provisional": early_label,
                 "text": a.text,
                 "transcript": best["text"] if best else None,
                 "annotated_speaker": a.speaker,
                 "speaker": best["speaker"] if best else None,
                 "latency_ms": best["latency_ms"]["total"] if best else None,
+                "scores": best["scores"] if best else None,
+                "heads": best.get("heads") if best else None,
             }
         )
     purity = sum(max(ids.count(s) for s in set(ids)) for ids in speakers.values())

@@ -226,6 +226,9 @@ class EmotionEvent:
     latency_ms: dict[str, float]
     emitted_at: str
     faults: tuple[Fault, ...] = ()
+    heads: dict[str, dict[str, float]] | None = None
+    """Each emotion head's distribution mapped onto ``label_set`` (``{"audio": {...},
+    "visual": {...}}``): what the voice and the face say on their own."""
 
     def to_document(self) -> dict:
         document = {
@@ -247,6 +250,8 @@ class EmotionEvent:
         }
         if self.faults:
             document["errors"] = [f.to_document() for f in self.faults]
+        if self.heads:
+            document["heads"] = self.heads
         return document
 
 

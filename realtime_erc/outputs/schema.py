@@ -117,6 +117,16 @@ EMOTION_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "heads": {
+            "type": "object",
+            "description": "Optional: each emotion head's distribution over label_set "
+            "(audio: the voice, visual: the face), as the heads alone see the utterance.",
+            "propertyNames": {"enum": ["audio", "visual"]},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
     },
 }
 

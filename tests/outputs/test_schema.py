@@ -95,8 +95,17 @@ def test_events_produce_valid_documents() -> None:
 
 def test_required_fields_match_the_protocol() -> None:
     assert set(EMOTION_SCHEMA["required"]) == set(PROTOCOL_EMOTION)
-    # the one optional addition (README, "The stream"): per-utterance errors
-    assert set(EMOTION_SCHEMA["properties"]) == set(PROTOCOL_EMOTION) | {"errors"}
+    # the optional additions (README, "The stream"): per-utterance errors, the heads' scores
+    assert set(EMOTION_SCHEMA["properties"]) == set(PROTOCOL_EMOTION) | {"errors", "heads"}
+
+
+def test_heads_are_optional_and_checked() -> None:
+    scores = PROTOCOL_EMOTION["scores"]
+    validate_document(emotion(heads={"audio": scores, "visual": scores}))
+    with pytest.raises(SchemaError):
+        validate_document(emotion(heads={"smell": scores}))
+    with pytest.raises(SchemaError):
+        validate_document(emotion(heads={"audio": {"joy": 1.5}}))
 
 
 def test_errors_and_load_are_optional_and_checked() -> None:

@@ -242,3 +242,21 @@ def test_a_transcript_faster_than_its_analysis_waits_for_it():
     seg = segment(0, np.zeros(16000, np.float32))
     out = asyncio.run(collect(emit, [Utterance(0, seg, ""), analysis_for(seg)]))
     assert [(e.utterance_id, e.provisional, e.speaker) for e in out] == [(0, False, "S1")]
+
+
+def test_heads_ride_on_both_events_and_a_fitted_fusion_moves_the_final():
+    from realtime_erc.fusion import FusionParams
+
+    seg = segment(0, np.zeros(16000, np.float32))
+    events = [analysis_for(seg), Utterance(0, seg, "")]
+    plain = asyncio.run(collect(EmitStage("s", "meld7", engine=engine_for_test(),
+                                          expects_analysis=True), events))  # fmt: skip
+    heads = {"audio": {label: 0.0 for label in MELD7} | {"joy": 0.7, "sadness": 0.3}}
+    assert [e.heads for e in plain] == [heads, heads]
+    assert plain[1].to_document()["heads"] == heads
+    engine = engine_for_test()
+    fusion = FusionParams(model=engine.model_id, weights={"audio": 4.0})
+    fused = asyncio.run(collect(EmitStage("s", "meld7", engine=engine, expects_analysis=True,
+                                          fusion=fusion), events))  # fmt: skip
+    assert fused[1].label == "joy" and fused[1].scores["joy"] > 0.9
+    validate_document(fused[1].to_document())

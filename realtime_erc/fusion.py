@@ -1,0 +1,194 @@
+"""Late fusion: the conversation model's scores with the emotion heads', each trusted as far as
+it has shown to be on development sessions run through the pipeline.
+
+For labels ``l`` of the model's label set, the model's distribution ``p_m`` and each head's
+distribution ``p_h`` mapped onto the labels (:func:`~realtime_erc.emit.project_scores`, one
+head at a time), the final distribution is a gated log-linear pool:
+
+    z_l = w_m · log p_m(l) + Σ_h g_h · w_h · log p_h(l),      p(l) = softmax(z)_l
+
+    g_h = clip((c_h − τ_h) / (1 − τ_h), 0, 1),    c_h = 1 − H(p_h) / log K
+
+``c_h`` is the head's confidence (1 for a one-hot distribution, 0 for the uniform one over the
+``K`` labels). A head whose confidence stays below its threshold ``τ_h`` adds nothing: a
+synthetic or flat voice, normalised per speaker, gives the speech head little to say, and then
+the words decide; a clearly emotional voice over neutral words moves the result. The weights
+and thresholds are fitted on the valid half of the development sessions
+(:func:`fit_fusion`, ``realtime-erc fit-fusion``), per model, and stored in
+``assets/fusion.toml`` under the model's id; a model without an entry runs unfused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FUSION_FILE = Path(__file__).resolve().parent / "assets" / "fusion.toml"
+"""The fitted fusion of each packaged model, by model id."""
+
+HEADS: tuple[str, ...] = ("audio", "visual")
+EPS = 1e-4
+
+
+class FusionError(ValueError):
+    """A fusion file that cannot be used."""
+
+
+class FusionParams(BaseModel):
+    """One model's fitted fusion (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="The model id it was fitted for (name/label_set@hash8).")
+    model_weight: float = Field(1.0, ge=0)
+    weights: dict[str, float] = Field(default_factory=dict, description="w_h per head.")
+    gates: dict[str, float] = Field(default_factory=dict, description="τ_h per head, in [0, 1).")
+    fitted_on: str = ""
+    valid: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per condition: wF1 of the fused vs unfused finals."
+    )
+
+
+def confidence(p: Sequence[float]) -> float:
+    """``1 − H(p) / log K``: 0 for the uniform distribution, 1 for a certain one."""
+    k = len(p)
+    if k < 2:
+        return 0.0
+    h = -sum(x * math.log(x) for x in p if x > 0)
+    return max(0.0, 1.0 - h / math.log(k))
+
+
+def fuse(
+    model: Mapping[str, float], heads: Mapping[str, Mapping[str, float]], params: FusionParams
+) -> dict[str, float]:
+    """The fused distribution over ``model``'s labels (the model's own where no head speaks)."""
+    labels = list(model)
+    z = [params.model_weight * math.log(max(model[label], EPS)) for label in labels]
+    for head, scores in heads.items():
+        weight = params.weights.get(head, 0.0)
+        if weight <= 0 or not scores:
+            continue
+        p = [max(float(scores.get(label, 0.0)), 0.0) for label in labels]
+        mass = sum(p)
+        if mass <= 0:
+            continue
+        p = [x / mass for x in p]
+        tau = params.gates.get(head, 0.0)
+        gate = min(1.0, max(0.0, (confidence(p) - tau) / (1.0 - tau)))
+        if gate > 0:
+            z = [zi + gate * weight * math.log(max(pi, EPS)) for zi, pi in zip(z, p, strict=True)]
+    top = max(z)
+    e = [math.exp(zi - top) for zi in z]
+    total = sum(e)
+    return {label: round(x / total, 6) for label, x in zip(labels, e, strict=True)}
+
+
+def load_fusion(path: Path = FUSION_FILE) -> dict[str, FusionParams]:
+    """Fitted fusions by model id (none when the file is absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+        entries = [FusionParams(**e) for e in raw.get("fusion", [])]
+    except (OSError, tomllib.TOMLDecodeError, ValueError) as e:
+        raise FusionError(f"{path}: not a fusion file ({e}): refit it with `realtime-erc "
+                          "fit-fusion` or set fusion.mode=off") from None  # fmt: skip
+    return {e.model: e for e in entries}
+
+
+def fusion_for(model_id: str, mode: str, path: Path = FUSION_FILE) -> FusionParams | None:
+    """The fusion to apply to ``model_id`` under ``fusion.mode`` (``auto``: its fitted entry if
+    any; ``off``: none)."""
+    if mode == "off":
+        return None
+    return load_fusion(path).get(model_id)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def save_fusion(params: FusionParams, path: Path = FUSION_FILE) -> None:
+    """Add or replace ``params``' entry (by model id) in the fusion file."""
+    entries = load_fusion(path) | {params.model: params}
+    blocks = []
+    for e in entries.values():
+        lines = ["[[fusion]]"] + [
+            f"{k} = {_toml_value(v)}" for k, v in e.model_dump().items() if v not in ({}, "")
+        ]
+        blocks.append("\n".join(lines))
+    header = "# Fitted by `realtime-erc fit-fusion` on development sessions (see fusion.py).\n\n"
+    path.write_text(header + "\n\n".join(blocks) + "\n")
+
+
+# ---------------------------------------------------------------------------------- fitting
+
+Row = tuple[str, str, Mapping[str, float], Mapping[str, Mapping[str, float]]]
+"""(condition, true label, the model's scores, the heads' scores) of one utterance."""
+
+WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+GATE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def weighted_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
+    classes = set(truth)
+    total = 0.0
+    for c in classes:
+        tp = sum(t == c and p == c for t, p in zip(truth, pred, strict=True))
+        fp = sum(t != c and p == c for t, p in zip(truth, pred, strict=True))
+        fn = sum(t == c and p != c for t, p in zip(truth, pred, strict=True))
+        total += (2 * tp / (2 * tp + fp + fn) if tp else 0.0) * sum(t == c for t in truth)
+    return total / len(truth) if truth else 0.0
+
+
+def per_condition(rows: Sequence[Row], params: FusionParams | None) -> dict[str, float]:
+    """Final weighted F1 per condition with ``params`` (None: the model alone)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for condition, truth, model, heads in rows:
+        scores = fuse(model, heads, params) if params is not None else model
+        t, p = out.setdefault(condition, ([], []))
+        t.append(truth)
+        p.append(max(scores, key=scores.__getitem__))
+    return {c: weighted_f1(t, p) for c, (t, p) in out.items()}
+
+
+def fit_fusion(rows: Sequence[Row], model_id: str, fitted_on: str = "") -> FusionParams:
+    """The weights and gates that maximise the mean over conditions of the final weighted F1
+    (each condition counts the same, whatever its size), by grid search; ties go to the
+    smaller weights (the model alone is the start)."""
+    best, best_score = None, -1.0
+    grid = itertools.product(WEIGHT_GRID, WEIGHT_GRID, GATE_GRID, GATE_GRID)
+    for wa, wv, ga, gv in grid:
+        if (wa == 0 and ga > 0) or (wv == 0 and gv > 0):
+            continue  # a gate without a weight changes nothing
+        params = FusionParams(model=model_id, weights={"audio": wa, "visual": wv},
+                              gates={"audio": ga, "visual": gv})  # fmt: skip
+        scores = per_condition(rows, params)
+        score = sum(scores.values()) / len(scores)
+        if score > best_score + 1e-9:
+            best, best_score = params, score
+    assert best is not None
+    before, after = per_condition(rows, None), per_condition(rows, best)
+    valid = {c: {"unfused": round(before[c], 4), "fused": round(after[c], 4)} for c in after}
+    return best.model_copy(update={"fitted_on": fitted_on, "valid": valid})
+
+
+def rows_of(report: Mapping) -> list[Row]:
+    """The fitting rows of a multi-session evaluation (``evaluate-session --out`` JSON, or
+    ``MultiSessionReport.to_dict()``), run with ``fusion.mode=off``: every annotated utterance
+    that got a final event with scores."""
+    rows: list[Row] = []
+    for session in report.get("sessions", []):
+        for r in session.get("per_utterance", []):
+            if r.get("scores"):
+                rows.append((session["condition"], r["emotion"], r["scores"], r.get("heads") or {}))
+    return rows
