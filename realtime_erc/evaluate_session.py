@@ -18,6 +18,7 @@ model's are skipped, with the reason.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,6 +331,7 @@ def evaluate_sessions(
         except (SessionEvaluationError, RecordingError) as e:
             outcome.skipped = str(e)
         outcomes.append(outcome)
+        gc.collect()  # each replay loads its own models: let the last ones go before the next
         if progress is not None:
             progress(outcome, k + 1, len(recordings))
     return MultiSessionReport(model, label_set, outcomes)

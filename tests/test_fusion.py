@@ -68,7 +68,7 @@ def test_fit_chooses_the_weights_that_serve_each_condition() -> None:
     assert before["voice"] == 0.0 and after["voice"] == 1.0
     assert after["words"] == before["words"] == 1.0
     assert params.weights["audio"] > 0
-    assert params.valid["voice"] == {"unfused": 0.0, "fused": 1.0}
+    assert params.valid["voice"] == {"unfused": 0.0, "fused": 1.0, "best_single": 1.0}
 
 
 def test_fusion_file_round_trip_and_refusal(tmp_path) -> None:
