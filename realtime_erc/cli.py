@@ -45,6 +45,7 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from realtime_erc.features.assets import AssetError
+    from realtime_erc.models.presets import PresetError
     from realtime_erc.outputs.report import ReportError
     from realtime_erc.outputs.zmq import OutputError
     from realtime_erc.sources.camera import CameraError
@@ -64,6 +65,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         MicrophoneError,
         CameraError,
         SpeakerError,
+        PresetError,
         *_model_errors(),
     )
 
@@ -136,6 +138,25 @@ BrokerOpt = Annotated[
 ZmqOpt = Annotated[str | None, typer.Option(help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5556.")]
 NoZmqOpt = Annotated[bool, typer.Option("--no-zmq", help="Do not publish on ZeroMQ.")]
 JsonlOpt = Annotated[Path | None, typer.Option(help="Also append every document here.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="A packaged model by name (see `realtime-erc models`): model.checkpoint."
+    ),
+]
+
+
+def _model_option(name: str | None) -> dict[str, object]:
+    """The config key ``--model NAME`` sets: ``model.checkpoint``, the preset's file."""
+    if name is None:
+        return {}
+    from realtime_erc.models.presets import PresetError, get_preset
+
+    try:
+        return {"model.checkpoint": str(get_preset(name).path)}
+    except PresetError as e:
+        _fail(str(e))
+        raise  # unreachable: _fail exits
 
 
 def _output_options(
@@ -165,6 +186,7 @@ def replay(
     broker: BrokerOpt = None,
     session_id: Annotated[str | None, typer.Option(help="Override the session id.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the stream.")] = False,
+    model: ModelOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -176,6 +198,7 @@ def replay(
             "replay.speed": speed,
             "session.id": session_id,
             **_output_options(zmq, no_zmq, jsonl, mqtt, broker),
+            **_model_option(model),
         },
     )
     from realtime_erc.dashboard.server import embedded_services
@@ -248,6 +271,75 @@ def devices() -> None:
     )
 
 
+@app.command("models")
+def models_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Measure each model's cost per utterance on this CPU now (loads every model).",
+        ),
+    ] = False,
+) -> None:
+    """List the packaged models (--model NAME): what each was trained on, its labels, scores,
+    cost per utterance and licence."""
+    _setup_logging("warning")
+    from realtime_erc.models.presets import measure_cost, presets
+
+    def body() -> None:
+        rows = []
+        for p in presets():
+            row = p.model_dump(mode="json")
+            row["file"] = str(p.path)
+            if measure:
+                row["cost_now"] = measure_cost(p.path)
+            rows.append(row)
+        if as_json:
+            console.print_json(json.dumps(rows))
+            return
+        from rich.table import Table
+
+        table = Table(title="packaged models (--model NAME)", title_justify="left")
+        widths = {
+            "name": max(len(p.name) for p in presets()),
+            "model": max(len(p.model_id) for p in presets()),
+        }  # never cut these
+        for column in ("name", "model", "trained on", "label set", "valid wF1 / acc",
+                       "test wF1 / acc", "ms / utt.", "licence"):  # fmt: skip
+            table.add_column(
+                column, justify="right" if "/" in column else "left", overflow="fold",
+                min_width=widths.get(column),
+            )  # fmt: skip
+        for p, row in zip(presets(), rows, strict=True):
+            s = p.scores
+            cost = row.get("cost_now") or (p.cost.model_dump() if p.cost else None)
+            table.add_row(
+                p.name,
+                p.model_id,
+                f"{p.trained_on}; {p.features}",
+                f"{p.label_set} ({len(p.labels)})",
+                _pair(s.valid_weighted_f1, s.valid_accuracy),
+                _pair(s.test_weighted_f1, s.test_accuracy),
+                f"{cost['ms_per_utterance']:g}" if cost else "—",
+                p.licence,
+            )
+        console.print(table)
+        stored = sorted({p.cost.measured for p in presets() if p.cost})
+        when = "now" if measure else "; ".join(stored)
+        console.print(
+            "ms / utt.: CPU time on one thread to encode the transcript with the model's text "
+            f"encoder and take one streaming step (measured {when or 'never'})",
+            soft_wrap=True,
+        )
+
+    _guard(body)
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return "—" if a is None else f"{a:.1f} / {b:.1f}" if b is not None else f"{a:.1f}"
+
+
 @app.command()
 def run(
     mic: MicOpt = None,
@@ -263,6 +355,7 @@ def run(
     broker: BrokerOpt = None,
     session_id: Annotated[str | None, typer.Option(help="Session id (default: generated).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the stream.")] = False,
+    model: ModelOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -275,6 +368,7 @@ def run(
             "camera.device": camera,
             "session.id": session_id,
             **_output_options(zmq, no_zmq, jsonl, mqtt, broker),
+            **_model_option(model),
         },
     )
     from realtime_erc.dashboard.server import embedded_services
@@ -484,13 +578,17 @@ def evaluate_session_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also write the scores as JSON.")
     ] = None,
+    model: ModelOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Replay annotated recordings and score the stream: weighted F1, accuracy, latency; with
     several sessions, per condition and overall, provisional and final events apart."""
-    config = _load(config_file, overrides, **{"replay.speed": speed})
-    config.output.zmq.enabled = False
+    config = _load(
+        config_file,
+        overrides,
+        **{"replay.speed": speed, "output.zmq.enabled": False, **_model_option(model)},
+    )
     from realtime_erc.evaluate_session import SESSION_FILE, SessionEvaluationError
 
     def single(recording: Path) -> None:

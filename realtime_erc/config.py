@@ -290,8 +290,9 @@ class ModelConfig(Section):
 
     checkpoint: str = Field(
         "default",
-        description="default = the packaged live model; a path to a checkpoint from "
-        "`realtime-erc train`; none = no model (events carry no label).",
+        description="default = the packaged live model; another packaged model by name "
+        "(`realtime-erc models`); a path to a checkpoint from `realtime-erc train`; none = no "
+        "model (events carry no label).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA if present.")
     provisional: bool = Field(

@@ -77,17 +77,20 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "erc_default.pt"
 
 
 def load_engine(config: Config):  # -> Engine | None
-    """The configured emotion model on its device, or None for ``model.checkpoint = "none"``."""
+    """The configured emotion model on its device, or None for ``model.checkpoint = "none"``.
+    ``model.checkpoint`` is a packaged model's name (``realtime-erc models``) or a file path."""
+    from realtime_erc.models.presets import preset_names, resolve_checkpoint
+
     name = config.model.checkpoint
-    if name == "none":
+    path = resolve_checkpoint(name)
+    if path is None:
         return None
-    path = DEFAULT_MODEL if name == "default" else Path(name).expanduser()
     if not path.is_file():
         from realtime_erc.models.checkpoint import CheckpointError
 
         fix = (
             "reinstall the package"
-            if name == "default"
+            if name in preset_names()
             else "train one with `realtime-erc train`, or set model.checkpoint=default"
         )
         raise CheckpointError(f"model checkpoint {path} does not exist: {fix}")

@@ -589,6 +589,16 @@ def regenerate(
     return out
 
 
+DATA_TERMS = {
+    "meld": "MELD is GPL-3.0, text from the TV series Friends; cite Poria et al. (ACL 2019).",
+    "iemocap": "IEMOCAP is under the USC IEMOCAP research licence (research use only; the data "
+    "may not be redistributed); cite Busso et al. (LRE 2008).",
+    "assembled": "MELD text (GPL-3.0, from Friends; Poria et al., ACL 2019), RAVDESS speech "
+    "(CC BY-NC-SA 4.0; Livingstone & Russo 2018), FER2013 faces (research use only; Goodfellow "
+    "et al. 2013): non-commercial research use.",
+}
+"""The terms of each corpus's data, which bind a checkpoint trained on it (the exported note)."""
+
 LIVE_CHECKPOINT_SUBSET = 20
 """Test dialogues the packaged checkpoint's reference score is computed on (a test checks that
 ``realtime-erc evaluate`` reproduces it exactly)."""
@@ -616,7 +626,7 @@ def export_live_checkpoint(
     provenance.pop("history", None)
     provenance["note"] = (
         f"Trained on {data.corpus.name} dialogue text (train split; model chosen on valid). "
-        "MELD is GPL-3.0, text from the TV series Friends; cite Poria et al. (ACL 2019)."
+        + DATA_TERMS.get(data.corpus.name, "Its terms: see the data directory's README.")
     )
     saved = save_checkpoint(model, dest, metrics, provenance)
     return {"model_id": saved.model_id, "path": str(dest), "metrics": metrics}
