@@ -45,6 +45,7 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from realtime_erc.features.assets import AssetError
+    from realtime_erc.fusion import FusionError
     from realtime_erc.models.presets import PresetError
     from realtime_erc.outputs.report import ReportError
     from realtime_erc.outputs.zmq import OutputError
@@ -66,6 +67,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         CameraError,
         SpeakerError,
         PresetError,
+        FusionError,
         *_model_errors(),
     )
 
@@ -640,6 +642,66 @@ def evaluate_session_command(
                 several()
         except SessionEvaluationError as e:
             raise UserError(str(e)) from None
+
+    _guard(run)
+
+
+@app.command("fit-fusion")
+def fit_fusion_command(
+    recordings: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Development sessions of the valid half (or folders of them)."),
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Fit on an `evaluate-session --out` JSON run with fusion.mode=off."),
+    ] = None,
+    speed: Annotated[str, typer.Option(help="realtime | max | a factor.")] = "max",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Fusion file to update (default: packaged).")
+    ] = None,
+    model: ModelOpt = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Fit the late fusion of the model with the emotion heads on development sessions (valid
+    half only) and store it under the model's id; replays run with fusion.mode=off."""
+    from realtime_erc.fusion import FUSION_FILE, fit_fusion, per_condition, rows_of, save_fusion
+
+    config = _load(
+        config_file,
+        overrides,
+        **{"replay.speed": speed, "output.zmq.enabled": False, "fusion.mode": "off",
+           **_model_option(model)},
+    )  # fmt: skip
+
+    def run() -> None:
+        if (scores is None) == (not recordings):
+            raise UserError("give development sessions or --scores FILE (one of them)")
+        sources = [scores] if scores is not None else list(recordings or [])
+        if any("test" in p.resolve().parts for p in sources):
+            raise UserError(
+                "fit-fusion fits on the valid half only: a path under test/ was given; score "
+                "the test half once with `evaluate-session` after fitting"
+            )
+        if scores is not None:
+            report = json.loads(scores.read_text())
+        else:
+            from realtime_erc.evaluate_session import evaluate_sessions
+
+            report = evaluate_sessions(sources, config).to_dict()
+        rows = rows_of(report)
+        if not rows or not report.get("model"):
+            raise UserError("no scored final events to fit on: run with a model and sessions "
+                            "whose label set is the model's")  # fmt: skip
+        where = ", ".join(str(p) for p in sources)
+        params = fit_fusion(rows, report["model"], fitted_on=f"{len(rows)} utterances of {where}")
+        save_fusion(params, out or FUSION_FILE)
+        before = per_condition(rows, None)
+        console.print(f"{params.model}: weights {params.weights}, gates {params.gates}")
+        for condition, fused in sorted(per_condition(rows, params).items()):
+            console.print(f"  {condition}: final wF1 {before[condition]:.3f} -> {fused:.3f}")
+        console.print(f"wrote {out or FUSION_FILE}")
 
     _guard(run)
 

@@ -302,6 +302,16 @@ class ModelConfig(Section):
     )
 
 
+class FusionConfig(Section):
+    """Late fusion of the model's scores with the emotion heads' (realtime_erc/fusion.py)."""
+
+    mode: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto = the fusion fitted for the running model on development sessions "
+        "(assets/fusion.toml), if it has one; off = the model's scores as they are.",
+    )
+
+
 class LoadConfig(Section):
     """The overload policy (realtime_erc/load.py): work shed, in order, as the lag grows."""
 
@@ -328,6 +338,7 @@ class Config(Section):
     features: FeaturesConfig = FeaturesConfig()
     speakers: SpeakersConfig = SpeakersConfig()
     model: ModelConfig = ModelConfig()
+    fusion: FusionConfig = FusionConfig()
     load: LoadConfig = LoadConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -150,8 +150,13 @@ def build_stages(
     if engine is not None:
         live = feature_dims(features, text.dim if text is not None else None)
         check_live_dims(engine, live, provenance.get("modalities", MODALITIES))
+    fusion = None
+    if engine is not None:
+        from realtime_erc.fusion import fusion_for
+
+        fusion = fusion_for(engine.model_id, config.fusion.mode)
     speech_head = face_head = None
-    if engine is not None and (config.model.provisional or heads == "scores"):
+    if engine is not None and (config.model.provisional or heads == "scores" or fusion is not None):
         from realtime_erc.features.face_expression import FaceExpressionHead
         from realtime_erc.features.speech_emotion import SpeechEmotionHead
 
@@ -169,6 +174,7 @@ def build_stages(
         modalities=provenance.get("modalities", MODALITIES),
         sequences=provenance.get("sequences", True),
         expects_analysis=True,
+        fusion=fusion,
     )
     return [
         Segmenter(config.vad),
