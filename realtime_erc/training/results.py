@@ -62,6 +62,10 @@ DATASET_TITLES = {
     "meld+mpnet+lora": "MELD-7, MPNet adapted on all layers",
     "iemocap+mpnet+lora+xfit": "IEMOCAP-6, MPNet adapted on all layers, cross-fitted",
     "meld+mpnet+lora+xfit": "MELD-7, MPNet adapted on all layers, cross-fitted",
+    "iemocap+mpnet+ctx": "IEMOCAP-6, MPNet adapted on all layers, reading 2 turns of context",
+    "meld+mpnet+ctx": "MELD-7, MPNet adapted on all layers, reading 2 turns of context",
+    "iemocap+mpnet+ctx+xfit": "IEMOCAP-6, MPNet adapted on all layers in context, cross-fitted",
+    "meld+mpnet+ctx+xfit": "MELD-7, MPNet adapted on all layers in context, cross-fitted",
     "assembled+lora": "assembled, adapted text",
     "assembled+heads": "assembled + head scores",
     "assembled+lora+heads": "assembled, adapted text + head scores",
@@ -81,9 +85,11 @@ def packaged_adapters() -> dict[str, tuple[Path, ...]]:
     """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
     the MELD adapter, trained on the MELD train split only)."""
     files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt",
-                         "text_adapter_iemocap6_mpnet.pt", "text_adapter_iemocap6_mpnet12.pt"),
+                         "text_adapter_iemocap6_mpnet.pt", "text_adapter_iemocap6_mpnet12.pt",
+                         "text_adapter_iemocap6_mpnet12_ctx2.pt"),
              "meld": ("text_adapter_meld7.pt", "text_adapter_meld7_ctx3.pt",
-                      "text_adapter_meld7_mpnet.pt", "text_adapter_meld7_mpnet12.pt"),
+                      "text_adapter_meld7_mpnet.pt", "text_adapter_meld7_mpnet12.pt",
+                      "text_adapter_meld7_mpnet12_ctx2.pt"),
              "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
     found = {d: tuple(ADAPTERS_DIR / f for f in fs if (ADAPTERS_DIR / f).is_file())
              for d, fs in files.items()}  # fmt: skip
