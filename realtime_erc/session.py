@@ -155,13 +155,17 @@ def build_stages(
         from realtime_erc.fusion import fusion_for
 
         fusion = fusion_for(engine.model_id, config.fusion.mode)
-    speech_head = face_head = None
+    speech_head = face_head = scores_head = None
     if engine is not None and (config.model.provisional or heads == "scores" or fusion is not None):
         from realtime_erc.features.face_expression import FaceExpressionHead
         from realtime_erc.features.speech_emotion import SpeechEmotionHead
 
         if config.features.audio.enabled:
             speech_head = SpeechEmotionHead.load()
+            if heads == "scores":  # the head that scored the model's corpus, when packaged
+                from realtime_erc.features.head_scores import scores_speech_head
+
+                scores_head = scores_speech_head(trained_with.get("audio"))
         if config.features.visual.enabled:
             face_head = FaceExpressionHead.load()
     emit = EmitStage(
@@ -183,6 +187,7 @@ def build_stages(
             speakers=speakers,
             speech_head=speech_head,
             face_head=face_head,
+            scores_speech_head=scores_head,
             load=load,
         ),
         AsrStage(config.asr, keep_empty=True, load=load),

@@ -43,7 +43,11 @@ class AnalysisStage(FeatureStage):
     """Speaker, audio and visual analysis of each segment (``config``: a ``FeaturesConfig``).
 
     ``speakers``: a ``SpeakerTracker`` (None = no attribution); ``speech_head`` /
-    ``face_head``: emotion heads giving per-modality scores (None = not run).
+    ``face_head``: emotion heads giving per-modality scores (None = not run);
+    ``scores_speech_head``: the speech head whose scores are appended to the audio vector
+    with ``heads = "scores"`` (the one that scored the model's corpus, see
+    :func:`~realtime_erc.features.head_scores.scores_speech_head`; None = ``speech_head``'s).
+    Both heads share one feature extraction when their feature options agree.
     """
 
     name = "analysis"
@@ -55,6 +59,7 @@ class AnalysisStage(FeatureStage):
         speakers=None,  # SpeakerTracker | None
         speech_head=None,  # SpeechEmotionHead | None
         face_head=None,  # FaceExpressionHead | None
+        scores_speech_head=None,  # SpeechEmotionHead | None
         load: LoadMonitor | None = None,
         audio: AudioFeatures | None = None,
         visual: FaceFeatures | None = None,
@@ -63,6 +68,7 @@ class AnalysisStage(FeatureStage):
         self.speakers = speakers
         self.speech_head = speech_head
         self.face_head = face_head
+        self.scores_speech_head = scores_speech_head if speech_head is not None else None
         self.load = load
         self.faults = 0
 
@@ -135,14 +141,15 @@ class AnalysisStage(FeatureStage):
         )
         assigned, audio, visual = await asyncio.gather(speaker_job, audio_job, visual_job)
         speaker = assigned.speaker if assigned is not None else None
-        head_scores = {}
+        head_scores: dict[str, dict[str, float]] = {}
+        model_scores: dict[str, dict[str, float]] = {}
         if not shed:
-            head_scores = await guarded(
-                "heads", asyncio.to_thread(self._head_scores, seg, speaker, visual), {}
+            head_scores, model_scores = await guarded(
+                "heads", asyncio.to_thread(self._head_scores, seg, speaker, visual), ({}, {})
             )
         visual_features = visual.features if visual is not None else absent_visual
         if self.config.heads == "scores":
-            audio, visual_features = self._with_head_scores(audio, visual_features, head_scores)
+            audio, visual_features = self._with_head_scores(audio, visual_features, model_scores)
         self.stats.utterances += 1
         self.faults += len(faults)
         return SegmentAnalysis(
@@ -169,16 +176,36 @@ class AnalysisStage(FeatureStage):
 
     def _head_scores(
         self, seg: SpeechSegment, speaker: str | None, visual: VisualResult | None
-    ) -> dict[str, dict[str, float]]:
-        """Per modality, the head's probabilities over its own labels."""
+    ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """Per modality, the heads' probabilities over their own labels: those of the event
+        heads, and those appended for the model (the same but for ``scores_speech_head``)."""
         scores: dict[str, dict[str, float]] = {}
+        model: dict[str, dict[str, float]] = {}
         if self.speech_head is not None and seg.duration > 0:
-            probs = self.speech_head.predict(seg.samples, speaker or "")
+            who = speaker or ""
+            raw = self.speech_head.extractor.features(seg.samples)
+            probs = self.speech_head.predict_raw(raw, who)
             scores["audio"] = dict(zip(self.speech_head.labels, map(float, probs), strict=True))
+            head = self.scores_speech_head
+            if head is not None:
+                if not _same_features(head, self.speech_head):
+                    raw = head.extractor.features(seg.samples)
+                probs = head.predict_raw(raw, who)
+                model["audio"] = dict(zip(head.labels, map(float, probs), strict=True))
+            else:
+                model["audio"] = scores["audio"]
         if self.face_head is not None and visual is not None and visual.face_crop is not None:
             probs = self.face_head.predict(visual.face_crop)
             scores["visual"] = dict(zip(self.face_head.labels, map(float, probs), strict=True))
-        return scores
+            model["visual"] = scores["visual"]
+        return scores, model
+
+
+def _same_features(a, b) -> bool:  # SpeechEmotionHead × 2
+    """Whether two speech heads read the same features (the thread count aside)."""
+    from dataclasses import replace
+
+    return replace(a.feature_options, threads=1) == replace(b.feature_options, threads=1)
 
 
 async def _value(value):

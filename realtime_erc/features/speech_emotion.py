@@ -283,13 +283,39 @@ class SpeechEmotionHead:
 
     def features(self, samples: np.ndarray, speaker: str, update: bool = True) -> np.ndarray:
         """Speaker-standardised features ``[input_dim]`` of one utterance."""
-        raw = self.extractor.features(samples)
+        return self.normalized(self.extractor.features(samples), speaker, update)
+
+    def normalized(self, raw: np.ndarray, speaker: str, update: bool = True) -> np.ndarray:
+        """Raw features ``[input_dim]`` (:meth:`SpeechFeatureExtractor.features`) standardised
+        with ``speaker``'s running statistics (after adding them, if ``update``)."""
         if raw.shape != (self.net.options.input_dim,):
             raise SpeechEmotionError(
                 f"features of shape {raw.shape} do not fit the checkpoint's input "
                 f"({self.net.options.input_dim}); retrain with the same feature options"
             )
         return self.normalizer.normalize(speaker, raw, update=update)
+
+    def predict_raw(self, raw: np.ndarray, speaker: str = "", update: bool = True) -> np.ndarray:
+        """Probabilities ``[n_labels]`` from raw features (several heads with the same
+        :attr:`feature_options` can share one extraction)."""
+        return self.predict_normalized(self.normalized(raw, speaker, update)[None])[0]
+
+    def save(self, path: Path | str) -> Path:
+        """Write the head as a checkpoint :meth:`load` reads (the speech trainer's format)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "net_options": asdict(self.net.options),
+                "feature_options": feature_options_dict(self.feature_options),
+                "model": self.net.state_dict(),
+                "prior_mean": self.normalizer.prior_mean.astype(np.float32),
+                "prior_std": np.sqrt(self.normalizer.prior_var).astype(np.float32),
+                "info": self.info,
+            },
+            path,
+        )
+        return path
 
     @torch.inference_mode()
     def predict_normalized(self, x: np.ndarray) -> np.ndarray:

@@ -95,6 +95,12 @@ class AssembledOptions:
     (in thirds: train, valid, test), which it has not."""
     crossfit_folds: int = 3
     """Groups of training actors for the speech head's cross-fitting (with ``head_scores``)."""
+    speech_norm: str = "actor"
+    """How the speech head's input is standardised per speaker (with ``head_scores``):
+    ``actor``, over all of the actor's clips (offline, the head's own training recipe);
+    ``running``, causally along each dialogue as live (a running normaliser per dialogue
+    speaker shrunk towards the population prior: the scores then vary with the utterance's
+    position, as they do live; see ``realtime_erc/training/skew.py``)."""
 
     def actors(self, split: str) -> tuple[int, ...]:
         return {"train": self.train_actors, "valid": self.valid_actors, "test": self.test_actors}[
@@ -108,6 +114,8 @@ class AssembledOptions:
         if not self.head_scores:  # the recipes written before these options existed
             d.pop("head_scores")
             d.pop("crossfit_folds")
+        if self.speech_norm == "actor":  # nor this one
+            d.pop("speech_norm")
         return d
 
 
@@ -192,6 +200,8 @@ def assemble(
     )
     t0 = time.perf_counter()
     _check_actors(options)
+    if options.speech_norm not in ("actor", "running"):
+        raise DataError(f"speech_norm must be actor or running, got {options.speech_norm!r}")
 
     meld = load_text_corpus("meld", data_dir)
     if meld.labels != MELD7:
@@ -228,8 +238,8 @@ def assemble(
         },
     )
 
-    audio_x = _AudioExtractor(config.audio, data_dir / "ravdess")
-    visual_x = _VisualExtractor(config.visual, options, fer.images, fer.source)
+    audio_x = AudioExtractor(config.audio, data_dir / "ravdess")
+    visual_x = VisualExtractor(config.visual, options, fer.images, fer.source)
     used_clips = sorted({u.clip for us in recipe.values() for u in us})
     used_faces = sorted({u.face for us in recipe.values() for u in us})
     seconds: dict[str, float] = {}
@@ -259,16 +269,20 @@ def assemble(
         "sequences": "false",
         "corpus": f"assembled-v{VERSION}-seed{options.seed}",
     }
+    speech = None
     if options.head_scores:
         t = time.perf_counter()
-        audio, faces, heads = _with_head_scores(
-            data_dir, cache_dir, options, config.visual, fer, used_faces, audio, faces, progress
-        )
+        audio, faces, heads, speech = _with_head_scores(
+            data_dir, cache_dir, options, config.visual, fer, used_faces, audio, faces, progress,
+            corpus, recipe,
+        )  # fmt: skip
         seconds["heads"] = time.perf_counter() - t
         extractor |= {"audio": f"{audio_x.identity}+{heads['audio']}",
                       "visual": f"{visual_x.identity}+{heads['visual']}",
                       "heads": "scores"}  # fmt: skip
-    features = _utterance_features(corpus, recipe, text, text_dim, audio, faces, options)
+        if options.speech_norm == "running":
+            extractor["speech_norm"] = "running"
+    features = _utterance_features(corpus, recipe, text, text_dim, audio, faces, options, speech)
     build = AssembledBuild(corpus, CorpusFeatures(features, extractor), recipe, actor_maps)
     recipe_path = _write_recipe(cache_dir, build, options, extractor)
     seconds["total"] = time.perf_counter() - t0
@@ -411,7 +425,7 @@ class _Item:
     duration: float = 0.0
 
 
-class _AudioExtractor:
+class AudioExtractor:
     """A RAVDESS clip cut like a live segment (voiced span, the VAD's pre-roll before it and the
     segmenter's tail after it), then the live :class:`AudioFeatures` on it."""
 
@@ -463,7 +477,7 @@ def voiced_segment(x: np.ndarray, trim_db: float, pre_s: float, tail_s: float) -
     return x[start:end]
 
 
-class _VisualExtractor:
+class VisualExtractor:
     """A FER image rendered into a frame, then the live :class:`FaceFeatures` (analyze +
     summarize) on it, in image mode: each image is independent (no tracking across images).
     A static face repeated over an utterance's frames pools to this same vector."""
@@ -593,9 +607,14 @@ def _with_head_scores(
     audio: dict[str, _Item],
     faces: dict[str, _Item],
     progress: Progress | None,
-) -> tuple[dict[str, _Item], dict[str, _Item], dict[str, str]]:
+    corpus: ErcCorpus | None = None,
+    recipe: dict[str, list[UtteranceSource]] | None = None,
+) -> tuple[dict[str, _Item], dict[str, _Item], dict[str, str], dict[str, list[np.ndarray]] | None]:
     """``audio`` and ``faces`` with the heads' scores appended to each item, as live
-    (:func:`~realtime_erc.features.head_scores.appended_scores`), and the heads' identities."""
+    (:func:`~realtime_erc.features.head_scores.appended_scores`), and the heads' identities.
+    With ``speech_norm = "running"`` the speech scores depend on the utterance, not only on
+    the clip: ``audio`` then comes back without them and the last item holds them, per
+    dialogue and utterance (of ``corpus`` with ``recipe``), for :func:`_utterance_features`."""
     from realtime_erc.features.head_scores import HEAD_CLASSES, appended_scores
     from realtime_erc.training.head_crossfit import SpeechScores
 
@@ -605,8 +624,20 @@ def _with_head_scores(
         options.valid_actors + options.test_actors,
         options.crossfit_folds,
     )
-    probs = speech.compute(progress or no_progress)
-    scorer = _FaceScorer(visual_config, options, fer.images, fer.source)
+    running = None
+    if options.speech_norm == "running":
+        assert corpus is not None and recipe is not None
+        running = speech.running_scores(
+            (
+                (d.id, d.speakers, [u.actor for u in recipe[d.id]], [u.clip for u in recipe[d.id]])
+                for d in corpus.dialogues()
+            ),
+            progress or no_progress,
+        )
+        probs = {}
+    else:
+        probs = speech.compute(progress or no_progress)
+    scorer = FaceScorer(visual_config, options, fer.images, fer.source)
     face_probs = _cached(
         cache_dir / f"face-head-{scorer.key}",
         [str(r) for r in used_faces],
@@ -621,15 +652,16 @@ def _with_head_scores(
         return _Item(pooled, item.present, item.duration)
 
     n_audio, n_visual = HEAD_CLASSES["audio"], HEAD_CLASSES["visual"]
-    audio = {k: appended(a, probs.get(k), n_audio) for k, a in audio.items()}
+    if running is None:
+        audio = {k: appended(a, probs.get(k), n_audio) for k, a in audio.items()}
     faces = {
         k: appended(v, face_probs[k].pooled if face_probs[k].present else None, n_visual)
         for k, v in faces.items()
     }
-    return audio, faces, {"audio": speech.identity, "visual": scorer.identity}
+    return audio, faces, {"audio": speech.identity, "visual": scorer.identity}, running
 
 
-class _FaceScorer(_VisualExtractor):
+class FaceScorer(VisualExtractor):
     """The packaged face head's probabilities on the live face crop of a rendered FER image
     (absent when MediaPipe finds no face)."""
 
@@ -658,9 +690,13 @@ def _utterance_features(
     audio: dict[str, _Item],
     faces: dict[str, _Item],
     options: AssembledOptions,
+    speech: dict[str, list[np.ndarray]] | None = None,
 ) -> dict[str, list[UtteranceFeatures]]:
     """Per dialogue, one pooled-only :class:`UtteranceFeatures` per utterance, on a timeline of
-    the clips' durations separated by ``gap_s``."""
+    the clips' durations separated by ``gap_s``; ``speech``: per dialogue and utterance, the
+    speech head's probabilities to append to the audio vector (when they are not per clip)."""
+    from realtime_erc.features.head_scores import HEAD_CLASSES, appended_scores
+
     out: dict[str, list[UtteranceFeatures]] = {}
     for d in corpus.dialogues():
         feats, t = [], 0.0
@@ -673,6 +709,9 @@ def _utterance_features(
             else:
                 has_text = True
             a, v = audio[src.clip], faces[str(src.face)]
+            if speech is not None:
+                scores = appended_scores(a.present, speech[d.id][j], HEAD_CLASSES["audio"])
+                a = _Item(np.concatenate([a.pooled, scores]), a.present, a.duration)
             end = t + max(a.duration, 0.1)
             feats.append(
                 UtteranceFeatures(

@@ -375,6 +375,9 @@ class DataRequest:
     text: str | None = None
     """What the text features will come from, as :func:`text_identity` gives it for the loaded
     data (None: not known before loading)."""
+    causal: bool = False
+    """Assembled ``+heads+causal``: the speech head's input standardised per speaker causally
+    along each dialogue, as live (``AssembledOptions.speech_norm = "running"``)."""
 
 
 def text_identity(extractor: dict[str, str]) -> str:
@@ -396,7 +399,7 @@ def resolve_data(
         return DataRequest(dataset, base)
     # "+lora4" (the name of data from an adapter of the top 4 layers) asks for "+lora"
     variants = [re.sub(r"^lora\d+$", "lora", v) for v in variants]
-    known = ("mpnet", "lora", "heads")
+    known = ("mpnet", "lora", "heads", "causal")
     if base != "assembled":
         known = ("mpnet", "lora", "ctx", "xfit")
     if not set(variants) <= set(known) or len(set(variants)) < len(variants):
@@ -421,19 +424,23 @@ def resolve_data(
             "emorynlp); the assembled corpus takes one trained without --context-turns"
         )
     heads = "heads" in variants
+    causal = "causal" in variants
+    if causal and not heads:
+        raise DataError(f"{dataset}: +causal (running speaker standardisation) needs +heads")
     adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
     if adapted == "+lora" and encoder.partial_layers:
         adapted += str(encoder.partial_layers)
     crossfit = "xfit" in variants
     if crossfit and encoder.adapter is None:
         raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-    name = base + larger + adapted + ("+heads" if heads else "") + ("+xfit" if crossfit else "")
+    name = base + larger + adapted + ("+heads" if heads else "") + ("+causal" if causal else "")
+    name += "+xfit" if crossfit else ""
     text = {"text": encoder.identity}
     folds: tuple[Any, ...] = ()
     if crossfit and base in TEXT_DATASETS:
         folds = tuple(text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base))
         text["text_train"] = "cross-fitted: " + ", ".join(f.identity for f in folds)
-    return DataRequest(name, base, encoder, heads, crossfit, folds, text_identity(text))
+    return DataRequest(name, base, encoder, heads, crossfit, folds, text_identity(text), causal)
 
 
 def load_data(
@@ -488,7 +495,9 @@ def load_data(
         config = FeaturesConfig(text=TextFeaturesConfig(adapter=adapter, encoder=encoder.encoder))
         corpus, features = load_assembled(
             data_dir,
-            options=AssembledOptions(head_scores=request.heads),
+            options=AssembledOptions(
+                head_scores=request.heads, speech_norm="running" if request.causal else "actor"
+            ),
             features_config=config,
             progress=progress,
         )

@@ -11,19 +11,31 @@ options) fitted here on the assembled *training* actors only:
 - validation and test actors' clips: the head fitted on all training actors.
 
 No head sees a validation or test voice, and none scores a clip it was fitted on.
+
+Speaker standardisation: :meth:`SpeechScores.compute` standardises each actor over all of its
+clips (the heads' own training recipe, and the default corpus's); live, a speaker can only be
+standardised with running statistics of what they have said so far.
+:meth:`SpeechScores.running_scores` scores a corpus's dialogues that way instead (the
+assembled corpus's ``speech_norm = "running"``), and :meth:`SpeechScores.package` writes the
+head that scores unheard voices for the live pipeline (``scripts/package_scores_head.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from realtime_erc.features.speech_emotion import SpeechEmotionHead, standardize_by_group
+from realtime_erc.features.speech_emotion import (
+    SpeakerNormalizer,
+    SpeechEmotionHead,
+    standardize_by_group,
+)
 from realtime_erc.training.emotion_data import DataError, ravdess_clips
 from realtime_erc.training.progress import Progress, no_progress
 from realtime_erc.training.speech_trainer import SpeechTrainOptions, clip_features, fit_net
@@ -76,21 +88,118 @@ class SpeechScores:
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
         self.identity = f"speech-head-crossfit{folds}-{digest}"
 
-    def compute(self, progress: Progress = no_progress) -> dict[str, np.ndarray]:
+    def compute(
+        self, progress: Progress = no_progress, eval_only: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Clip path → probabilities for every clip of the training and evaluation actors
+        (``eval_only``: the evaluation actors' clips only, fitting just their head)."""
+        clips, raw, actors, y = self._features(progress)
+        x = standardize_by_group(raw, actors)  # per speaker, as the head was trained
+        plan = self.plan[-1:] if eval_only else self.plan
+        probs = np.zeros((len(clips), len(self.labels)), np.float32)
+        scored_rows = np.zeros(len(clips), bool)
+        for step, (scored, fitted) in enumerate(plan, 1):
+            net = self._fit(x, y, np.isin(actors, fitted))
+            rows = np.isin(actors, scored)
+            scored_rows |= rows
+            with torch.inference_mode():
+                probs[rows] = torch.softmax(net(torch.from_numpy(x[rows])), -1).numpy()
+            progress("speech head (cross-fitted)", step, len(plan), {})
+        return {
+            c.path.relative_to(self.root).as_posix(): probs[i]
+            for i, c in enumerate(clips)
+            if scored_rows[i]
+        }
+
+    def eval_head(self, progress: Progress = no_progress) -> SpeechEmotionHead:
+        """The head that scores the evaluation actors (fitted on every training actor), as a
+        live :class:`SpeechEmotionHead`: its running normaliser's prior is the training actors'
+        spread of per-actor statistics, as the packaged head's."""
+        _, raw, actors, y = self._features(progress)
+        return self._head(standardize_by_group(raw, actors), raw, actors, y, self.train_actors)
+
+    def running_scores(
+        self,
+        dialogues: Iterable[tuple[str, Sequence[str], Sequence[int], Sequence[str]]],
+        progress: Progress = no_progress,
+    ) -> dict[str, list[np.ndarray]]:
+        """Per dialogue ``(id, speakers, actors, clips)``, each utterance's probabilities with
+        its speaker standardised *causally*, as live: a running normaliser per dialogue speaker
+        (:class:`~realtime_erc.features.speech_emotion.SpeakerNormalizer`, shrunk towards the
+        prior of the head's fitted actors) that has seen that speaker's utterances so far,
+        this one included. Each actor is scored by the head of :attr:`plan` that scores it."""
+        dialogues = list(dialogues)
+        needed = {int(a) for _, _, of_actor, _ in dialogues for a in of_actor}
+        clips, raw, actors, y = self._features(progress)
+        x = standardize_by_group(raw, actors)  # the heads train as the packaged one
+        head_of: dict[int, SpeechEmotionHead] = {}
+        plan = [(scored, fitted) for scored, fitted in self.plan if needed & set(scored)]
+        for step, (scored, fitted) in enumerate(plan, 1):
+            head = self._head(x, raw, actors, y, fitted)
+            head_of.update(dict.fromkeys(scored, head))
+            progress("speech heads (cross-fitted)", step, len(plan), {})
+        row = {c.path.relative_to(self.root).as_posix(): i for i, c in enumerate(clips)}
+        out: dict[str, list[np.ndarray]] = {}
+        for dialogue, speakers, of_actor, paths in dialogues:
+            norms: dict[str, SpeakerNormalizer] = {}
+            probs = []
+            for speaker, actor, clip in zip(speakers, of_actor, paths, strict=True):
+                head = head_of[int(actor)]
+                prior = head.normalizer
+                norm = norms.setdefault(
+                    speaker,
+                    SpeakerNormalizer(
+                        prior.prior_mean, np.sqrt(prior.prior_var), prior.prior_count
+                    ),
+                )
+                z = norm.normalize(speaker, raw[row[clip]])
+                probs.append(head.predict_normalized(z[None])[0].astype(np.float32))
+            out[dialogue] = probs
+        return out
+
+    def _head(
+        self,
+        x: np.ndarray,
+        raw: np.ndarray,
+        actors: np.ndarray,
+        y: np.ndarray,
+        fitted: tuple[int, ...],
+    ) -> SpeechEmotionHead:
+        """The head fitted on ``fitted`` actors' standardised ``x``, its running normaliser's
+        prior their spread of per-actor statistics of the ``raw`` features."""
+        net = self._fit(x, y, np.isin(actors, fitted))
+        means = np.stack([raw[actors == a].mean(0) for a in fitted])
+        stds = np.stack([raw[actors == a].std(0) for a in fitted])
+        info = {
+            "identity": self.identity,
+            "task": "speech emotion (8 RAVDESS classes): a head of the assembled corpus's "
+            "cross-fitting (scores appended with features.heads = scores)",
+            "labels": list(self.labels),
+            "training_data": f"RAVDESS speech, actors {', '.join(map(str, fitted))} "
+            "(CC BY-NC-SA 4.0; Livingstone & Russo 2018)",
+            "fitted_on": list(fitted),
+            "normalisation": "per speaker (offline: over the actor's clips; live: running stats)",
+            "options": asdict(self.train_options),
+        }
+        return SpeechEmotionHead(net, self.feature_options, means.mean(0), stds.mean(0), info=info)
+
+    def package(self, progress: Progress = no_progress) -> Path:
+        """Write :meth:`eval_head` where the live pipeline looks for the head of this
+        :attr:`identity` (:func:`~realtime_erc.features.head_scores.scores_head_path`)."""
+        from realtime_erc.features.head_scores import scores_head_path
+
+        return self.eval_head(progress).save(scores_head_path(self.identity))
+
+    def _features(self, progress: Progress) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+        """The clips of every actor involved, their raw features ``[N, D]``, actors and
+        labels."""
         wanted = set(self.train_actors) | set(self.eval_actors)
         clips = [c for c in ravdess_clips(self.root) if c.actor in wanted]
         if not clips:
             raise DataError(f"{self.root}: no RAVDESS clips of actors {sorted(wanted)}")
-        x = clip_features(clips, self.feature_options, progress=progress)
-        actors = np.array([c.actor for c in clips])
-        y = np.array([c.emotion for c in clips])
-        x = standardize_by_group(x, actors)  # per speaker, as the head was trained
-        probs = np.zeros((len(clips), len(self.labels)), np.float32)
-        for step, (scored, fitted) in enumerate(self.plan, 1):
-            fit = np.isin(actors, fitted)
-            net, _ = fit_net(x[fit], y[fit], self.train_options)
-            rows = np.isin(actors, scored)
-            with torch.inference_mode():
-                probs[rows] = torch.softmax(net(torch.from_numpy(x[rows])), -1).numpy()
-            progress("speech head (cross-fitted)", step, len(self.plan), {})
-        return {c.path.relative_to(self.root).as_posix(): probs[i] for i, c in enumerate(clips)}
+        raw = clip_features(clips, self.feature_options, progress=progress)
+        return clips, raw, np.array([c.actor for c in clips]), np.array([c.emotion for c in clips])
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray):  # -> SpeechEmotionNet
+        net, _ = fit_net(x[rows], y[rows], self.train_options)
+        return net
