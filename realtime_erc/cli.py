@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -694,7 +695,8 @@ def fit_fusion_command(
         if not rows or not report.get("model"):
             raise UserError("no scored final events to fit on: run with a model and sessions "
                             "whose label set is the model's")  # fmt: skip
-        where = ", ".join(str(p) for p in sources)
+        paths = [s["path"] for s in report.get("sessions", []) if "per_utterance" in s]
+        where = f"{len(paths)} sessions under {os.path.commonpath(paths)}" if paths else "?"
         params = fit_fusion(rows, report["model"], fitted_on=f"{len(rows)} utterances of {where}")
         save_fusion(params, out or FUSION_FILE)
         before = per_condition(rows, None)

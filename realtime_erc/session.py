@@ -72,10 +72,6 @@ def build_publishers(
     return publishers + list(extra or [])
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "erc_default.pt"
-"""The packaged live model (``model.checkpoint = "default"``)."""
-
-
 def load_engine(config: Config):  # -> Engine | None
     """The configured emotion model on its device, or None for ``model.checkpoint = "none"``.
     ``model.checkpoint`` is a packaged model's name (``realtime-erc models``) or a file path."""

@@ -406,7 +406,14 @@ def replay_live(
     from realtime_erc.session import plan_replay, run_session
 
     config = load_config(
-        overrides=["replay.speed=max", "output.zmq.enabled=false", *overrides],
+        # the model trained on the corpus's features, as it is (the default is text + fusion)
+        overrides=[
+            "replay.speed=max",
+            "output.zmq.enabled=false",
+            "model.checkpoint=assembled",
+            "fusion.mode=off",
+            *overrides,
+        ],  # fmt: skip
     )
     plan = plan_replay(Path(session_dir), config)
     emit = next(s for s in plan.stages if isinstance(s, EmitStage))

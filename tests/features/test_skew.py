@@ -43,7 +43,7 @@ from realtime_erc.features.head_scores import (
     speech_head_identity,
 )
 from realtime_erc.features.speech_emotion import RAVDESS_LABELS, SpeechFeatureOptions
-from realtime_erc.session import DEFAULT_MODEL
+from realtime_erc.models.presets import get_preset
 
 DATA = DataConfig().resolve()
 INPUTS = ("ravdess/index.csv", "fer2013/fer2013_train_publictest.npz")
@@ -59,10 +59,10 @@ EXACT = 1e-5
 FINAL_AGREE, FINAL_REL_MEDIAN = 0.9, 0.05
 
 
-def _default_audio_provenance() -> str:
+def _assembled_audio_provenance() -> str:
     import torch
 
-    state = torch.load(DEFAULT_MODEL, map_location="cpu", weights_only=False)
+    state = torch.load(get_preset("assembled").path, map_location="cpu", weights_only=False)
     return state["provenance"]["features"]["audio"]
 
 
@@ -76,16 +76,17 @@ def test_the_head_that_scored_a_corpus_is_named_by_the_checkpoint():
     assert scores_speech_head("egemaps+speech-head-crossfit3-000000000000") is None  # not packaged
 
 
-def test_the_default_model_gets_the_scores_of_its_corpus_head():
+def test_the_assembled_model_gets_the_scores_of_its_corpus_head():
     from realtime_erc.config import load_config
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.session import build_stages
 
-    audio = _default_audio_provenance()
+    audio = _assembled_audio_provenance()
     head = scores_speech_head(audio)
     assert head is not None and head.info["identity"] == speech_head_identity(audio)
     assert head.labels == RAVDESS_LABELS and head.info["fitted_on"] == list(range(1, 13))
-    off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false"]
+    off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false",
+           "model.checkpoint=assembled"]  # fmt: skip
     analysis = next(
         s for s in build_stages(load_config(overrides=off), "t") if isinstance(s, AnalysisStage)
     )
@@ -249,7 +250,7 @@ def test_causal_corpus_scores_are_what_the_live_head_gives():
         for c in clips
     ]
     corpus = running_speech_scores(DATA, turns)
-    head = scores_speech_head(_default_audio_provenance())
+    head = scores_speech_head(_assembled_audio_provenance())
     raw = clip_features(clips, head.feature_options)
     live = [head.predict_raw(x, t.speaker) for x, t in zip(raw, turns, strict=True)]
     assert np.allclose(np.stack(corpus), np.stack(live), atol=1e-5)

@@ -42,10 +42,14 @@ def test_every_packaged_erc_checkpoint_is_a_preset():
 
 
 def test_the_default_comes_first_and_is_the_live_default():
-    from realtime_erc.session import DEFAULT_MODEL
+    from realtime_erc.config import Config
+    from realtime_erc.fusion import load_fusion
 
-    assert preset_names()[0] == "default"
-    assert get_preset("default").path == DEFAULT_MODEL
+    assert preset_names()[0] == "default" and Config().model.checkpoint == "default"
+    # chosen on development sessions: the MELD-7 text model with its fitted fusion
+    default = get_preset("default")
+    assert default.path == get_preset("meld7-text").path
+    assert default.model_id in load_fusion()
     assert len(set(preset_names())) == len(presets())
 
 
