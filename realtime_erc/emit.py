@@ -253,6 +253,8 @@ class EmitStage(Stage):
                 scores = {k: round(v, 6) for k, v in prediction.scores.items()}
                 if self.fusion is not None and heads:
                     scores = fuse(scores, heads, self.fusion)
+                    for name in heads:  # the heads' modalities inform the fused final too
+                        modalities[name] = modalities[name] or self.fusion.weights.get(name, 0) > 0
                 label = max(scores, key=scores.__getitem__)
             except Exception as e:  # one utterance's failure must not end the session
                 log.exception("the model failed on utterance %d", utt.utterance_id)

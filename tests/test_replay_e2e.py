@@ -110,6 +110,7 @@ def test_every_utterance_is_labelled_by_the_live_model(demo_stream):
         assert abs(sum(doc["scores"].values()) - 1) < 1e-4
         assert doc["label"] == max(doc["scores"], key=doc["scores"].get)
         assert doc["modalities"]["text"] and doc["modalities"]["audio"]
+        assert "audio" in doc["heads"]  # the default fuses the speech head's opinion late
     assert len({d["speaker"] for d in finals}) == 2, "the demo's two voices"
 
 
