@@ -2,9 +2,9 @@
 
     python scripts/sessions_table.py "old default=valid_default.json" "new default=valid_new.json"
 
-One table per figure (final weighted F1, final accuracy), a row per condition, a column per
-run, plus the provisional events' figures and each source alone (the model, each head) of the
-first run that has them.
+One table per figure (weighted F1, accuracy), a row per condition, a column per run's final
+events and one for the provisional events; then each source alone (the model, each head) of
+every run that has per-utterance scores.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ from realtime_erc.fusion import rows_of, single_modalities  # noqa: E402
 
 
 def table(runs: dict[str, dict], figure: str) -> str:
+    """Final events per run, then the provisional events of the first run (the heads': the
+    same whatever the model)."""
     conditions = sorted({c for r in runs.values() for c in r.get("conditions", {})}) + ["all"]
-    head = "| condition | " + " | ".join(f"{name}: final" for name in runs)
-    head += " | " + " | ".join(f"{name}: provisional" for name in runs) + " |"
-    lines = [head, "|---" * (1 + 2 * len(runs)) + "|"]
+    first = next(iter(runs.values()))
+    lines = ["| condition | " + " | ".join(f"{name}: final" for name in runs) + " | provisional |",
+             "|---" * (2 + len(runs)) + "|"]  # fmt: skip
     for c in conditions:
         cells = []
-        for kind in ("final", "provisional"):
-            for r in runs.values():
-                pooled = r["all"] if c == "all" else r.get("conditions", {}).get(c)
-                value = (pooled or {}).get(kind, {}).get(figure)
-                cells.append("—" if value is None else f"{value:.3f}")
+        for r, kind in [(r, "final") for r in runs.values()] + [(first, "provisional")]:
+            pooled = r["all"] if c == "all" else r.get("conditions", {}).get(c)
+            value = (pooled or {}).get(kind, {}).get(figure)
+            cells.append("—" if value is None else f"{value:.3f}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
