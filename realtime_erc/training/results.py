@@ -500,6 +500,7 @@ def write_report(
 
     lines += _targets(results, models)
     lines += _chosen_on_valid(results, models)
+    lines += ["## Through the live pipeline", "", SESSIONS_NOTE, ""]
     lines += ["## Published numbers (test weighted F1)", "",
               "| method | IEMOCAP-6 | MELD-7 |", "|---|---|---|"]  # fmt: skip
     for name, row in PUBLISHED.items():
@@ -604,6 +605,13 @@ DATA_TERMS = {
     "et al. 2013): non-commercial research use.",
 }
 """The terms of each corpus's data, which bind a checkpoint trained on it (the exported note)."""
+
+SESSIONS_NOTE = (
+    "The packaged models scored on development sessions replayed through the live pipeline "
+    "(ASR transcripts, live segmentation and speakers), per condition, provisional and final "
+    "events apart, the previous default against the new one and the text model alone: "
+    "[SESSIONS.md](SESSIONS.md)."
+)
 
 LIVE_CHECKPOINT_SUBSET = 20
 """Test dialogues the packaged checkpoint's reference score is computed on (a test checks that
