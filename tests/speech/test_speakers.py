@@ -95,8 +95,8 @@ def test_max_speakers_is_respected(voices) -> None:
 
 
 def test_clustering_rule_on_fixed_embeddings() -> None:
-    """New speaker iff every distance > threshold; nearest otherwise; centroids update."""
-    t = SpeakerTracker(SpeakerOptions(threshold=0.3, max_speakers=2))
+    """``online``: new speaker iff all distances > threshold, else the nearest; centroids update."""
+    t = SpeakerTracker(SpeakerOptions(method="online", threshold=0.3, max_speakers=2))
     e1, e2 = np.eye(EMBEDDING_DIM, dtype=np.float32)[:2]
     near1 = (e1 * 0.9 + e2 * 0.1) / np.linalg.norm([0.9, 0.1])  # distance ≈ 0.006 to e1
     mid = (e1 + e2) / np.sqrt(2)  # distance ≈ 0.29 to both
