@@ -97,3 +97,34 @@ def test_rows_of_an_evaluation_report() -> None:
     }  # fmt: skip
     rows = rows_of(report)
     assert rows == [("voice", "joy", dist(joy=0.5), {"audio": dist(joy=0.9)})]
+
+
+def test_fit_fusion_command_fits_on_a_valid_run_and_refuses_test_paths(tmp_path) -> None:
+    import json
+
+    from cli_support import cli
+
+    rows = [("voice", t, dist(neutral=0.7), {"audio": dist(**{t: 0.9})}) for t in ("anger", "joy")]
+    rows += [("words", t, dist(**{t: 0.6}), {"audio": dist(neutral=0.5)}) for t in LABELS]
+    sessions = [
+        {"path": f"/dev-sessions/valid/{c}/s{i}", "condition": c,
+         "per_utterance": [{"emotion": t, "scores": m, "heads": h}]}
+        for i, (c, t, m, h) in enumerate(rows)
+    ]  # fmt: skip
+    valid = tmp_path / "valid" / "run.json"
+    valid.parent.mkdir()
+    valid.write_text(json.dumps({"model": "m/meld7@1", "sessions": sessions}))
+    out = tmp_path / "fusion.toml"
+    done = cli("fit-fusion", "--scores", str(valid), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "voice: final wF1 0.000 -> 1.000" in done.stdout
+    fitted = load_fusion(out)["m/meld7@1"]
+    assert (
+        fitted.weights["audio"] > 0 and "5 sessions under /dev-sessions/valid" in fitted.fitted_on
+    )
+    test = tmp_path / "test" / "run.json"
+    test.parent.mkdir()
+    test.write_text(valid.read_text())
+    refused = cli("fit-fusion", "--scores", str(test), "--out", str(out))
+    assert refused.returncode == 2 and "valid half only" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
