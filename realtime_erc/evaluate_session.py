@@ -124,7 +124,7 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
                 "annotated_speaker": a.speaker,
                 "speaker": best["speaker"] if best else None,
                 "latency_ms": best["latency_ms"]["total"] if best else None,
-                "scores": best["scores"] if best else None,
+                "scores": best.get("scores") if best else None,
                 "heads": best.get("heads") if best else None,
             }
         )

@@ -128,7 +128,8 @@ class _Classifier(nn.Module):
             contexts = [c for _, c in batch]
             return encode_in_context(self.encoder, texts, contexts, self.max_tokens)[0]
         features = self.encoder.preprocess(texts)
-        features = {k: v.to(self.head.weight.device) for k, v in features.items()}
+        device = self.head.weight.device
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
         return self.encoder(features)["sentence_embedding"]  # [B, D], unit norm
 
     def forward(self, batch: Sequence[Example]) -> torch.Tensor:

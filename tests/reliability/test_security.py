@@ -26,6 +26,7 @@ from test_zmq import emotion_doc  # noqa: E402
 
 from realtime_erc.config import Config  # noqa: E402
 from realtime_erc.dashboard.server import DashboardServer  # noqa: E402
+from realtime_erc.features.assets import cache_root  # noqa: E402
 from realtime_erc.outputs.broker import (  # noqa: E402
     EmbeddedBroker,
     find_mosquitto,
@@ -259,6 +260,9 @@ def test_live_run_writes_nothing_unless_recording(pulse, tmp_path: Path) -> None
         d.mkdir()
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "COLUMNS": "200"}
     env["PYTHONPATH"] = str(ROOT)
+    # model files unpacked once from installed packages (the default's MPNet) are not session
+    # data: they go to the usual asset cache, outside the folders watched here
+    env["REALTIME_ERC_CACHE"] = str(cache_root())
     base = [
         sys.executable,
         "-m",
