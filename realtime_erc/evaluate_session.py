@@ -31,6 +31,7 @@ from realtime_erc.bench.speakers import attribution_accuracy
 from realtime_erc.config import Config
 from realtime_erc.sources.recording import SESSION_FILE, Annotation, RecordingError, read_recording
 from realtime_erc.speech.wer import word_error_rate
+from realtime_erc.training.erc_metrics import weighted_f1
 
 
 class SessionEvaluationError(ValueError):
@@ -57,19 +58,6 @@ class SessionScores:
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "per_utterance"}
-
-
-def weighted_f1(truth: list[str], pred: list[str | None]) -> float:
-    """F1 per true class, weighted by its support (``None`` predictions are always wrong)."""
-    classes = sorted(set(truth))
-    total, n = 0.0, len(truth)
-    for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(truth, pred, strict=True))
-        fp = sum(t != c and p == c for t, p in zip(truth, pred, strict=True))
-        fn = sum(t == c and p != c for t, p in zip(truth, pred, strict=True))
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        total += f1 * sum(t == c for t in truth)
-    return total / n if n else 0.0
 
 
 def _overlap(a: Annotation, doc: dict) -> float:

@@ -31,6 +31,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from realtime_erc.training.erc_metrics import weighted_f1
+
 FUSION_FILE = Path(__file__).resolve().parent / "assets" / "fusion.toml"
 """The fitted fusion of each packaged model, by model id."""
 
@@ -150,17 +152,6 @@ Row = tuple[str, str, Mapping[str, float], Mapping[str, Mapping[str, float]]]
 WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
 GATE_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)
 GATE_ON = ("confidence", "emotion")
-
-
-def weighted_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
-    classes = set(truth)
-    total = 0.0
-    for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(truth, pred, strict=True))
-        fp = sum(t != c and p == c for t, p in zip(truth, pred, strict=True))
-        fn = sum(t == c and p != c for t, p in zip(truth, pred, strict=True))
-        total += (2 * tp / (2 * tp + fp + fn) if tp else 0.0) * sum(t == c for t in truth)
-    return total / len(truth) if truth else 0.0
 
 
 def per_condition(rows: Sequence[Row], params: FusionParams | None) -> dict[str, float]:

@@ -35,6 +35,10 @@ from realtime_erc.sources.recording import (  # noqa: E402
     RecordingWriter,
     Speaker,
 )
+from realtime_erc.training.dev_sessions import (  # noqa: E402
+    SILENCE_THRESHOLD,
+    shorten_pauses,
+)
 
 log = logging.getLogger("make_demo")
 
@@ -47,8 +51,6 @@ TAIL_S = 1.0
 GAP_S = (0.8, 1.5)
 AMPLITUDE_SCALE = 0.55
 PEAK = 0.9
-MAX_PAUSE_S = 0.2  # longest pause kept inside one line
-SILENCE_THRESHOLD = 0.002  # |sample| above this counts as speech when trimming espeak output
 
 # id -> (name, espeak-ng voice, base pitch, panel colour BGR)
 VOICES: dict[str, tuple[str, str, int, tuple[int, int, int]]] = {
@@ -116,22 +118,6 @@ def synthesize(line: Line, workdir: Path, index: int) -> np.ndarray:
     if voiced.size == 0:
         raise RuntimeError(f"espeak-ng produced silence for {line.text!r}")
     return shorten_pauses(audio[voiced[0] : voiced[-1] + 1])
-
-
-def shorten_pauses(audio: np.ndarray, max_pause_s: float = MAX_PAUSE_S) -> np.ndarray:
-    """Cut espeak-ng's sentence pauses (up to ~0.6 s when slow) to ``max_pause_s``, so that one
-    line stays one utterance for a segmenter whose end-of-speech hangover is 400 ms."""
-    frame = SAMPLE_RATE // 100
-    n = len(audio) // frame
-    silent = np.abs(audio[: n * frame]).reshape(n, frame).max(axis=1) <= SILENCE_THRESHOLD
-    keep = np.ones(len(audio), bool)
-    limit = round(max_pause_s * 100)
-    run = 0
-    for i, quiet in enumerate(silent):
-        run = run + 1 if quiet else 0
-        if run > limit:
-            keep[i * frame : (i + 1) * frame] = False
-    return audio[keep]
 
 
 def panel(speaker: str | None) -> np.ndarray:

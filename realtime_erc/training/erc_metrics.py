@@ -35,3 +35,17 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dic
         "confusion": m.tolist(),
         "utterances": int(total),
     }
+
+
+def weighted_f1(truth: Sequence[str], pred: Sequence[str | None]) -> float:
+    """Weighted F1 over label names, as a fraction: F1 per true class weighted by its support
+    (``None`` predictions are always wrong). For streams scored against annotations."""
+    classes = sorted(set(truth))
+    total, n = 0.0, len(truth)
+    for c in classes:
+        tp = sum(t == c and p == c for t, p in zip(truth, pred, strict=True))
+        fp = sum(t != c and p == c for t, p in zip(truth, pred, strict=True))
+        fn = sum(t == c and p != c for t, p in zip(truth, pred, strict=True))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        total += f1 * sum(t == c for t in truth)
+    return total / n if n else 0.0
