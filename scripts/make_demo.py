@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import soundfile as sf
-import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,10 +32,7 @@ from realtime_erc.sources.recording import (  # noqa: E402
     RecordingWriter,
     Speaker,
 )
-from realtime_erc.training.dev_sessions import (  # noqa: E402
-    SILENCE_THRESHOLD,
-    shorten_pauses,
-)
+from realtime_erc.training.dev_sessions import espeak  # noqa: E402
 
 log = logging.getLogger("make_demo")
 
@@ -104,20 +98,11 @@ def synthesize(line: Line, workdir: Path, index: int) -> np.ndarray:
     """Voice one line with espeak-ng; return trimmed ``[n]`` float32 at 16 kHz."""
     _, voice, base_pitch, _ = VOICES[line.speaker]
     speed, pitch_offset, amplitude = PROSODY[line.emotion]
-    wav = workdir / f"{index:02d}.wav"
-    cmd = [
-        "espeak-ng", "-v", voice, "-s", str(speed), "-p", str(base_pitch + pitch_offset),
-        "-a", str(round(amplitude * AMPLITUDE_SCALE)), "-w", str(wav), line.text,
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
-    audio, rate = sf.read(wav, dtype="float32")
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    voiced = np.flatnonzero(np.abs(audio) > SILENCE_THRESHOLD)
-    if voiced.size == 0:
+    audio = espeak(line.text, voice, speed, base_pitch + pitch_offset,
+                   round(amplitude * AMPLITUDE_SCALE), workdir / f"{index:02d}.wav")  # fmt: skip
+    if audio.size == 0:
         raise RuntimeError(f"espeak-ng produced silence for {line.text!r}")
-    return shorten_pauses(audio[voiced[0] : voiced[-1] + 1])
+    return audio
 
 
 def panel(speaker: str | None) -> np.ndarray:

@@ -521,26 +521,19 @@ def _mixed(data: DevData, options: DevOptions, words: SessionPlan, k: int) -> Se
 def synthesize(text: str, voice: str, workdir: Path) -> np.ndarray:
     """``text`` voiced by espeak-ng ``voice`` (a key of :data:`VOICES`) with the plain prosody;
     ``[n]`` float32 at 16 kHz, trimmed, inner pauses shortened to :data:`MAX_PAUSE_S`."""
+    pitch = next(p for v, p, _ in VOICES if v == voice)
+    return espeak(text, voice, WORDS_PER_MINUTE, pitch, AMPLITUDE, workdir / "line.wav")
+
+
+def espeak(text: str, voice: str, speed: int, pitch: int, amplitude: int, wav: Path) -> np.ndarray:
+    """``text`` voiced by espeak-ng (written to ``wav``), as ``[n]`` float32 at 16 kHz, mono,
+    trimmed to its first and last sample above :data:`SILENCE_THRESHOLD`, inner pauses
+    shortened (empty when espeak-ng gives silence)."""
     import soundfile as sf
     import soxr
 
-    pitch = next(p for v, p, _ in VOICES if v == voice)
-    wav = workdir / "line.wav"
-    cmd = [
-        "espeak-ng",
-        "-v",
-        voice,
-        "-s",
-        str(WORDS_PER_MINUTE),
-        "-p",
-        str(pitch),
-        "-a",
-        str(AMPLITUDE),
-        "-w",
-        str(wav),
-        "--",
-        text,
-    ]
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
+           "-w", str(wav), "--", text]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     audio, rate = sf.read(wav, dtype="float32")
     if audio.ndim > 1:
