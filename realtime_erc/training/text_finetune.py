@@ -39,7 +39,7 @@ from realtime_erc.features.text import (
     load_sentence_encoder,
     turn_context,
 )
-from realtime_erc.features.text_adapter import save_adapter
+from realtime_erc.features.text_adapter import TextAdapter, save_adapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus, in_fold
 from realtime_erc.training.erc_metrics import scores
 from realtime_erc.training.progress import Progress
@@ -152,6 +152,26 @@ def _predict(model: _Classifier, texts: list[Example], batch_size: int = 128) ->
     for idx, p in out:
         pred[idx] = p
     return pred
+
+
+def head_scores(adapter: TextAdapter, data_dir: Path | str, split: str = "valid") -> dict[str, Any]:
+    """``adapter``'s head on its corpus's ``split``, scored as training scored it (the recorded
+    ``info["valid"]`` for the valid split): :func:`~realtime_erc.training.erc_metrics.scores`
+    of the encoder with the adapter merged + the head, on the CPU. The corpus is read from
+    ``data_dir`` (see :func:`~realtime_erc.training.datasets.load_text_corpus`)."""
+    from realtime_erc.training.datasets import load_text_corpus
+
+    corpus = load_text_corpus(adapter.info["dataset"], data_dir)
+    texts, labels = examples(corpus.split(split), adapter.context_turns)
+    max_tokens = int(adapter.info.get("options", {}).get("max_tokens", 128))
+    encoder = load_sentence_encoder("cpu", max_tokens, adapter)
+    weight = adapter.head["weight"]
+    model = _Classifier(encoder, weight.shape[1], weight.shape[0], adapter.head["scale"],
+                        adapter.context_turns > 0, max_tokens)  # fmt: skip
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(adapter.head["bias"])
+    return scores(labels, _predict(model, texts), corpus.labels)
 
 
 def _fingerprint(corpus: ErcCorpus, options: TextFinetuneOptions) -> str:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from realtime_erc.config import DataConfig
 from realtime_erc.features.lora import LoRALinear, add_lora, lora_state, merge_lora
+from realtime_erc.features.text import TextEncoder, TextOptions
 from realtime_erc.features.text_adapter import (
     TextAdapter,
     TextAdapterError,
@@ -117,3 +122,113 @@ def test_an_adapter_other_than_the_models_is_used_with_a_warning(tmp_path, caplo
         assert not caplog.records
         assert resolve_adapter("none", trained_with) is None
     assert "trained on text from lora-toy@" in caplog.text
+
+
+# --- the packaged adapters -----------------------------------------------------------------------
+
+ASSETS = Path(__file__).resolve().parents[2] / "realtime_erc" / "assets"
+DATA = DataConfig().resolve()
+
+IDENTITIES = {
+    "text_adapter_iemocap6.pt": "lora-iemocap@1fc83c61caad",
+    "text_adapter_iemocap6_ctx3.pt": "lora-iemocap@1441967c9287",
+    "text_adapter_iemocap6_mpnet.pt": "lora-iemocap@6c311d9167fb",
+    "text_adapter_iemocap6_mpnet12.pt": "lora-iemocap@4e0174e7c4d0",
+    "text_adapter_iemocap6_mpnet12_ctx2.pt": "lora-iemocap@e85bcb88311c",
+    "text_adapter_iemocap6_mpnet12_ctx2_fold0of2.pt": "lora-iemocap@e82a58e55a07",
+    "text_adapter_iemocap6_mpnet12_ctx2_fold1of2.pt": "lora-iemocap@58b153457c10",
+    "text_adapter_iemocap6_mpnet12_fold0of2.pt": "lora-iemocap@b4cd68c13b55",
+    "text_adapter_iemocap6_mpnet12_fold1of2.pt": "lora-iemocap@ee4ea7f9c49c",
+    "text_adapter_iemocap6_mpnet_fold0of2.pt": "lora-iemocap@cfd4ee5a1bc0",
+    "text_adapter_iemocap6_mpnet_fold1of2.pt": "lora-iemocap@a295e81a0ae2",
+    "text_adapter_meld7.pt": "lora-meld@b0e9c5eaf661",
+    "text_adapter_meld7_ctx3.pt": "lora-meld@cde300243666",
+    "text_adapter_meld7_mpnet.pt": "lora-meld@a5876dbcd368",
+    "text_adapter_meld7_mpnet12.pt": "lora-meld@9b69a17efc51",
+    "text_adapter_meld7_mpnet12_ctx2.pt": "lora-meld@2cd383ba4a3e",
+    "text_adapter_meld7_mpnet12_ctx2_fold0of2.pt": "lora-meld@ef8ceece9b1a",
+    "text_adapter_meld7_mpnet12_ctx2_fold1of2.pt": "lora-meld@cabd313ad449",
+    "text_adapter_meld7_mpnet_fold0of2.pt": "lora-meld@2d46d85bc064",
+    "text_adapter_meld7_mpnet_fold1of2.pt": "lora-meld@18716e4e5748",
+}
+"""What names each packaged adapter in checkpoints and feature caches (the sha256 of the file as
+first committed); it must not change, or the ERC models trained on its vectors lose it."""
+
+TEXTS = ["Oh my God, I can't believe you did that!", "Okay.", "I'm so sorry to hear it.",
+         "Get out of my apartment right now!", "We won! We actually won!"]  # fmt: skip
+CONTEXTS = ["", "other: " + TEXTS[0], "same: " + TEXTS[1], "other: " + TEXTS[2],
+            "other: " + TEXTS[3]]  # fmt: skip
+
+HEAD_PROBS = {
+    "text_adapter_meld7.pt": (
+        (0.004600, 0.688789, 0.050033, 0.053859, 0.026185, 0.026976, 0.149557),
+        (0.902263, 0.006872, 0.019543, 0.009468, 0.018082, 0.012020, 0.031752),
+        (0.034530, 0.006596, 0.017960, 0.901295, 0.024918, 0.005547, 0.009155),
+        (0.077062, 0.018813, 0.034077, 0.039906, 0.129867, 0.015524, 0.684750),
+        (0.016859, 0.060986, 0.010345, 0.011093, 0.860405, 0.005146, 0.035166),
+    ),
+    "text_adapter_iemocap6_ctx3.pt": (
+        (0.014791, 0.004010, 0.002883, 0.003822, 0.969112, 0.005381),
+        (0.049487, 0.060644, 0.332829, 0.023068, 0.492736, 0.041236),
+        (0.005194, 0.910584, 0.076087, 0.003058, 0.001630, 0.003447),
+        (0.079548, 0.469933, 0.148652, 0.115260, 0.043964, 0.142643),
+        (0.325170, 0.089429, 0.057256, 0.058128, 0.386539, 0.083479),
+    ),
+    "text_adapter_iemocap6_mpnet.pt": (
+        (0.084636, 0.040137, 0.052490, 0.048544, 0.751140, 0.023053),
+        (0.020553, 0.136740, 0.775812, 0.012729, 0.018434, 0.035732),
+        (0.009626, 0.838928, 0.118756, 0.002576, 0.013854, 0.016260),
+        (0.073278, 0.012371, 0.067209, 0.277475, 0.398497, 0.171170),
+        (0.191356, 0.037006, 0.070536, 0.013870, 0.662372, 0.024860),
+    ),
+    "text_adapter_meld7_mpnet12.pt": (
+        (0.006447, 0.860261, 0.025124, 0.041640, 0.025819, 0.021183, 0.019526),
+        (0.900936, 0.008911, 0.015310, 0.014523, 0.019178, 0.016726, 0.024415),
+        (0.006657, 0.008285, 0.009320, 0.946398, 0.012528, 0.010828, 0.005984),
+        (0.085139, 0.031575, 0.107498, 0.029208, 0.074726, 0.021926, 0.649928),
+        (0.013020, 0.125470, 0.021634, 0.024898, 0.736838, 0.005563, 0.072577),
+    ),
+    "text_adapter_meld7_mpnet12_ctx2.pt": (
+        (0.005134, 0.817241, 0.022890, 0.015886, 0.015676, 0.102285, 0.020887),
+        (0.913501, 0.017380, 0.011170, 0.013190, 0.015334, 0.018837, 0.010589),
+        (0.002347, 0.003272, 0.011326, 0.946229, 0.025073, 0.006871, 0.004883),
+        (0.017165, 0.016593, 0.108930, 0.062862, 0.044495, 0.014504, 0.735451),
+        (0.011297, 0.060678, 0.018084, 0.015369, 0.744173, 0.004033, 0.146366),
+    ),
+}
+"""The head's emotion probabilities for ``TEXTS`` (with ``CONTEXTS`` where the adapter reads
+context) through the live encoder, as the hand-written LoRA that preceded peft gave them (MiniLM
+and MPNet, all layers and the top 4, with and without context)."""
+
+
+def test_the_packaged_adapters_keep_their_identities():
+    found = {p.name: TextAdapter.load(p).identity for p in ASSETS.glob("text_adapter_*.pt")}
+    assert found == IDENTITIES
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_PROBS))
+def test_a_packaged_adapter_gives_the_scores_it_gave_before(name: str):
+    encoder = TextEncoder(TextOptions(adapter=ASSETS / name))
+    adapter = encoder.adapter
+    feats = encoder.encode_batch(TEXTS, CONTEXTS if adapter.context_turns else None)
+    pooled = torch.from_numpy(np.stack([f.pooled for f in feats]))
+    head = adapter.head
+    probs = (head["scale"] * pooled @ head["weight"].T + head["bias"]).softmax(-1)
+    np.testing.assert_allclose(probs.numpy(), np.array(HEAD_PROBS[name]), atol=2e-6)
+
+
+@pytest.mark.skipif(
+    not (DATA / "erc_text" / "meld.pkl").is_file(),
+    reason=f"erc_text not found under {DATA} (set REALTIME_ERC_DATA to the data directory)",
+)
+@pytest.mark.parametrize("name", ["text_adapter_meld7.pt", "text_adapter_iemocap6_ctx3.pt"])
+def test_a_packaged_adapter_reproduces_its_recorded_validation_scores_exactly(name: str):
+    from realtime_erc.training.text_finetune import head_scores
+
+    adapter = TextAdapter.load(ASSETS / name)
+    got = head_scores(adapter, DATA)
+    recorded = adapter.info["valid"]
+    assert (got["weighted_f1"], got["accuracy"]) == (
+        recorded["valid_weighted_f1"],
+        recorded["valid_accuracy"],
+    )
