@@ -224,15 +224,15 @@ class ModelOutput:
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConversationState:
     """Streaming state of one conversation. ``speakers`` maps speaker ids to indices in order of
-    appearance; ``length`` counts utterances seen; ``cache`` holds the model's own tensors
-    (key/value caches, running vectors, the incremental graph), bounded by its horizon."""
+    appearance; ``length`` counts utterances seen. Each model subclasses it with its own typed
+    fields (key/value caches, running vectors, the incremental graph), bounded by its horizon,
+    and returns one from :meth:`ERCModel.init_state`."""
 
     speakers: dict[str, int] = field(default_factory=dict)
     length: int = 0
-    cache: dict[str, Any] = field(default_factory=dict)
 
     def speaker_index(self, speaker: str) -> int:
         return self.speakers.setdefault(speaker, len(self.speakers))

@@ -14,10 +14,11 @@ number of speakers are normal inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn import RGCNConv
 
 from realtime_erc.conversation.context import RingCache
 from realtime_erc.conversation.graph import NUM_RELATIONS, SELF, IncrementalGraph, build_graph
@@ -31,7 +32,7 @@ from realtime_erc.models.base import (
 )
 from realtime_erc.models.layers.dialogue_gru import DialogueGRU, reverse_index
 from realtime_erc.models.layers.fusion import ModalityFusion
-from realtime_erc.models.layers.rgcn import RelationalGraphConv
+from realtime_erc.models.layers.incoming import incoming_edges
 
 
 def steps_batch(
@@ -48,6 +49,35 @@ def steps_batch(
     )
     batch.position = torch.tensor([s.length for s in states], dtype=torch.long)
     return batch.to(model.device)
+
+
+@dataclass(kw_only=True)
+class UtteranceMLPState(ConversationState):
+    """No context: only the speaker map and the length."""
+
+
+@dataclass(kw_only=True)
+class DialogueGCNState(ConversationState):
+    """``graph``: the causal graph's last ``past`` speakers; ``seq`` / ``h1``: the GRU outputs
+    and first graph layer's outputs of the last ``past + 1`` utterances (the graph layers'
+    sources); ``gru``: the GRU hidden state ``[1, 1, H]``."""
+
+    graph: IncrementalGraph
+    seq: RingCache
+    h1: RingCache
+    gru: Tensor
+
+
+@dataclass(kw_only=True)
+class DialogueRNNLiteState(ConversationState):
+    """``history``: past global states in arrival slots ``[horizon, H]`` (the attention is
+    order-free); ``g`` / ``e``: global and emotion states ``[1, H]``; ``q``: each speaker's party
+    state ``[speakers, H]``."""
+
+    history: Tensor
+    g: Tensor
+    e: Tensor
+    q: Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
 def _classifier(in_dim: int, hidden: int, classes: int, dropout: float) -> nn.Sequential:
@@ -92,20 +122,20 @@ class UtteranceMLP(ERCModel):
     def forward(self, batch: DialogueBatch, causal: bool = True) -> ModelOutput:
         return ModelOutput(self.head(self.fusion.from_batch(batch).fused))
 
-    def init_state(self) -> ConversationState:
-        return ConversationState()
+    def init_state(self) -> UtteranceMLPState:
+        return UtteranceMLPState()
 
     @torch.inference_mode()
     def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
+        self, state: UtteranceMLPState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, UtteranceMLPState]:
         logits, states = self.step_many([state], [utterance])
         return logits[0], states[0]
 
     @torch.inference_mode()
     def step_many(
-        self, states: Sequence[ConversationState], utterances: Sequence[UtteranceFeatures]
-    ) -> tuple[Tensor, list[ConversationState]]:
+        self, states: Sequence[UtteranceMLPState], utterances: Sequence[UtteranceFeatures]
+    ) -> tuple[Tensor, list[UtteranceMLPState]]:
         logits = self.forward(steps_batch(self, states, utterances)).logits
         for s in states:
             s.length += 1
@@ -169,8 +199,9 @@ class DialogueGCN(ERCModel):
         self.fusion = ModalityFusion(dims, h, config.fusion, config.dropout)
         self.gru = DialogueGRU(h, h)
         bases = config.num_bases or None
-        self.rgcn = RelationalGraphConv(h, g, NUM_RELATIONS, bases)
-        self.gconv = RelationalGraphConv(g, g, 2)  # relation 0 = self, 1 = any neighbour
+        self.rgcn = RGCNConv(h, g, NUM_RELATIONS, bases, aggr="mean", root_weight=False)
+        # The paper's GraphConv: separate self / neighbour weights = RGCN with 2 relations.
+        self.gconv = RGCNConv(g, g, 2, aggr="mean", root_weight=False)
         self.drop = nn.Dropout(config.dropout)
         self.head = _classifier(h + g, h, self.num_classes, config.dropout)
 
@@ -183,73 +214,54 @@ class DialogueGCN(ERCModel):
         h2 = torch.relu(self.gconv(h1, graph.edge_index, (graph.edge_type != SELF).long()))
         return ModelOutput(self.head(torch.cat([seq, self.drop(h2)], -1)))
 
-    def init_state(self) -> ConversationState:
-        return ConversationState()
+    def init_state(self) -> DialogueGCNState:
+        cfg, dev = self.config, self.device
+        return DialogueGCNState(
+            graph=IncrementalGraph(cfg.past, dev),
+            seq=RingCache(cfg.past + 1, (cfg.hidden,), device=dev),
+            h1=RingCache(cfg.past + 1, (cfg.graph_hidden,), device=dev),
+            gru=torch.zeros(1, 1, cfg.hidden, device=dev),
+        )
 
     @torch.inference_mode()
     def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
+        self, state: DialogueGCNState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, DialogueGCNState]:
         logits, states = self.step_many([state], [utterance])
         return logits[0], states[0]
 
     @torch.inference_mode()
     def step_many(
-        self, states: Sequence[ConversationState], utterances: Sequence[UtteranceFeatures]
-    ) -> tuple[Tensor, list[ConversationState]]:
-        """Batched: one GRU step for all conversations, graph layers on their padded in-edges."""
+        self, states: Sequence[DialogueGCNState], utterances: Sequence[UtteranceFeatures]
+    ) -> tuple[Tensor, list[DialogueGCNState]]:
+        """Batched: one GRU step for all conversations, then each graph layer on the new nodes'
+        incoming-edge subgraph, its sources read from the conversations' rings."""
         batch = steps_batch(self, states, utterances)
-        caches = [self._cache(s) for s in states]
         u = self.fusion.from_batch(batch).fused  # [S, H]
-        hidden = torch.cat([c["gru"] for c in caches], 1)  # [1, S, H]
+        hidden = torch.cat([s.gru for s in states], 1)  # [1, S, H]
         seq, hidden = self.gru.step(u, hidden)
         edge_types = []
-        for i, c in enumerate(caches):
-            c["gru"] = hidden[:, i : i + 1]
-            _, edge_type = c["graph"].add(int(batch.speaker[i]))
-            edge_types.append(edge_type)
-            c["seq"].append(seq[i])
-        edge_type, valid = _pad_edges(edge_types)
-        rows = _pad_rows(caches, "seq", edge_types)
-        h1 = torch.relu(self.rgcn.nodes(rows, edge_type, valid))  # [S, G]
-        for i, c in enumerate(caches):
-            c["h1"].append(h1[i])
-        rows = _pad_rows(caches, "h1", edge_types)
-        h2 = torch.relu(self.gconv.nodes(rows, (edge_type != SELF).long(), valid))
+        for i, s in enumerate(states):
+            s.gru = hidden[:, i : i + 1]
+            edge_types.append(s.graph.add(int(batch.speaker[i]))[1])
+            s.seq.append(seq[i])
+        edge_index, edge_type = incoming_edges(edge_types)
+        rows = _incoming_rows([s.seq for s in states], edge_types)
+        h1 = torch.relu(self.rgcn((rows, seq), edge_index, edge_type))  # [S, G]
+        for i, s in enumerate(states):
+            s.h1.append(h1[i])
+        rows = _incoming_rows([s.h1 for s in states], edge_types)
+        h2 = torch.relu(self.gconv((rows, h1), edge_index, (edge_type != SELF).long()))
         logits = self.head(torch.cat([seq, h2], -1))
         for s in states:
             s.length += 1
         return logits, list(states)
 
-    def _cache(self, state: ConversationState) -> dict:
-        cfg, cache = self.config, state.cache
-        if not cache:
-            dev = self.device
-            cache["graph"] = IncrementalGraph(cfg.past, dev)
-            cache["seq"] = RingCache(cfg.past + 1, (cfg.hidden,), device=dev)
-            cache["h1"] = RingCache(cfg.past + 1, (cfg.graph_hidden,), device=dev)
-            cache["gru"] = torch.zeros(1, 1, cfg.hidden, device=dev)
-        return cache
 
-
-def _pad_edges(edge_types: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-conversation in-edge types ``[K_i]`` → ``[S, K]`` (padding: SELF) and ``[S, K]``
-    validity."""
-    if len(edge_types) == 1:
-        return edge_types[0][None], torch.ones_like(edge_types[0], dtype=torch.bool)[None]
-    padded = nn.utils.rnn.pad_sequence(edge_types, batch_first=True, padding_value=SELF)
-    lengths = torch.tensor([len(t) for t in edge_types], device=padded.device)
-    valid = torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]
-    return padded, valid
-
-
-def _pad_rows(caches: list[dict], key: str, edge_types: list[Tensor]) -> Tensor:
-    """Each conversation's newest ``K_i`` rows of ring ``key`` (newest first, matching its
-    in-edges) → ``[S, K, D]`` zero-padded."""
-    rows = [c[key].last(len(t)) for c, t in zip(caches, edge_types, strict=True)]
-    if len(rows) == 1:
-        return rows[0][None]
-    return nn.utils.rnn.pad_sequence(rows, batch_first=True)
+def _incoming_rows(rings: Sequence[RingCache], edge_types: Sequence[Tensor]) -> Tensor:
+    """Each conversation's newest ``K_s`` rows (newest first, matching its in-edges), one
+    conversation after another: the sources of :func:`incoming_edges` ``[Σ K_s, D]``."""
+    return torch.cat([r.last(len(t)) for r, t in zip(rings, edge_types, strict=True)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,32 +378,31 @@ class DialogueRNNLite(ERCModel):
             logits = logits + self.back_out(self.drop(e_back))
         return ModelOutput(logits)
 
-    def init_state(self) -> ConversationState:
-        return ConversationState()
+    def init_state(self) -> DialogueRNNLiteState:
+        h, dev = self.config.hidden, self.device
+        return DialogueRNNLiteState(
+            history=torch.zeros(self.config.horizon, h, device=dev),
+            g=torch.zeros(1, h, device=dev),
+            e=torch.zeros(1, h, device=dev),
+            q=torch.zeros(0, h, device=dev),
+        )
 
     @torch.inference_mode()
     def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
-        h, cache = self.config.hidden, state.cache
+        self, state: DialogueRNNLiteState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, DialogueRNNLiteState]:
+        h = self.config.hidden
         batch = self.utterance_batch(state, utterance)
-        if not cache:
-            dev = self.device
-            # Past global states in arrival slots (attention is order-free): [horizon, H].
-            cache["history"] = torch.zeros(self.config.horizon, h, device=dev)
-            cache["g"] = torch.zeros(1, h, device=dev)
-            cache["e"] = torch.zeros(1, h, device=dev)
-            cache["q"] = torch.zeros(0, h, device=dev)
         s = int(batch.speaker[0])
-        q = cache["q"]
-        if s >= q.shape[0]:
+        q = state.q
+        if s >= q.shape[0]:  # a new speaker's party state starts at 0
             q = torch.cat([q, q.new_zeros(s + 1 - q.shape[0], h)])
         u = self.fusion.from_batch(batch).fused
-        history, seen = cache["history"], state.length
+        history, seen = state.history, state.length
         keys = history[: min(seen, len(history))].unsqueeze(0) if seen else None
-        g, q_s, e = self.cells.update(u, q[s : s + 1], cache["g"], cache["e"], keys)
+        g, q_s, e = self.cells.update(u, q[s : s + 1], state.g, state.e, keys)
         q[s] = q_s[0]
         history[seen % len(history)] = g[0]
-        cache.update(g=g, e=e, q=q)
+        state.g, state.e, state.q = g, e, q
         state.length += 1
         return self.out(e[0]), state

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from realtime_erc.conversation.context import RingCache
 from realtime_erc.conversation.graph import IncrementalGraph, build_graph
 from realtime_erc.events import MODALITIES, UtteranceFeatures
 from realtime_erc.models.base import (
@@ -127,6 +128,17 @@ class BigFusionConfig:
         return gcl.AugmentOptions(
             self.edge_p_mean, self.edge_p_max, self.feature_p_mean, self.feature_p_max
         )
+
+
+@dataclass(kw_only=True)
+class BigFusionState(ConversationState):
+    """``attention``: per block, the keys/values of the last ``horizon`` utterances;
+    ``graph``: the causal graph's last ``graph_past`` speakers; ``graph_inputs``: per graph
+    layer, its inputs of the last ``graph_past`` utterances."""
+
+    attention: list[RingCache]
+    graph: IncrementalGraph
+    graph_inputs: list[RingCache]
 
 
 class BigFusion(ERCModel):
@@ -224,59 +236,32 @@ class BigFusion(ERCModel):
         return gcl.info_nce(z1, z2, c.gcl_tau)
 
     # -- streaming ---------------------------------------------------------------------------
-    def init_state(self) -> ConversationState:
-        return ConversationState()
-
-    def _new_cache(self, device: torch.device) -> dict[str, Any]:
+    def init_state(self) -> BigFusionState:
         c: BigFusionConfig = self.config
-        return {
-            "attention": [block.new_cache(device) for block in self.blocks],
-            "graph": IncrementalGraph(c.graph_past, device=device),
-            "graph_inputs": self.graph.new_cache(c.hidden, device),
-        }
+        device = self.device
+        return BigFusionState(
+            attention=[block.new_cache(device) for block in self.blocks],
+            graph=IncrementalGraph(c.graph_past, device=device),
+            graph_inputs=self.graph.new_cache(device),
+        )
 
     batched_step = True
 
-    @torch.inference_mode()
     def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
-        self.dims.check(utterance)
-        speaker = state.speaker_index(utterance.speaker)
-        device = self.device
-        if not state.cache:
-            state.cache.update(self._new_cache(device))
-        cache = state.cache
-        pooled = [
-            torch.from_numpy(np.asarray(utterance.modality(m).pooled, np.float32))
-            .to(device)
-            .unsqueeze(0)
-            for m in MODALITIES
-        ]
-        present = torch.tensor([utterance.present], dtype=torch.bool, device=device)
-        x = self.fusion(pooled, present).fused[0]  # [H]
-        h = x
-        for block, attn_cache in zip(self.blocks, cache["attention"], strict=True):
-            h = block.step(h, attn_cache)
-        h_t = self.final_norm(h)
-        _, edge_type = cache["graph"].add(speaker)
-        h_g = self.graph.step(x, edge_type, cache["graph_inputs"])
-        logits = self.head(torch.cat([h_t, h_g]))
-        state.length += 1
-        return logits, state
+        self, state: BigFusionState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, BigFusionState]:
+        logits, states = self.step_many([state], [utterance])
+        return logits[0], states[0]
 
     @torch.inference_mode()
     def step_many(
-        self, states: Sequence[ConversationState], utterances: Sequence[UtteranceFeatures]
-    ) -> tuple[Tensor, list[ConversationState]]:
+        self, states: Sequence[BigFusionState], utterances: Sequence[UtteranceFeatures]
+    ) -> tuple[Tensor, list[BigFusionState]]:
         """One new utterance for each of ``S`` distinct conversations in one batch → logits
         ``[S, C]`` (the engine's micro-batch); each row equals what :meth:`step` gives."""
         for u in utterances:
             self.dims.check(u)
         device = self.device
-        for state in states:
-            if not state.cache:
-                state.cache.update(self._new_cache(device))
         pooled = [
             torch.from_numpy(
                 np.stack([np.asarray(u.modality(m).pooled, np.float32) for u in utterances])
@@ -286,14 +271,18 @@ class BigFusion(ERCModel):
         present = torch.tensor([u.present for u in utterances], dtype=torch.bool, device=device)
         x = self.fusion(pooled, present).fused  # [S, H]
         h = x
-        for k, block in enumerate(self.blocks):
-            h = block.step_many(h, [state.cache["attention"][k] for state in states])
+        if len(states) == 1:  # one conversation: the unpadded attention path
+            for block, cache in zip(self.blocks, states[0].attention, strict=True):
+                h = block.step(h[0], cache)[None]
+        else:
+            for k, block in enumerate(self.blocks):
+                h = block.step_many(h, [state.attention[k] for state in states])
         h_t = self.final_norm(h)
         edge_types = [
-            state.cache["graph"].add(state.speaker_index(u.speaker))[1]
+            state.graph.add(state.speaker_index(u.speaker))[1]
             for state, u in zip(states, utterances, strict=True)
         ]
-        h_g = self.graph.step_many(x, edge_types, [state.cache["graph_inputs"] for state in states])
+        h_g = self.graph.step(x, edge_types, [state.graph_inputs for state in states])
         logits = self.head(torch.cat([h_t, h_g], dim=-1))
         for state in states:
             state.length += 1

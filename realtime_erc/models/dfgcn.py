@@ -88,6 +88,17 @@ class DFGCNConfig:
     dropout: float = 0.3
 
 
+@dataclass(kw_only=True)
+class DFGCNState(ConversationState):
+    """``graph``: the causal graph's last ``window`` speakers; ``giv``: the running sum of the
+    static fusion (O(1)); ``stages``: the ODE states ``[num_stages, H]`` of the last ``window``
+    utterances at every solver evaluation."""
+
+    graph: IncrementalGraph
+    giv: RunningMean
+    stages: RingCache
+
+
 class DFGCN(ERCModel):
     """DF-GCN, streaming interpretation (see the module docstring)."""
 
@@ -158,27 +169,23 @@ class DFGCN(ERCModel):
                 total = total + ce**2
         return total
 
-    def init_state(self) -> ConversationState:
-        return ConversationState()
+    def init_state(self) -> DFGCNState:
+        cfg, dev = self.config, self.device
+        return DFGCNState(
+            graph=IncrementalGraph(cfg.window, dev),
+            giv=RunningMean(),
+            stages=RingCache(cfg.window, (self.ode.num_stages, cfg.hidden), device=dev),
+        )
 
     @torch.inference_mode()
-    def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
-        cfg, cache = self.config, state.cache
+    def step(self, state: DFGCNState, utterance: UtteranceFeatures) -> tuple[Tensor, DFGCNState]:
         batch = self.utterance_batch(state, utterance)
-        if not cache:
-            dev = self.device
-            cache["graph"] = IncrementalGraph(cfg.window, dev)
-            cache["giv"] = RunningMean()
-            cache["stages"] = RingCache(cfg.window, (self.ode.num_stages, cfg.hidden), device=dev)
         per, static = self._encode(batch)
-        prompt = self.prompt(cache["giv"].update(static))
+        prompt = self.prompt(state.giv.update(static))
         fused, _ = self.fusion(per, batch.present, prompt, static)
-        _, edge_type = cache["graph"].add(state.speakers[utterance.speaker])
-        stages: RingCache = cache["stages"]
-        h_t, own = self.ode.step(fused[0], stages.last(cfg.window), edge_type)
-        stages.append(own)
+        _, edge_type = state.graph.add(state.speakers[utterance.speaker])
+        h_t, own = self.ode.step(fused[0], state.stages.last(self.config.window), edge_type)
+        state.stages.append(own)
         logits = self.head(torch.cat([h_t, fused[0]], -1))
         state.length += 1
         return logits, state

@@ -28,8 +28,8 @@ Interpretations (each a hyperparameter of :class:`HotspotConfig`): the hotspot s
 k as a fraction of the valid length, cross-attention aligners with top-k softmax routing and a
 Switch-style load-balancing loss (``aux_losses["load_balance"]``, weighted, training only), the
 modality memory as bounded attention over past aligned vectors, graph attention with edge-type
-biases written densely (plain PyTorch: the same code serves ``forward`` and ``step``; a
-torch-geometric layer would rebuild an edge list per step).
+biases (a torch-geometric ``MessagePassing`` layer that ``forward`` runs on the batched graph and
+``step`` on the new utterance's incoming-edge subgraph).
 
 Graceful degradation: the model wants *sequence* features. Where a modality has only a pooled
 vector (no sequence in the feature configuration, or none for an utterance), that vector is a
@@ -37,19 +37,20 @@ one-step sequence: ``k = 1``, the hotspot is the whole utterance and HGF mixes t
 same vector — the model then works at utterance level (report results as such). Absent modalities
 are masked everywhere (no hotspot, no aligner input, no graph node).
 
-Streaming: the state holds the modality memory (keys/values of the last ``horizon`` utterances),
-each graph layer's keys/values of the last ``graph_window`` utterances and the speakers and
-modality presence of those utterances; everything else is per utterance. ``step`` equals the
-causal ``forward`` but takes a path of its own for the one new utterance (no batch collation,
-absent modalities skipped, the modalities batched, the masks of each presence pattern built once
-per conversation, preallocated caches read in storage order): the layers' ``encode_one``,
-``detect_step``, ``fuse_step`` and ``step`` methods.
+Streaming: the state (:class:`HotspotState`) holds the modality memory (keys/values of the last
+``horizon`` utterances), each graph layer's inputs of the last ``graph_window`` utterances and
+the speakers and modality presence of those utterances; everything else is per utterance.
+``step`` equals the causal ``forward`` but takes a path of its own for the one new utterance (no
+batch collation, absent modalities skipped, the modalities batched, the masks of each presence
+pattern built once per conversation, preallocated caches read in storage order): the layers'
+``encode_one``, ``detect_step``, ``fuse_step`` and ``step`` methods, and the graph layers on the
+incoming-edge subgraph of the new utterance's three nodes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -64,7 +65,11 @@ from realtime_erc.models.base import (
     FeatureDims,
     ModelOutput,
 )
-from realtime_erc.models.layers.cross_modal_graph import CrossModalGraphLayer, GraphTimeline
+from realtime_erc.models.layers.cross_modal_graph import (
+    CrossModalGraphLayer,
+    CrossModalHistory,
+    cross_modal_graph,
+)
 from realtime_erc.models.layers.gated_fusion import HotspotGatedFusion
 from realtime_erc.models.layers.hotspot_detector import HotspotDetector, Hotspots
 from realtime_erc.models.layers.mixture_of_aligners import (
@@ -72,7 +77,7 @@ from realtime_erc.models.layers.mixture_of_aligners import (
     MixtureOfAligners,
     load_balancing_loss,
 )
-from realtime_erc.models.layers.modality_memory import ModalityMemory
+from realtime_erc.models.layers.modality_memory import MemoryCache, ModalityMemory
 from realtime_erc.models.layers.sequence_encoder import SequenceEncoder
 
 
@@ -120,12 +125,14 @@ class _Utterances:
 class _Presence:
     """The masks of one modality-presence pattern (built once per conversation and pattern):
     ``mask`` ``[3]`` additive (−1e9 where absent); ``present`` ``[3, 1]`` float (None: all
-    present); ``count`` present modalities (at least 1, a divisor) and ``n_present`` (exact);
+    present); ``node_present`` ``[3]`` bool; ``count`` present modalities (at least 1, a
+    divisor) and ``n_present`` (exact);
     ``moa_blocked`` ``[3, 3]`` bool and ``moa_attends`` ``[3, 1]`` float (None: all 1) for the
     aligners."""
 
     mask: Tensor
     present: Tensor | None
+    node_present: Tensor
     count: int
     n_present: int
     moa_blocked: Tensor
@@ -140,6 +147,7 @@ class _Presence:
         return cls(
             mask=(~mask).float() * -1e9,
             present=None if all(present) else mask.float().unsqueeze(-1),
+            node_present=mask,
             count=max(1, sum(present)),
             n_present=sum(present),
             moa_blocked=~(other & mask),
@@ -147,6 +155,17 @@ class _Presence:
             if all(attends)
             else torch.tensor(attends, dtype=torch.float32, device=device).unsqueeze(-1),
         )
+
+
+@dataclass(kw_only=True)
+class HotspotState(ConversationState):
+    """``memory``: the modality memory's keys/values of the last ``horizon`` utterances;
+    ``graph``: the last ``graph_window`` utterances' speakers, presence and graph-layer inputs;
+    ``presence``: the masks of each modality-presence pattern met so far."""
+
+    memory: MemoryCache
+    graph: CrossModalHistory
+    presence: dict[tuple[bool, ...], _Presence] = field(default_factory=dict)
 
 
 def _pad_time(x: Tensor, length: int) -> Tensor:
@@ -233,28 +252,31 @@ class EmotionHotspots(ERCModel):
         tokens, _ = batch.dense(utt.alignment.tokens)
         present, _ = batch.dense(utt.present)
         read = batch.flat(self.memory(aligned, tokens, present, causal))
-        nodes, _ = batch.dense(utt.u + self.modality_embedding * utt.present.unsqueeze(-1))
-        speaker, _ = batch.dense(batch.speaker)
+        nodes = utt.u + self.modality_embedding * utt.present.unsqueeze(-1)  # [N, 3, H]
+        graph = cross_modal_graph(
+            batch.speaker,
+            batch.dialogue,
+            batch.position,
+            utt.present,
+            self.config.graph_window,
+            causal,
+        )
+        nodes = nodes.reshape(-1, nodes.shape[-1])
         for layer in self.graph:
-            nodes = layer(nodes, present, speaker, causal)
-        logits = self._output(utt.aligned, read, batch.flat(nodes), utt.present)
+            nodes = layer(nodes, graph.edge_index, graph.kind, graph.present)
+        logits = self._output(utt.aligned, read, nodes.view_as(utt.u), utt.present)
         aux: dict[str, Tensor] = {}
         if self.training:
             balance = load_balancing_loss(utt.alignment.probs, utt.alignment.routes)
             aux["load_balance"] = self.config.load_balance_weight * balance
         return ModelOutput(logits, aux)
 
-    def init_state(self) -> ConversationState:
-        return ConversationState()
-
-    def _new_cache(self) -> dict:
-        dev = self.device
-        return {
-            "memory": self.memory.new_cache(dev),
-            "timeline": GraphTimeline(self.config.graph_window, dev),
-            "layers": [layer.new_cache(dev) for layer in self.graph],
-            "presence": {},
-        }
+    def init_state(self) -> HotspotState:
+        cfg, dev = self.config, self.device
+        return HotspotState(
+            memory=self.memory.new_cache(dev),
+            graph=CrossModalHistory(cfg.graph_window, cfg.graph_layers, cfg.hidden, dev),
+        )
 
     def _utterance_one(self, utterance: UtteranceFeatures) -> tuple[Tensor, tuple[bool, ...]]:
         """The per-utterance part of :meth:`_utterances` for one utterance: ``u`` ``[3, H]``
@@ -286,26 +308,25 @@ class EmotionHotspots(ERCModel):
 
     @torch.inference_mode()
     def step(
-        self, state: ConversationState, utterance: UtteranceFeatures
-    ) -> tuple[Tensor, ConversationState]:
+        self, state: HotspotState, utterance: UtteranceFeatures
+    ) -> tuple[Tensor, HotspotState]:
         self.dims.check(utterance)
         speaker = state.speaker_index(utterance.speaker)
-        cache = state.cache
-        if not cache:
-            cache.update(self._new_cache())
         u, present = self._utterance_one(utterance)
-        p = cache["presence"].get(present)
+        p = state.presence.get(present)
         if p is None:
-            p = cache["presence"][present] = _Presence.of(present, u.device)
+            p = state.presence[present] = _Presence.of(present, u.device)
         s = F.gelu(F.linear(u.sum(0) / p.count, self.shared.weight, self.shared.bias))
         tokens = self.aligners.step(u, s, p.moa_blocked, p.moa_attends, p.present)
         aligned = tokens.sum(0) / p.count
-        read = self.memory.step(aligned, tokens, p.mask, p.n_present, cache["memory"])
-        ctx = cache["timeline"].add(speaker, p.mask, p.present)
+        read = self.memory.step(aligned, tokens, p.mask, p.n_present, state.memory)
         embedding = self.modality_embedding
         nodes = u + (embedding if p.present is None else embedding * p.present)
-        for layer, layer_cache in zip(self.graph, cache["layers"], strict=True):
-            nodes = layer.step(nodes, ctx, layer_cache)
+        graph = state.graph.subgraph(speaker, p.node_present)
+        for k, layer in enumerate(self.graph):
+            sources = state.graph.sources(k, nodes)
+            nodes = layer((sources, nodes), graph.edge_index, graph.kind, graph.present)
+        state.graph.add(speaker, p.node_present)
         moa = F.gelu(F.linear(torch.cat([aligned, read]), self.moa_out.weight, self.moa_out.bias))
         hidden = torch.cat([moa, nodes.sum(0) / p.count])
         if self.training:

@@ -275,8 +275,8 @@ def test_streaming_caches_stay_bounded():
     for u in dialog:
         _, state = model.step(state, u)
     assert state.length == 40
-    assert all(len(ring) == 8 for ring in state.cache["attention"])
-    assert all(len(ring) == 3 for ring in state.cache["graph_inputs"])
+    assert all(len(ring) == 8 for ring in state.attention)
+    assert all(len(ring) == 3 for ring in state.graph_inputs)
 
 
 def test_config_is_checked():

@@ -2,28 +2,32 @@
 
 Node states ``H(t)`` ``[N, H]`` start at the fused utterance vectors ``H(0) = H_0`` and follow
 
-    "sigmoid":  dH/dt = σ(Σ_r Â_r H W_r + b) − H
-    "cgnn":     dH/dt = Σ_r Â_r H W_r + b − H + H_0          (the CGNN form, Xhonneux et al. 2020)
+    "sigmoid":  dH/dt = σ(M(H) + b) − H
+    "cgnn":     dH/dt = M(H) + b − H + H_0          (the CGNN form, Xhonneux et al. 2020)
+
+    M(H)_i = Σ_{(j → i, r)} (1 / deg_in(i)) · H_j W_r          W ``[R, H, H]``
 
 from ``t = 0`` to ``t = t_end``, integrated by ``torchdiffeq.odeint`` with a fixed-grid method
-(``rk4`` = torchdiffeq's 3/8-rule RK4, ``midpoint``, ``euler``; step ``step_size``). ``Â_r`` is the
-relation-``r`` part of the conversation graph (self / same-speaker / other-speaker × past/future,
-see :mod:`realtime_erc.conversation.graph`) normalised by the *target's* in-degree
-(``Â_r[i, j] = 1/deg_in(i)`` for each edge j → i of relation r). Row normalisation keeps the
-causal graph causal: a symmetric ``D^{-1/2} A D^{-1/2}`` would use the source's out-degree, which
-counts future utterances.
+(``rk4`` = torchdiffeq's 3/8-rule RK4, ``midpoint``, ``euler``; step ``step_size``). The edges
+are those of :mod:`realtime_erc.conversation.graph` (self / same-speaker / other-speaker ×
+past/future). ``M`` is normalised by the *target's* in-degree over all relations (not per
+relation, so not :class:`~torch_geometric.nn.RGCNConv`'s mean): a symmetric
+``D^{-1/2} A D^{-1/2}`` would use the source's out-degree, which counts future utterances.
 
-Streaming (``step``). The ODE couples nodes over time, so a new node's trajectory depends on its
-neighbours' trajectories — but in the causal graph its neighbours are past nodes, whose
-trajectories do not depend on it. A fixed-grid solver evaluates the derivative at a finite set of
-points (``num_stages`` = grid steps × solver stages, 16 for rk4 with step 0.25 on [0, 1]), and
-at evaluation ``e`` node i's derivative reads only its neighbours' states *at evaluation e*. So
-``step`` keeps, for each of the last ``window`` nodes, its state at every evaluation point
-(``[num_stages, H]``), and integrates only the new node, whose derivative at evaluation ``e``
-reads the cached neighbour states of evaluation ``e`` (with a replica of torchdiffeq's fixed-grid
-steps: the same grid and evaluation order, without ``odeint``'s per-call set-up). The new
-node's own evaluation states are returned for the cache. This reproduces the joint integration
-(same solver, same order of evaluations) at a cost bounded by ``window × num_stages``.
+``M`` is one message-passing round (:class:`GraphODE` is a ``MessagePassing`` layer): messages
+``H_j / deg_in(i)`` are summed per (target, relation) slot, then each relation's sum is
+transformed once (``[N, R·H] @ [R·H, H]``, cheaper than a matrix per edge).
+
+Streaming (:meth:`GraphODE.step`). The ODE couples nodes over time, but in the causal graph a new
+node's neighbours are past nodes, whose trajectories do not depend on it. A fixed-grid solver
+evaluates the derivative at ``num_stages`` points (16 for rk4 with step 0.25 on [0, 1]), and at
+evaluation ``e`` node i's derivative reads its neighbours' states *at evaluation e*. So ``step``
+keeps, for each of the last ``window`` nodes, its state at every evaluation point
+(``[num_stages, H]``); the layer runs once on the new node's incoming-edge subgraph with the
+evaluations as a leading batch axis (the neighbours' share of ``M`` at every evaluation), and
+only the new node is integrated, its self edge added at each evaluation (a replica of
+torchdiffeq's fixed-grid steps: the same grid and order of evaluations, without ``odeint``'s
+per-call set-up). The cost is bounded by ``window × num_stages``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import degree, scatter
 from torchdiffeq import odeint
 
 ODE_FORMS = ("sigmoid", "cgnn")
-
 
 _STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
 _ONE_THIRD = 1 / 3
@@ -51,9 +56,10 @@ def _fixed_grid_steps(step_size: float, t_end: float) -> list[float]:
     return (grid[1:] - grid[:-1]).tolist()
 
 
-class GraphODE(nn.Module):
-    """Relational graph ODE block. ``forward`` integrates a whole (batch of) graph(s);
-    ``step`` integrates one new node against cached neighbour trajectories."""
+class GraphODE(MessagePassing):
+    """Relational graph ODE block (see the module docstring). ``forward`` integrates a whole
+    (batch of) graph(s); ``step`` integrates one new node against cached neighbour
+    trajectories. Node features may carry leading batch axes: ``[..., N, H]``."""
 
     def __init__(
         self,
@@ -64,7 +70,7 @@ class GraphODE(nn.Module):
         step_size: float = 0.25,
         t_end: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(aggr="add", node_dim=-2)
         if form not in ODE_FORMS:
             raise ValueError(f"graph ODE form {form!r}: choose one of {', '.join(ODE_FORMS)}")
         if method not in ("euler", "midpoint", "rk4"):
@@ -73,14 +79,41 @@ class GraphODE(nn.Module):
             )
         if not 0 < step_size <= t_end:
             raise ValueError(f"graph ODE step {step_size} must lie in (0, t_end={t_end}]")
+        self.hidden, self.num_relations = hidden, num_relations
         self.form, self.method, self.step_size = form, method, step_size
-        self.weight = nn.Parameter(torch.randn(num_relations, hidden, hidden) / math.sqrt(hidden))
-        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.weight = nn.Parameter(torch.empty(num_relations, hidden, hidden))
+        self.bias = nn.Parameter(torch.empty(hidden))
         self.register_buffer("times", torch.tensor([0.0, t_end]), persistent=False)
         self.num_stages = self._count_stages()
         self._steps = _fixed_grid_steps(step_size, t_end)
         if len(self._steps) * _STAGES[method] != self.num_stages:  # guards the replica below
             raise RuntimeError(f"torchdiffeq's {method} grid differs from the streaming replica")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.hidden))
+        nn.init.zeros_(self.bias)
+
+    # -- one message-passing round: M(H) ------------------------------------------------------
+    def message(self, x_j: Tensor, norm: Tensor) -> Tensor:
+        return x_j * norm.unsqueeze(-1)
+
+    def aggregate(
+        self, inputs: Tensor, index: Tensor, edge_type: Tensor, relations: int, dim_size: int
+    ) -> Tensor:
+        # Sum per (target, relation) slot: [..., N, R·H], so each W_r is applied once per node.
+        slot = index * relations + edge_type
+        out = scatter(inputs, slot, self.node_dim, dim_size * relations, reduce="sum")
+        return out.reshape(*out.shape[:-2], dim_size, relations * inputs.shape[-1])
+
+    def update(self, inputs: Tensor, relations: int) -> Tensor:
+        return inputs @ self.weight[:relations].reshape(-1, self.hidden)
+
+    def _derivative(self, message: Tensor, y: Tensor, h0: Tensor) -> Tensor:
+        if self.form == "sigmoid":
+            return torch.sigmoid(message + self.bias) - y
+        return message + self.bias - y + h0
 
     def _solve(self, func, y0: Tensor) -> Tensor:
         return odeint(
@@ -98,25 +131,17 @@ class GraphODE(nn.Module):
             self._solve(func, torch.zeros(1))
         return len(calls)
 
-    def _derivative(self, message: Tensor, y: Tensor, h0: Tensor) -> Tensor:
-        if self.form == "sigmoid":
-            return torch.sigmoid(message + self.bias) - y
-        return message + self.bias - y + h0
-
     def forward(self, h0: Tensor, edge_index: Tensor, edge_type: Tensor, relations: int) -> Tensor:
         """``h0``: ``[N, H]``; ``edge_index``: ``[2, E]`` (src j → dst i); ``edge_type``: ``[E]``
         in ``0 … relations−1`` → ``H(t_end)`` ``[N, H]``."""
-        n, hidden = h0.shape
-        src, dst = edge_index
-        deg = torch.bincount(dst, minlength=n).clamp(min=1).to(h0.dtype)
-        norm = (1.0 / deg[dst]).unsqueeze(-1)  # [E, 1]
-        slot = edge_type * n + dst  # row of (relation, target) in the aggregate
-        weight = self.weight[:relations]
+        n = h0.shape[0]
+        norm = 1.0 / degree(edge_index[1], n, h0.dtype).clamp(min=1)[edge_index[1]]
 
         def func(t: Tensor, y: Tensor) -> Tensor:
-            agg = y.new_zeros(relations * n, hidden).index_add_(0, slot, y[src] * norm)
-            message = torch.einsum("rnh,rhd->nd", agg.view(relations, n, hidden), weight)
-            return self._derivative(message, y, h0)
+            m = self.propagate(
+                edge_index, x=y, norm=norm, edge_type=edge_type, relations=relations, size=(n, n)
+            )
+            return self._derivative(m, y, h0)
 
         return self._solve(func, h0)
 
@@ -127,19 +152,25 @@ class GraphODE(nn.Module):
         past neighbours at each of the ``S = num_stages`` evaluations, newest first (offset
         1 … K); ``edge_type``: ``[K + 1]`` relation of offset 0 (itself) … K.
         Returns ``(H(t_end) [H], own evaluation states [S, H])``."""
-        relations, hidden = self.weight.shape[0], h0.shape[0]
-        k1 = edge_type.shape[0]
-        # The neighbours' share of the message at every evaluation, computed in one matmul:
-        # Σ_{j≠i} Â_ij Y_e[j] W_{r(j)} → [S, H]; at evaluation e only the node's own term is added.
+        k1, relations = edge_type.shape[0], self.num_relations
+        norm = h0.new_full((k1 - 1,), 1.0 / k1)
         if k1 > 1:
-            onehot = nn.functional.one_hot(edge_type[1:], relations).to(h0.dtype) / k1  # [K, R]
-            agg = torch.einsum("kr,ksh->srh", onehot, neighbour_stages)  # [S, R, H]
-            neighbour_message = agg.reshape(-1, relations * hidden) @ self.weight.view(
-                relations * hidden, hidden
+            # The neighbours' share of M at every evaluation: one propagate over the
+            # incoming-edge subgraph (sources 0 … K − 1 → the new node), evaluations batched.
+            edge_index = torch.stack(
+                [torch.arange(k1 - 1, device=h0.device), edge_type.new_zeros(k1 - 1)]
             )
+            neighbour_message = self.propagate(
+                edge_index,
+                x=(neighbour_stages.transpose(0, 1), h0.new_zeros(self.num_stages, 1, h0.shape[0])),
+                norm=norm,
+                edge_type=edge_type[1:],
+                relations=relations,
+                size=(k1 - 1, 1),
+            )[:, 0]  # [S, H]
         else:
-            neighbour_message = h0.new_zeros(self.num_stages, hidden)
-        self_weight = self.weight[int(edge_type[0])] / k1  # [H, H]
+            neighbour_message = h0.new_zeros(self.num_stages, h0.shape[0])
+        self_weight = self.weight[int(edge_type[0])] / k1  # the self edge, [H, H]
         stages: list[Tensor] = []
         y0 = h0.unsqueeze(0)
 
