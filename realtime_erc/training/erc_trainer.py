@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +30,7 @@ from realtime_erc.models.base import DialogueBatch, ERCModel, FeatureDims
 from realtime_erc.models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from realtime_erc.models.options import load_model_config
 from realtime_erc.training.corpus import CorpusFeatures, Dialogue, ErcCorpus
+from realtime_erc.training.dataset_spec import CORPORA, DatasetSpec
 from realtime_erc.training.datasets import split_sizes
 from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.erc_metrics import scores
@@ -102,12 +102,13 @@ def _seq_dim(features: ModalityFeatures) -> int | None:
 @dataclass(frozen=True)
 class ErcData:
     """A corpus ready to train on: dialogues, their features and the model's feature dims.
-    ``dataset`` names it in provenance (``iemocap``, ``meld``, ``assembled`` or a file)."""
+    ``dataset`` names it in provenance and run names: the :class:`DatasetSpec` it was loaded
+    as (``meld+mpnet+lora4``, a pickle), or a plain label for data built otherwise (tests)."""
 
     corpus: ErcCorpus
     features: CorpusFeatures
     dims: FeatureDims
-    dataset: str
+    dataset: DatasetSpec | str
 
     def dialogues(self, split: str, subset: int | None = None) -> list[Dialogue]:
         ds = self.corpus.split(split)
@@ -270,7 +271,7 @@ def train_erc(
         "causal": options.causal,
     }
     provenance = {
-        "dataset": data.dataset,
+        "dataset": str(data.dataset),
         "corpus": data.corpus.name,
         "source": data.corpus.provenance.get("source", ""),
         "features": dict(data.features.extractor),
@@ -320,7 +321,7 @@ def evaluate_checkpoint(
             **result}  # fmt: skip
 
 
-DATASETS: tuple[str, ...] = ("iemocap", "meld", "emorynlp", "assembled")
+DATASETS: tuple[str, ...] = CORPORA
 
 
 def live_dims(text_dim: int | None = None) -> FeatureDims:
@@ -362,22 +363,34 @@ def text_encoder(identity: str | None = None, adapter: Path | None = None, base:
 @dataclass(frozen=True)
 class DataRequest:
     """A dataset name resolved without reading any data: what :func:`load_data` will load and
-    the ``name`` it will carry (``meld+mpnet+lora4``, ``assembled+heads``, a pickle's path)."""
+    the ``spec`` it will carry (``meld+mpnet+lora4``, ``assembled+heads``, a pickle's path)."""
 
-    name: str
-    base: str
+    spec: DatasetSpec
     encoder: Any = None
     """The pooled text encoder (not loaded yet) for the text corpora and the assembled one."""
-    heads: bool = False
-    crossfit: bool = False
     folds: tuple[Any, ...] = ()
     """With ``crossfit``: the fold encoders (see :func:`_fold_adapters`)."""
     text: str | None = None
     """What the text features will come from, as :func:`text_identity` gives it for the loaded
     data (None: not known before loading)."""
-    causal: bool = False
-    """Assembled ``+heads+causal``: the speech head's input standardised per speaker causally
-    along each dialogue, as live (``AssembledOptions.speech_norm = "running"``)."""
+
+    @property
+    def name(self) -> str:
+        return str(self.spec)
+
+    @property
+    def heads(self) -> bool:
+        return self.spec.heads
+
+    @property
+    def crossfit(self) -> bool:
+        return self.spec.crossfit
+
+    @property
+    def causal(self) -> bool:
+        """Assembled ``+heads+causal``: the speech head's input standardised per speaker
+        causally along each dialogue, as live (``AssembledOptions.speech_norm = "running"``)."""
+        return self.spec.causal
 
 
 def text_identity(extractor: dict[str, str]) -> str:
@@ -388,63 +401,46 @@ def text_identity(extractor: dict[str, str]) -> str:
 
 
 def resolve_data(
-    dataset: str, encoder_identity: str | None = None, text_adapter: Path | None = None
+    dataset: DatasetSpec | str,
+    encoder_identity: str | None = None,
+    text_adapter: Path | None = None,
 ) -> DataRequest:
-    """Check ``dataset`` and its variants against the encoder they need and name the result,
-    cheaply (adapter files are read, no model and no corpus); see :func:`load_data`."""
-    from realtime_erc.training.datasets import TEXT_DATASETS
-
-    base, *variants = dataset.split("+")
-    if base not in TEXT_DATASETS and base != "assembled":
-        return DataRequest(dataset, base)
-    # "+lora4" (the name of data from an adapter of the top 4 layers) asks for "+lora"
-    variants = [re.sub(r"^lora\d+$", "lora", v) for v in variants]
-    known = ("mpnet", "lora", "heads", "causal")
-    if base != "assembled":
-        known = ("mpnet", "lora", "ctx", "xfit")
-    if not set(variants) <= set(known) or len(set(variants)) < len(variants):
+    """Check ``dataset`` (a name is parsed: :meth:`DatasetSpec.parse`) against the encoder it
+    needs and give the spec of what will be loaded, cheaply (adapter files are read, no model
+    and no corpus); see :func:`load_data`."""
+    spec = DatasetSpec.parse(dataset)
+    if spec.corpus is None:
+        return DataRequest(spec)
+    # "+lora4" (the name of data from an adapter of the top 4 layers) asks for "+lora": the
+    # adapter itself says how many layers it covers
+    encoder = text_encoder(encoder_identity, text_adapter, spec.encoder)
+    if spec.adapter is not None and encoder.adapter is None:
+        raise DataError(f"{spec} needs the emotion-adapted encoder: pass --text-adapter")
+    if spec.adapter == "ctx" and not encoder.context_turns:
         raise DataError(
-            f"unknown dataset variant {dataset!r}: {base} takes "
-            + ", ".join(f"+{v}" for v in known)
-        )
-    encoder = text_encoder(
-        encoder_identity, text_adapter, "mpnet" if "mpnet" in variants else "minilm"
-    )
-    larger = "" if encoder.encoder == "minilm" else f"+{encoder.encoder}"
-    if {"lora", "ctx"} & set(variants) and encoder.adapter is None:
-        raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-    if "ctx" in variants and not encoder.context_turns:
-        raise DataError(
-            f"{dataset} needs an adapter that reads context: pass one trained with "
+            f"{spec} needs an adapter that reads context: pass one trained with "
             "`realtime-erc train-text-encoder --context-turns N`"
         )
-    if base == "assembled" and encoder.context_turns:
+    if spec.corpus == "assembled" and encoder.context_turns:
         raise DataError(
             "an adapter that reads context is for the text corpora (iemocap, meld, "
             "emorynlp); the assembled corpus takes one trained without --context-turns"
         )
-    heads = "heads" in variants
-    causal = "causal" in variants
-    if causal and not heads:
-        raise DataError(f"{dataset}: +causal (running speaker standardisation) needs +heads")
-    adapted = "+ctx" if encoder.context_turns else "+lora" if encoder.adapter else ""
-    if adapted == "+lora" and encoder.partial_layers:
-        adapted += str(encoder.partial_layers)
-    crossfit = "xfit" in variants
-    if crossfit and encoder.adapter is None:
-        raise DataError(f"{dataset} needs the emotion-adapted encoder: pass --text-adapter")
-    name = base + larger + adapted + ("+heads" if heads else "") + ("+causal" if causal else "")
-    name += "+xfit" if crossfit else ""
+    if spec.crossfit and encoder.adapter is None:
+        raise DataError(f"{spec} needs the emotion-adapted encoder: pass --text-adapter")
+    adapter = "ctx" if encoder.context_turns else "lora" if encoder.adapter else None
+    layers = (encoder.partial_layers or None) if adapter == "lora" else None
+    resolved = replace(spec, encoder=encoder.encoder, adapter=adapter, lora_layers=layers)
     text = {"text": encoder.identity}
     folds: tuple[Any, ...] = ()
-    if crossfit and base in TEXT_DATASETS:
-        folds = tuple(text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, base))
+    if spec.crossfit and spec.is_text:
+        folds = tuple(text_encoder(adapter=p) for p in _fold_adapters(encoder.adapter, spec.corpus))
         text["text_train"] = "cross-fitted: " + ", ".join(f.identity for f in folds)
-    return DataRequest(name, base, encoder, heads, crossfit, folds, text_identity(text), causal)
+    return DataRequest(resolved, encoder, folds, text_identity(text))
 
 
 def load_data(
-    dataset: str,
+    dataset: DatasetSpec | str,
     data_dir: Path,
     encoder_identity: str | None = None,
     progress: Progress | None = None,
@@ -459,9 +455,9 @@ def load_data(
     name, or an adapter of it) adds ``+mpnet``: ``meld+mpnet``, ``meld+mpnet+lora``; an adapter
     of the top K layers only is named ``+loraK`` (``meld+mpnet+lora4``). ``+xfit``
     (with an adapter): training dialogues are encoded by the adapter's cross-fitted folds
-    (:func:`~realtime_erc.training.datasets.crossfit_text_features`), valid and test by it."""
+    (:func:`~realtime_erc.training.datasets.crossfit_text_features`), valid and test by it.
+    A name is parsed here (:meth:`DatasetSpec.parse`); the data carry the resolved spec."""
     from realtime_erc.training.datasets import (
-        TEXT_DATASETS,
         crossfit_text_features,
         infer_dims,
         load_feature_pickle,
@@ -470,18 +466,18 @@ def load_data(
     )
 
     request = resolve_data(dataset, encoder_identity, text_adapter)
-    base, encoder, name = request.base, request.encoder, request.name
-    if base in TEXT_DATASETS:
+    spec, encoder = request.spec, request.encoder
+    if spec.is_text:
         dims = live_dims(encoder.dim)
-        corpus = load_text_corpus(base, data_dir)
+        corpus = load_text_corpus(spec.corpus, data_dir)
         if request.crossfit:
             features = crossfit_text_features(
                 corpus, encoder, request.folds, dims, progress=progress
             )
         else:
             features = text_features(corpus, encoder, dims, progress=progress)
-        return ErcData(corpus, features, dims, name)
-    if base == "assembled":
+        return ErcData(corpus, features, dims, spec)
+    if spec.corpus == "assembled":
         try:
             from realtime_erc.training.assembled import load_assembled
         except ImportError:
@@ -501,14 +497,9 @@ def load_data(
             features_config=config,
             progress=progress,
         )
-        return ErcData(corpus, features, infer_dims(features, live_dims(encoder.dim)), name)
-    path = Path(dataset)
-    if path.suffix == ".pkl" or path.is_file():
-        pickle = load_feature_pickle(path)
-        return ErcData(pickle.corpus, pickle.features, pickle.dims, str(path))
-    raise DataError(
-        f"unknown dataset {dataset!r}: choose {', '.join(DATASETS)} or a published feature .pkl"
-    )
+        return ErcData(corpus, features, infer_dims(features, live_dims(encoder.dim)), spec)
+    pickle = load_feature_pickle(Path(str(spec.pickle)))
+    return ErcData(pickle.corpus, pickle.features, pickle.dims, spec)
 
 
 def _fold_adapters(adapter: Path, corpus: str) -> list[Path]:
@@ -548,9 +539,11 @@ def _fold_adapters(adapter: Path, corpus: str) -> list[Path]:
     return paths
 
 
-def run_name(dataset: str, options: ErcTrainOptions) -> str:
-    """``<dataset>-<model>-<causal|bidir>-seed<N>``: names the run's work directory."""
-    stem = Path(dataset).stem if dataset.endswith(".pkl") else dataset
+def run_name(dataset: DatasetSpec | str, options: ErcTrainOptions) -> str:
+    """``<dataset>-<model>-<causal|bidir>-seed<N>``: names the run's work directory. A spec
+    gives its :attr:`~DatasetSpec.stem`; a str is a label used as it is (``ErcData.dataset`` of
+    data built otherwise)."""
+    stem = dataset.stem if isinstance(dataset, DatasetSpec) else dataset
     mode = "causal" if options.causal else "bidir"
     sub = f"-sub{options.subset}" if options.subset else ""
     drop = f"-mdrop{options.modality_dropout:g}" if options.modality_dropout else ""

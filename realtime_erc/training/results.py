@@ -1,10 +1,12 @@
 """``realtime-erc evaluate --all``: train (or reuse) every run of the results table and write
 ``docs/RESULTS.md`` with its confusion-matrix plots in ``docs/results/``.
 
-Runs: every registered model on text-only IEMOCAP-6 and MELD-7 (causal: seeds 0, 1, 2;
-bidirectional: seed 0) and, where the assembled multimodal corpus is available, on it (causal,
-seed 0..). Each run's checkpoint lives in its work directory; a finished run is read back, not
-retrained, so re-running the command after an interruption continues where it stopped.
+Runs (the matrix is the data file ``experiments.toml`` beside this module, read and checked by
+:func:`load_experiments`): every listed model on text-only IEMOCAP-6 and MELD-7 (causal: seeds
+0, 1, 2; bidirectional: seed 0), each also on text from the packaged emotion-adapted encoders,
+and, where the assembled multimodal corpus is available, on it (causal, seed 0..). Each run's
+checkpoint lives in its work directory; a finished run is read back, not retrained, so re-running
+the command after an interruption continues where it stopped.
 
 Every finished run is also written to the ledger, ``docs/results/runs.jsonl`` (committed): one
 JSON line per run with its options and scores. A run the ledger holds with the same options is
@@ -21,10 +23,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from realtime_erc.training.dataset_spec import CORPORA, DatasetSpec
+from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.erc_trainer import (
     ErcData,
     ErcTrainOptions,
@@ -49,85 +53,183 @@ PUBLISHED: dict[str, dict[str, str]] = {
     "M3Net": {"iemocap": "≈71.1 (multimodal)", "meld": "≈65.8 (multimodal)"},
     "SDT": {"iemocap": "≈74.1 (multimodal)", "meld": "≈66.6 (multimodal)"},
 }
-DATASET_TITLES = {
-    "iemocap": "IEMOCAP-6", "meld": "MELD-7", "assembled": "assembled multimodal",
-    "iemocap+lora": "IEMOCAP-6, adapted text", "meld+lora": "MELD-7, adapted text",
-    "iemocap+ctx": "IEMOCAP-6, adapted text read in context",
-    "meld+ctx": "MELD-7, adapted text read in context",
-    "iemocap+mpnet+lora4": "IEMOCAP-6, MPNet adapted on its top 4 layers",
-    "meld+mpnet+lora4": "MELD-7, MPNet adapted on its top 4 layers",
-    "iemocap+mpnet+lora4+xfit": "IEMOCAP-6, MPNet adapted on its top 4 layers, cross-fitted",
-    "meld+mpnet+lora4+xfit": "MELD-7, MPNet adapted on its top 4 layers, cross-fitted",
-    "iemocap+mpnet+lora": "IEMOCAP-6, MPNet adapted on all layers",
-    "meld+mpnet+lora": "MELD-7, MPNet adapted on all layers",
-    "iemocap+mpnet+lora+xfit": "IEMOCAP-6, MPNet adapted on all layers, cross-fitted",
-    "meld+mpnet+lora+xfit": "MELD-7, MPNet adapted on all layers, cross-fitted",
-    "iemocap+mpnet+ctx": "IEMOCAP-6, MPNet adapted on all layers, reading 2 turns of context",
-    "meld+mpnet+ctx": "MELD-7, MPNet adapted on all layers, reading 2 turns of context",
-    "iemocap+mpnet+ctx+xfit": "IEMOCAP-6, MPNet adapted on all layers in context, cross-fitted",
-    "meld+mpnet+ctx+xfit": "MELD-7, MPNet adapted on all layers in context, cross-fitted",
-    "assembled+lora": "assembled, adapted text",
-    "assembled+heads": "assembled + head scores",
-    "assembled+lora+heads": "assembled, adapted text + head scores",
-}  # fmt: skip
-"""Row groups; ``+lora``: text from the emotion-adapted encoder (``train-text-encoder``);
-``+lora4``: from an adapter of the encoder's top 4 layers only (``--lora-layers 4``);
-``+ctx``: from one that reads each utterance with the turns before it (``--context-turns``);
-``+mpnet``: from the larger encoder (all-mpnet-base-v2) instead of MiniLM;
-``+heads``: the emotion heads' scores appended to audio and visual (``features.heads``);
-``+xfit``: training dialogues encoded by cross-fitted adapters that never saw them
-(``train-text-encoder --fold K/N``), valid and test by the adapter itself."""
-
+EXPERIMENTS_FILE = Path(__file__).resolve().with_name("experiments.toml")
+"""The experiment matrix (models, datasets, seeds, recipe, adapters, report rows)."""
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
+@dataclass(frozen=True)
+class ReportRow:
+    """A row group of the report: the runs on one dataset."""
+
+    dataset: DatasetSpec
+    title: str
+    target: float | None = None
+    """The issue target (causal text-only test weighted F1) of the row's corpus, if any."""
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """``experiments.toml``, checked: what ``evaluate --all`` runs and how it reports them."""
+
+    models: tuple[str, ...]
+    datasets: tuple[DatasetSpec, ...]
+    seeds: tuple[int, ...]
+    bidirectional_seeds: tuple[int, ...]
+    max_epochs: int
+    patience: int
+    lr: float
+    per_corpus: dict[str, dict[str, Any]]
+    """Per-corpus overrides of :class:`ErcTrainOptions` fields."""
+    adapters: dict[str, tuple[str, ...]]
+    """Per corpus, the packaged adapter files (under ``assets/``) its datasets also run on."""
+    rows: tuple[ReportRow, ...]
+
+
+def load_experiments(path: Path = EXPERIMENTS_FILE) -> Experiments:
+    """Read and check the experiment matrix; a :class:`DataError` names the file, the key and
+    what it should be."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise DataError(f"{path}: not a readable TOML file ({e})") from None
+
+    def bad(key: str, why: str) -> DataError:
+        return DataError(f"{path}: {key}: {why}")
+
+    def items(key: str, kind: type, value: Any = None) -> tuple[Any, ...]:
+        value = raw.get(key) if value is None else value
+        if not isinstance(value, list) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value
+        ):
+            raise bad(key, f"expected a list of {kind.__name__}")
+        if len(set(value)) < len(value):
+            raise bad(key, "has duplicates")
+        return tuple(value)
+
+    def table(key: str) -> dict[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict) or not set(value) <= set(CORPORA):
+            raise bad(key, f"expected a table keyed by corpus ({', '.join(CORPORA)})")
+        return value
+
+    def spec(key: str, name: str) -> DatasetSpec:
+        try:
+            parsed = DatasetSpec.parse(name)
+        except DataError as e:
+            raise bad(key, str(e)) from None
+        if str(parsed) != name:
+            raise bad(key, f"write {name!r} as {str(parsed)!r}")
+        return parsed
+
+    expected = {"models", "datasets", "seeds", "bidirectional_seeds", "max_epochs", "patience",
+                "lr", "per_corpus", "adapters", "targets", "titles"}  # fmt: skip
+    if unknown := set(raw) - expected:
+        raise bad(
+            ", ".join(sorted(unknown)), f"unknown; the keys are {', '.join(sorted(expected))}"
+        )
+    for key, kinds in (("max_epochs", (int,)), ("patience", (int,)), ("lr", (int, float))):
+        if not isinstance(raw.get(key), kinds) or isinstance(raw.get(key), bool):
+            raise bad(key, "expected a number" if float in kinds else "expected an integer")
+    settable = {f.name for f in fields(ErcTrainOptions)} - {"model", "seed", "causal"}
+    per_corpus = table("per_corpus")
+    for corpus, overrides in per_corpus.items():
+        if not isinstance(overrides, dict) or not set(overrides) <= settable:
+            raise bad(
+                f"per_corpus.{corpus}",
+                f"expected ErcTrainOptions fields ({', '.join(sorted(settable))})",
+            )
+    adapters = {c: items(f"adapters.{c}", str, v) for c, v in table("adapters").items()}
+    targets = table("targets")
+    for corpus, target in targets.items():
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
+            raise bad(f"targets.{corpus}", "expected a number")
+    titles = raw.get("titles")
+    if not isinstance(titles, dict) or not all(isinstance(t, str) for t in titles.values()):
+        raise bad("titles", "expected a table of dataset name = title")
+    rows = []
+    for name, title in titles.items():
+        row = spec(f"titles.{name!r}", name)
+        target = targets.get(row.corpus)
+        rows.append(ReportRow(row, title, None if target is None else float(target)))
+    return Experiments(
+        models=items("models", str),
+        datasets=tuple(spec("datasets", name) for name in items("datasets", str)),
+        seeds=items("seeds", int),
+        bidirectional_seeds=items("bidirectional_seeds", int),
+        max_epochs=raw["max_epochs"],
+        patience=raw["patience"],
+        lr=float(raw["lr"]),
+        per_corpus=per_corpus,
+        adapters=adapters,
+        rows=tuple(rows),
+    )
+
+
+EXPERIMENTS = load_experiments()
+DATASET_TITLES: dict[str, str] = {str(r.dataset): r.title for r in EXPERIMENTS.rows}
+"""Row groups (canonical dataset names, in the report's order) and their titles."""
+TARGETS: dict[str, float] = {
+    str(r.dataset): r.target for r in EXPERIMENTS.rows if r.target is not None
+}
+"""Issue targets: causal text-only test weighted F1 with our encoders (base or adapted)."""
+
+
 def packaged_adapters() -> dict[str, tuple[Path, ...]]:
-    """The committed emotion-adapted encoders, per dataset (assembled text is MELD's: it uses
-    the MELD adapter, trained on the MELD train split only)."""
-    files = {"iemocap": ("text_adapter_iemocap6.pt", "text_adapter_iemocap6_ctx3.pt",
-                         "text_adapter_iemocap6_mpnet.pt", "text_adapter_iemocap6_mpnet12.pt",
-                         "text_adapter_iemocap6_mpnet12_ctx2.pt"),
-             "meld": ("text_adapter_meld7.pt", "text_adapter_meld7_ctx3.pt",
-                      "text_adapter_meld7_mpnet.pt", "text_adapter_meld7_mpnet12.pt",
-                      "text_adapter_meld7_mpnet12_ctx2.pt"),
-             "assembled": ("text_adapter_meld7.pt",)}  # fmt: skip
-    found = {d: tuple(ADAPTERS_DIR / f for f in fs if (ADAPTERS_DIR / f).is_file())
-             for d, fs in files.items()}  # fmt: skip
-    return {d: paths for d, paths in found.items() if paths}
+    """The committed emotion-adapted encoders (``experiments.toml``'s ``[adapters]`` that are
+    present), per corpus."""
+    found = {c: tuple(ADAPTERS_DIR / f for f in fs if (ADAPTERS_DIR / f).is_file())
+             for c, fs in EXPERIMENTS.adapters.items()}  # fmt: skip
+    return {c: paths for c, paths in found.items() if paths}
+
+
+def _corpus(dataset: str) -> str | None:
+    """The corpus of a stored run's dataset name (None for a label that names none)."""
+    try:
+        return DatasetSpec.parse(dataset).corpus
+    except DataError:
+        return None
 
 
 @dataclass
 class ResultsPlan:
-    """What ``evaluate --all`` runs. Epoch caps keep each run short on a shared 2-core CPU;
-    ``budget_minutes`` stops starting new runs once spent (the report lists what was left out),
-    and a later call continues with the runs not yet done."""
+    """What ``evaluate --all`` runs (defaults: ``experiments.toml``). ``budget_minutes`` stops
+    starting new runs once spent (the report lists what was left out), and a later call
+    continues with the runs not yet done."""
 
-    models: tuple[str, ...] = (
-        "utterance-mlp", "dialoguegcn", "dfgcn", "dialogue-rnn-lite", "bigfusion", "hotspot",
-    )  # fmt: skip
+    models: tuple[str, ...] = EXPERIMENTS.models
     """Cheapest first (measured CPU time per epoch), so a budget-cut table has whole rows."""
-    datasets: tuple[str, ...] = ("iemocap", "meld", "assembled", "assembled+heads")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    bidirectional_seeds: tuple[int, ...] = (0,)
-    max_epochs: int = 10
-    patience: int = 3
-    lr: float = 2e-3
+    datasets: tuple[DatasetSpec, ...] = EXPERIMENTS.datasets
+    """Names are parsed (:meth:`DatasetSpec.parse`)."""
+    seeds: tuple[int, ...] = EXPERIMENTS.seeds
+    bidirectional_seeds: tuple[int, ...] = EXPERIMENTS.bidirectional_seeds
+    max_epochs: int = EXPERIMENTS.max_epochs
+    patience: int = EXPERIMENTS.patience
+    lr: float = EXPERIMENTS.lr
     per_dataset: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"meld": {"batch_dialogues": 16}}
+        default_factory=lambda: {c: dict(o) for c, o in EXPERIMENTS.per_corpus.items()}
     )
-    """Per-dataset overrides of :class:`ErcTrainOptions` fields (MELD: many short dialogues,
+    """Per-corpus overrides of :class:`ErcTrainOptions` fields (MELD: many short dialogues,
     so bigger batches)."""
     budget_minutes: float | None = None
     text_adapters: dict[str, tuple[Path, ...]] = field(default_factory=packaged_adapters)
     """Datasets also run on text from emotion-adapted encoders (rows ``<dataset>+lora`` and,
     for one that reads context, ``<dataset>+ctx``)."""
 
-    def options(self, dataset: str, model: str, seed: int, causal: bool) -> ErcTrainOptions:
+    def __post_init__(self) -> None:
+        self.datasets = tuple(DatasetSpec.parse(d) for d in self.datasets)
+
+    def options(
+        self, dataset: DatasetSpec | str, model: str, seed: int, causal: bool
+    ) -> ErcTrainOptions:
         base = ErcTrainOptions(
             model, seed=seed, causal=causal, max_epochs=self.max_epochs, patience=self.patience,
             lr=self.lr,
         )  # fmt: skip
-        return replace(base, **self.per_dataset.get(dataset.partition("+")[0], {}))
+        corpus = DatasetSpec.parse(dataset).corpus
+        return replace(base, **self.per_dataset.get(corpus or "", {}))
 
     def rounds(self) -> list[tuple[bool, int]]:
         """(causal, seed) in the order each model runs them: the first causal seed and the
@@ -215,7 +317,7 @@ def run_one(
     progress: Progress | None = None,
     ledger: RunLedger | None = None,
     *,
-    dataset: str,
+    dataset: DatasetSpec | str,
     text: str | None = None,
     train: bool = True,
 ) -> RunResult | None:
@@ -268,27 +370,27 @@ def run_all(
     """Every run of ``plan`` (within its budget); returns the results and notes on what was not
     run and why. A dataset is loaded only when one of its runs must be trained."""
     from realtime_erc.training.datasets import fold_adapters
-    from realtime_erc.training.emotion_data import DataError
 
     started = time.perf_counter()
-    requests: dict[str, tuple[str, Path | None, str | None]] = {}  # name -> dataset, adapter, text
+    # resolved spec -> (the spec asked for, adapter, text)
+    requests: dict[DatasetSpec, tuple[DatasetSpec, Path | None, str | None]] = {}
     notes: list[str] = []
     for dataset in plan.datasets:
         try:
-            variants: list[tuple[str, Path | None]] = [(dataset, None)]
-            for adapter in plan.text_adapters.get(dataset.partition("+")[0], ()):
+            variants: list[tuple[DatasetSpec, Path | None]] = [(dataset, None)]
+            for adapter in plan.text_adapters.get(dataset.corpus or "", ()):
                 variants.append((dataset, adapter))
                 if fold_adapters(adapter):
-                    variants.append((f"{dataset}+xfit", adapter))
-            for name, adapter in variants:
-                request = resolve_data(name, text_adapter=adapter)
-                requests[request.name] = (name, adapter, request.text)
+                    variants.append((replace(dataset, crossfit=True), adapter))
+            for spec, adapter in variants:
+                request = resolve_data(spec, text_adapter=adapter)
+                requests[request.spec] = (spec, adapter, request.text)
         except DataError as e:
-            notes.append(f"{DATASET_TITLES.get(dataset, dataset)}: not run ({e})")
+            notes.append(f"{DATASET_TITLES.get(str(dataset), dataset)}: not run ({e})")
 
     @functools.cache
-    def load(name: str) -> ErcData:
-        dataset, adapter, _ = requests[name]
+    def load(resolved: DatasetSpec) -> ErcData:
+        dataset, adapter, _ = requests[resolved]
         return load_data(dataset, data_dir, progress=progress, text_adapter=adapter)
 
     results: list[RunResult] = []
@@ -297,7 +399,7 @@ def run_all(
     for model in plan.models:
         for causal, seed in plan.rounds():
             for dataset, (*_, text) in requests.items():
-                if (dataset.startswith("assembled") and not causal) or dataset in failed:
+                if (dataset.corpus == "assembled" and not causal) or str(dataset) in failed:
                     continue
                 spent = (time.perf_counter() - started) / 60
                 label = f"{dataset} {model} {'causal' if causal else 'bidir'} seed {seed}"
@@ -308,7 +410,7 @@ def run_all(
                     result = run_one(functools.partial(load, dataset), options, progress, ledger,
                                      dataset=dataset, text=text, train=train)  # fmt: skip
                 except DataError as e:
-                    failed[dataset] = str(e)
+                    failed[str(dataset)] = str(e)
                     continue
                 if result is None:
                     skipped.append(label)
@@ -368,14 +470,6 @@ def plot_confusion(result: RunResult, labels: Sequence[str], path: Path) -> None
     plt.close(fig)
 
 
-TARGETS = {
-    d: 65.0 if d.startswith("iemocap") else 63.0
-    for d in DATASET_TITLES
-    if d.startswith(("iemocap", "meld"))
-}
-"""Issue targets: causal text-only test weighted F1 with our encoders (base or adapted)."""
-
-
 def _seed_wins(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> list[bool]:
     """For each run of ``runs`` whose seed ``baseline`` also ran: does it score higher on test?"""
     base = {r.seed: r.test["weighted_f1"] for r in baseline}
@@ -416,14 +510,14 @@ def _chosen_on_valid(results: Sequence[RunResult], models: Sequence[str]) -> lis
     (mean over seeds; groups with fewer seeds than the most complete one are not candidates),
     then that group's test score (picking among the rows above by their test scores would tune
     on test). The utterance MLP chooses the same way; each seed is compared with its seed."""
-    corpora = [c for c in ("iemocap", "meld") if any(r.dataset.partition("+")[0] == c
-               and r.causal for r in results)]  # fmt: skip
+    corpora = [c for c in ("iemocap", "meld") if any(_corpus(r.dataset) == c and r.causal
+               for r in results)]  # fmt: skip
     if not corpora:
         return []
 
     def choose(model: str, corpus: str) -> list[RunResult]:
-        groups = [_group(results, d, model, True) for d in TARGETS
-                  if d.partition("+")[0] == corpus]  # fmt: skip
+        groups = [_group(results, str(row.dataset), model, True) for row in EXPERIMENTS.rows
+                  if row.target is not None and row.dataset.corpus == corpus]  # fmt: skip
         most = max((len(g) for g in groups), default=0)
         full = [g for g in groups if g and len(g) == most]
         return max(full, key=lambda g: statistics.mean(r.valid["weighted_f1"] for r in g),

@@ -201,3 +201,17 @@ def test_dropout_is_part_of_a_runs_identity_only_when_used(tmp_path: Path) -> No
     assert run_name("assembled", dropped) == "assembled-utterance-mlp-causal-seed0-mdrop0.25"
     result = train_erc(synthetic_data(4), dropped, tmp_path / "m.pt", tmp_path / "w")
     assert result["provenance"]["options"]["modality_dropout"] == 0.25
+
+
+def test_data_loaded_as_a_spec_store_its_canonical_name(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from realtime_erc.training.dataset_spec import DatasetSpec
+    from realtime_erc.training.erc_trainer import run_name
+
+    spec = DatasetSpec.parse("assembled+causal+heads")
+    data = replace(synthetic_data(4), dataset=spec)
+    options = ErcTrainOptions("utterance-mlp", max_epochs=1)
+    assert run_name(spec, options) == "assembled+heads+causal-utterance-mlp-causal-seed0"
+    result = train_erc(data, options, tmp_path / "m.pt", tmp_path / "w")
+    assert result["provenance"]["dataset"] == "assembled+heads+causal"

@@ -127,6 +127,83 @@ def test_plan_runs_first_seed_and_bidirectional_first() -> None:
     assert plan.options("meld", "dfgcn", 1, True).batch_dialogues == 16
     assert plan.options("iemocap", "dfgcn", 1, False).causal is False
     assert plan.options("meld+lora", "dfgcn", 1, True).batch_dialogues == 16  # as its base
+    assert ResultsPlan(datasets=("meld+lora",)).datasets[0].adapter == "lora"  # parsed
+
+
+OLD_ROWS = (
+    "iemocap", "meld", "assembled", "iemocap+lora", "meld+lora", "iemocap+ctx", "meld+ctx",
+    "iemocap+mpnet+lora4", "meld+mpnet+lora4", "iemocap+mpnet+lora4+xfit",
+    "meld+mpnet+lora4+xfit", "iemocap+mpnet+lora", "meld+mpnet+lora", "iemocap+mpnet+lora+xfit",
+    "meld+mpnet+lora+xfit", "iemocap+mpnet+ctx", "meld+mpnet+ctx", "iemocap+mpnet+ctx+xfit",
+    "meld+mpnet+ctx+xfit", "assembled+lora", "assembled+heads", "assembled+lora+heads",
+)  # fmt: skip
+"""The report's row groups as results.py listed them before the matrix moved to TOML."""
+
+
+def test_the_experiment_matrix_is_read_from_its_toml_file() -> None:
+    from realtime_erc.models.registry import model_class
+    from realtime_erc.training.dataset_spec import DatasetSpec
+    from realtime_erc.training.results import (
+        DATASET_TITLES,
+        EXPERIMENTS,
+        EXPERIMENTS_FILE,
+        TARGETS,
+        packaged_adapters,
+    )
+
+    assert EXPERIMENTS_FILE.name == "experiments.toml"
+    assert tuple(DATASET_TITLES) == OLD_ROWS and len(EXPERIMENTS.rows) == 22
+    assert DATASET_TITLES["meld+mpnet+lora4+xfit"] == (
+        "MELD-7, MPNet adapted on its top 4 layers, cross-fitted"
+    )
+    assert {d: 65.0 if d.startswith("iemocap") else 63.0 for d in OLD_ROWS
+                       if d.startswith(("iemocap", "meld"))} == TARGETS  # fmt: skip
+    plan = ResultsPlan()
+    assert plan.models == ("utterance-mlp", "dialoguegcn", "dfgcn", "dialogue-rnn-lite",
+                           "bigfusion", "hotspot")  # fmt: skip
+    assert plan.datasets == tuple(
+        DatasetSpec.parse(d) for d in ("iemocap", "meld", "assembled", "assembled+heads")
+    )
+    assert (plan.seeds, plan.bidirectional_seeds) == ((0, 1, 2), (0,))
+    assert (plan.max_epochs, plan.patience, plan.lr) == (10, 3, 2e-3)
+    assert plan.per_dataset == {"meld": {"batch_dialogues": 16}}
+    for model in plan.models:
+        model_class(model)  # registered
+    adapters = packaged_adapters()
+    assert set(adapters) <= {"iemocap", "meld", "assembled"}
+    assert all(p.is_file() and p.parent.name == "assets" for ps in adapters.values() for p in ps)
+    if "assembled" in adapters:
+        assert [p.name for p in adapters["assembled"]] == ["text_adapter_meld7.pt"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("seeds = [0, 1, 2]", "seeds = [0, 1, 2]\nfolds = 3"), "folds: unknown"),
+        (('"meld+ctx" =', '"meld+ctx+lora" ='), "titles.'meld+ctx+lora': 'meld+ctx+lora': "
+                                                 "+ctx is itself"),
+        (('"meld+mpnet+lora" =', '"meld+lora+mpnet" ='), "write 'meld+lora+mpnet' as "
+                                                          "'meld+mpnet+lora'"),
+        (('"assembled+heads"]', '"assembled+hedas"]'), "datasets: unknown dataset variant "
+                                                       "'+hedas'"),
+        (("batch_dialogues = 16", "batch = 16"), "per_corpus.meld: expected ErcTrainOptions"),
+        (("seeds = [0, 1, 2]", "seeds = [0, 1, 1]"), "seeds: has duplicates"),
+        (("patience = 3", "patience = 3.5"), "patience: expected an integer"),
+    ],
+)  # fmt: skip
+def test_a_bad_experiment_matrix_is_refused_naming_file_and_key(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    from realtime_erc.training.emotion_data import DataError
+    from realtime_erc.training.results import EXPERIMENTS_FILE, load_experiments
+
+    text = EXPERIMENTS_FILE.read_text()
+    assert edit[0] in text
+    bad = tmp_path / "experiments.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(DataError) as e:
+        load_experiments(bad)
+    assert str(e.value).startswith(f"{bad}: ") and message in str(e.value)
 
 
 def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
