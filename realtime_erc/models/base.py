@@ -241,8 +241,9 @@ class ConversationState:
 class ERCModel(nn.Module, ABC):
     """Base class of every ERC model.
 
-    Subclasses set ``name`` (the registry key) and ``Config`` (a dataclass of explicit
-    hyperparameters, mirrored in ``configs/models/<name>.toml``), and take
+    Subclasses set ``name`` (the registry key) and ``Config`` (a frozen pydantic dataclass of
+    explicit hyperparameters, :data:`~realtime_erc.models.options.hyperparameters`, mirrored in
+    ``configs/models/<name>.toml``), and take
     ``(dims, labels, config)`` in their constructor. ``labels`` is the ordered class list (never
     hard-coded); ``label_set`` names it (``meld7``, ``iemocap6`` ...).
     """

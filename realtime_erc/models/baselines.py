@@ -33,6 +33,7 @@ from realtime_erc.models.base import (
 from realtime_erc.models.layers.dialogue_gru import DialogueGRU, reverse_index
 from realtime_erc.models.layers.fusion import ModalityFusion
 from realtime_erc.models.layers.incoming import incoming_edges
+from realtime_erc.models.options import hyperparameters
 
 
 def steps_batch(
@@ -89,7 +90,7 @@ def _classifier(in_dim: int, hidden: int, classes: int, dropout: float) -> nn.Se
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@hyperparameters
 class UtteranceMLPConfig:
     """``hidden``: fusion and MLP width; ``fusion``: "mean" | "concat" (see layers/fusion.py)."""
 
@@ -145,7 +146,7 @@ class UtteranceMLP(ERCModel):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@hyperparameters
 class DialogueGCNConfig:
     """``hidden``: fusion and GRU width; ``graph_hidden``: width of both graph layers;
     ``past``/``future``: the graph window (future edges only when non-causal); ``num_bases``:
@@ -267,7 +268,7 @@ def _incoming_rows(rings: Sequence[RingCache], edge_types: Sequence[Tensor]) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@hyperparameters
 class DialogueRNNLiteConfig:
     """``hidden``: width of the fused input and of every GRU state; ``horizon``: how many past
     global states the attention may see."""

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from realtime_erc.conversation.context import RingCache
@@ -61,9 +62,10 @@ from realtime_erc.models.layers.dual_attention import DualAttentionBlock, Receiv
 from realtime_erc.models.layers.fusion import ModalityFusion
 from realtime_erc.models.layers.lif import LIFOptions
 from realtime_erc.models.layers.speaker_graph import SpeakerGraphBranch
+from realtime_erc.models.options import hyperparameters
 
 
-@dataclass
+@hyperparameters
 class BigFusionConfig:
     """BIG-FUSION hyperparameters (mirrored in ``configs/models/bigfusion.toml``)."""
 
@@ -74,8 +76,12 @@ class BigFusionConfig:
     layers: int = 2
     heads: int = 4
     ffn: int = 256
-    window: int = 4  # sliding-window attention: utterances each side (past only when causal)
-    horizon: int = 256  # global attention reaches this many utterances back (self included)
+    window: int = Field(
+        4, ge=0
+    )  # sliding-window attention: utterances each side (past only when causal)
+    horizon: int = Field(
+        256, ge=1
+    )  # global attention reaches this many utterances back (self included)
     # LIF neurons
     lif_steps: int = 4
     lif_tau: float = 2.0
@@ -85,7 +91,9 @@ class BigFusionConfig:
     lif_alpha: float = 2.0
     # speaker graph branch
     graph_layers: int = 2
-    graph_past: int = 10  # conversation-graph window (future window too when bidirectional)
+    graph_past: int = Field(
+        10, ge=0
+    )  # conversation-graph window (future window too when bidirectional)
     graph_bases: int = 0  # RGCN basis decomposition; 0 = one matrix per relation
     # graph contrastive learning (training only)
     gcl_weight: float = 0.2  # λ; 0 disables GCL
@@ -93,24 +101,12 @@ class BigFusionConfig:
     gcl_proj: int = 64
     gcl_max_nodes: int = 2048  # InfoNCE over a random subset when a batch has more nodes
     importance_alpha: float = 0.5  # s = α·global + (1−α)·local
-    global_importance: str = "attention"  # "attention" | "pagerank"
-    local_importance: str = "attention"  # "attention" | "similarity"
+    global_importance: Literal["attention", "pagerank"] = "attention"
+    local_importance: Literal["attention", "similarity"] = "attention"
     edge_p_mean: float = 0.3
     edge_p_max: float = 0.7
     feature_p_mean: float = 0.3
     feature_p_max: float = 0.7
-
-    def __post_init__(self) -> None:
-        if self.global_importance not in gcl.GLOBAL_IMPORTANCE:
-            raise ValueError(
-                f"global_importance {self.global_importance!r}: choose {gcl.GLOBAL_IMPORTANCE}"
-            )
-        if self.local_importance not in gcl.LOCAL_IMPORTANCE:
-            raise ValueError(
-                f"local_importance {self.local_importance!r}: choose {gcl.LOCAL_IMPORTANCE}"
-            )
-        if self.horizon < 1 or self.window < 0 or self.graph_past < 0:
-            raise ValueError("BIG-FUSION needs horizon >= 1, window >= 0, graph_past >= 0")
 
     @property
     def lif(self) -> LIFOptions:

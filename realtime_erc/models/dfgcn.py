@@ -66,9 +66,10 @@ from realtime_erc.models.layers.dynamic_fusion import DynamicFusion
 from realtime_erc.models.layers.fusion import ModalityEncoder
 from realtime_erc.models.layers.giv_prompt import GIVPrompt, global_information
 from realtime_erc.models.layers.graph_ode import GraphODE
+from realtime_erc.models.options import hyperparameters
 
 
-@dataclass
+@hyperparameters
 class DFGCNConfig:
     """``hidden``: width of every node vector; ``prompt_dim``: GIV prompt size; ``fusion_rank``:
     rank of the generated fusion-matrix update; ``window``: past (and, bidirectional, future)

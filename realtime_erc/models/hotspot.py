@@ -79,9 +79,10 @@ from realtime_erc.models.layers.mixture_of_aligners import (
 )
 from realtime_erc.models.layers.modality_memory import MemoryCache, ModalityMemory
 from realtime_erc.models.layers.sequence_encoder import SequenceEncoder
+from realtime_erc.models.options import hyperparameters
 
 
-@dataclass
+@hyperparameters
 class HotspotConfig:
     """``hidden``: width of every vector; ``conv_kernel``: hotspot detector's conv width (odd);
     ``hotspot_fraction``: k as a share of the valid steps; ``pooled_in_global``: HGF's global

@@ -1,19 +1,31 @@
-"""Model hyperparameters: each model's ``Config`` dataclass, read from TOML and ``key=value``
-overrides, and written back as TOML (``configs/models/<name>.toml`` mirrors the defaults).
+"""Model hyperparameters: each model's ``Config`` (a frozen pydantic dataclass declared with
+:data:`hyperparameters`), read from TOML and ``key=value`` overrides, and written back as TOML
+(``configs/models/<name>.toml`` mirrors the defaults).
 
 A model config file is flat: ``key = value`` lines naming fields of the model's ``Config``.
-Unknown keys and values of the wrong type are refused with a message naming them.
+One validator (pydantic: strict types, an int is accepted for a float; unknown keys refused;
+the field constraints) and one error format: :class:`ModelConfigError` naming the key.
 """
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
+
 from realtime_erc.models.registry import model_class
+
+hyperparameters = functools.partial(
+    dataclass, frozen=True, config=ConfigDict(extra="forbid", strict=True)
+)
+"""Decorator of every model's ``Config``: a frozen pydantic dataclass (``dataclasses.asdict`` /
+``replace`` keep working, and ``replace`` validates too), unknown keys refused, strict types."""
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "models"
 
@@ -85,26 +97,26 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _apply(name: str, config: Any, data: dict[str, Any], source: str) -> Any:
-    known = {f.name: getattr(config, f.name) for f in fields(config)}
-    for key, value in data.items():
-        if key not in known:
-            raise ModelConfigError(
-                f"{source}: unknown key {key!r} for model {name!r} (known keys: {', '.join(known)})"
-            )
-        data[key] = _check_type(name, key, value, known[key], source)
-    return replace(config, **data)
+    try:
+        return type(config)(**{**asdict(config), **data})
+    except ValidationError as e:
+        raise ModelConfigError(_describe(name, config, data, source, e)) from None
 
 
-def _check_type(name: str, key: str, value: Any, default: Any, source: str) -> Any:
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, expected) and (expected is bool) == isinstance(value, bool):
-        return value
-    raise ModelConfigError(
-        f"{source}: {name}.{key} must be {expected.__name__} (like the default {default!r}), "
-        f"got {value!r}"
-    )
+def _describe(name: str, config: Any, data: dict[str, Any], source: str, e: ValidationError) -> str:
+    """The first error, naming its key."""
+    error = e.errors()[0]
+    key = str(error["loc"][0]) if error["loc"] else "?"
+    known = {f.name: f for f in fields(config)}
+    if key not in known:
+        return f"{source}: unknown key {key!r} for model {name!r} (known keys: {', '.join(known)})"
+    default, value = getattr(config, key), data.get(key, getattr(config, key))
+    if error["type"].endswith("_type"):
+        return (
+            f"{source}: {name}.{key} must be {type(default).__name__} (like the default "
+            f"{default!r}), got {value!r}"
+        )
+    return f"{source}: {name}.{key}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
 
 
 def _toml_value(value: Any) -> str:

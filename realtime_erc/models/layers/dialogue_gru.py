@@ -32,6 +32,10 @@ class DialogueGRU(nn.Module):
         self.fwd = nn.GRU(in_dim, hidden, batch_first=True)
         self.bwd = nn.GRU(in_dim, hidden, batch_first=True)
 
+    def reset_parameters(self) -> None:
+        self.fwd.reset_parameters()
+        self.bwd.reset_parameters()
+
     def forward(self, x: Tensor, batch: DialogueBatch, causal: bool = True) -> Tensor:
         dense, _ = batch.dense(x)
         out = batch.flat(self.fwd(dense)[0])

@@ -83,6 +83,12 @@ class DualAttentionBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     # -- shared tail: spikes, gate, residuals, FFN (row-wise, so step and forward agree) --
+    def reset_parameters(self) -> None:
+        for module in self.children():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        nn.init.zeros_(self.rel_bias)
+
     def _fuse(self, x: Tensor, glob: Tensor, loc: Tensor) -> Tensor:
         currents = torch.stack(
             [self.norm_glob(self.out_glob(glob)), self.norm_loc(self.out_loc(loc))], -2

@@ -37,6 +37,10 @@ class DynamicFusion(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.scale = 1.0 / math.sqrt(hidden * rank)
 
+    def reset_parameters(self) -> None:
+        for module in (self.modality_logits, self.u, self.v, self.base, self.norm):
+            module.reset_parameters()
+
     def forward(
         self, h: Tensor, present: Tensor, prompt: Tensor, static: Tensor
     ) -> tuple[Tensor, Tensor]:

@@ -55,6 +55,10 @@ class ModalityEncoder(nn.Module):
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
 
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+        self.norm.reset_parameters()
+
     def forward(self, x: Tensor, present: Tensor) -> Tensor:
         h = self.drop(self.act(self.norm(self.proj(x))))
         return h * present.unsqueeze(-1).to(h.dtype)
@@ -77,6 +81,12 @@ class ModalityFusion(nn.Module):
         )
         if mode == "concat":
             self.combine = nn.Linear(len(MODALITIES) * (hidden + 1), hidden)
+
+    def reset_parameters(self) -> None:
+        for encoder in self.encoders.values():
+            encoder.reset_parameters()
+        if self.mode == "concat":
+            self.combine.reset_parameters()
 
     def forward(self, pooled: Sequence[Tensor], present: Tensor) -> FusedModalities:
         """``pooled``: one ``[N, D_m]`` per modality (``MODALITIES`` order); ``present``:

@@ -23,6 +23,10 @@ class HotspotGatedFusion(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(modalities, hidden))
 
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=1.0 / (self.weight.shape[1]) ** 0.5)
+        nn.init.zeros_(self.bias)
+
     def forward(self, h: Tensor, g: Tensor) -> Tensor:
         z = torch.sigmoid(
             torch.einsum("nmi,mio->nmo", torch.cat([h, g], -1), self.weight) + self.bias

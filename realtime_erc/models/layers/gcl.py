@@ -153,5 +153,9 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(hidden, proj), nn.ELU(), nn.Linear(proj, proj))
 
+    def reset_parameters(self) -> None:
+        self.net[0].reset_parameters()
+        self.net[2].reset_parameters()
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

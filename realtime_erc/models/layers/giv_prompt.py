@@ -38,5 +38,9 @@ class GIVPrompt(nn.Module):
             nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, prompt_dim)
         )
 
+    def reset_parameters(self) -> None:
+        self.mlp[0].reset_parameters()
+        self.mlp[2].reset_parameters()
+
     def forward(self, giv: Tensor) -> Tensor:
         return self.mlp(giv)

@@ -90,6 +90,14 @@ class HotspotDetector(nn.Module):
         self.score_bias = nn.Parameter(torch.zeros(modalities))
         self.fraction, self.selection, self.temperature = fraction, selection, temperature
 
+    def reset_parameters(self) -> None:
+        hidden = self.conv_weight.shape[1]
+        bound = 1.0 / math.sqrt(hidden * self.kernel)  # Conv1d's default initialisation
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        nn.init.uniform_(self.conv_bias, -bound, bound)
+        nn.init.normal_(self.score_weight, std=hidden**-0.5)
+        nn.init.zeros_(self.score_bias)
+
     def top_k(self, scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """The top ``k = max(1, ⌊fraction · n_valid⌋)`` valid steps of each row:
         ``([..., T] bool, k [...])``."""

@@ -101,6 +101,9 @@ class MultiStepLIF(nn.Module):
         self.options = options or LIFOptions()
         self.gain = nn.Parameter(torch.ones(shape))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.gain)
+
     def rate(self, x: Tensor) -> Tensor:
         """Mean firing rate over the T steps, ``[..., D]`` in [0, 1]."""
         o = self.options

@@ -57,6 +57,11 @@ class MixtureOfAligners(nn.Module):
         self.qkv = nn.Linear(hidden, experts * 3 * hidden)
         self.out = nn.Parameter(torch.randn(experts, hidden, hidden) / math.sqrt(hidden))
 
+    def reset_parameters(self) -> None:
+        self.router.reset_parameters()
+        self.qkv.reset_parameters()
+        nn.init.normal_(self.out, std=1.0 / math.sqrt(self.hidden))
+
     def route(self, s: Tensor) -> tuple[Tensor, Tensor]:
         probs = torch.softmax(self.router(s), -1)
         top, idx = probs.topk(self.top_k, -1)

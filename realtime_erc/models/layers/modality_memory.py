@@ -52,6 +52,10 @@ class ModalityMemory(nn.Module):
         self.kv = nn.Linear(hidden, 2 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
+    def reset_parameters(self) -> None:
+        for module in (self.q, self.kv, self.out):
+            module.reset_parameters()
+
     def _read(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
         """``q``: ``[B, L, H]``; ``k``/``v``: ``[B, S, H]``; ``allowed``: ``[B, L, S]`` →
         ``[B, L, H]``."""

@@ -34,6 +34,11 @@ class SequenceEncoder(nn.Module):
         self.pooled_proj = nn.Linear(pooled_dim, hidden)
         self.seq_proj = nn.Linear(seq_dim, hidden) if seq_dim is not None else None
 
+    def reset_parameters(self) -> None:
+        self.pooled_proj.reset_parameters()
+        if self.seq_proj is not None:
+            self.seq_proj.reset_parameters()
+
     def forward(self, batch: ModalityBatch, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pooled = self.pooled_proj(batch.pooled) * present.unsqueeze(-1)  # [N, H]
         if self.seq_proj is None or batch.sequence is None or batch.mask is None:
