@@ -8,18 +8,36 @@ wrong types are refused with a :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from realtime_erc.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix; the message names the key and the fix."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    """A configuration section: unknown keys refused, and frozen once loaded (a changed value
+    is a new object: :meth:`with_values`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def with_values(self, values: Mapping[str, Any]) -> Self:
+        """A copy with dotted keys set (``{"output.mqtt.enabled": True}``), validated as a
+        loaded file is; None values are ignored."""
+        data = self.model_dump()
+        for key, value in values.items():
+            if value is not None:
+                _set_dotted(data, key, value)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, source="derived settings", root=type(self))) from None
 
 
 class SessionConfig(Section):
@@ -426,12 +444,12 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            parent = _section_at(err["loc"][:-1])
+            parent = _section_at(err["loc"][:-1], root or Config)
             known = ", ".join(parent.model_fields) if parent else ""
             lines.append(f"{key}: unknown key (known keys here: {known})")
         else:
@@ -439,8 +457,7 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"invalid configuration from {source}:\n  " + "\n  ".join(lines)
 
 
-def _section_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_at(loc: tuple, model: type[BaseModel]) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None or not (

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import UtteranceFeatures
 from realtime_erc.models.base import ConversationState, ERCModel
 from realtime_erc.models.checkpoint import CheckpointInfo, load_checkpoint, model_info
@@ -35,7 +36,7 @@ from realtime_erc.models.checkpoint import CheckpointInfo, load_checkpoint, mode
 log = logging.getLogger(__name__)
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """The engine cannot run as asked (e.g. a CUDA device that is not there)."""
 
 

@@ -29,12 +29,13 @@ import numpy as np
 from realtime_erc.bench.replay import CollectingPublisher
 from realtime_erc.bench.speakers import attribution_accuracy
 from realtime_erc.config import Config
+from realtime_erc.errors import UserError
 from realtime_erc.sources.recording import SESSION_FILE, Annotation, RecordingError, read_recording
 from realtime_erc.speech.wer import word_error_rate
 from realtime_erc.training.erc_metrics import weighted_f1
 
 
-class SessionEvaluationError(ValueError):
+class SessionEvaluationError(UserError, ValueError):
     """The recording cannot be scored (no annotations with emotions)."""
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from realtime_erc.errors import UserError
 from realtime_erc.training.erc_metrics import weighted_f1
 
 FUSION_FILE = Path(__file__).resolve().parent / "assets" / "fusion.toml"
@@ -41,7 +43,7 @@ NEUTRAL = "neutral"  # in meld7 and iemocap6 alike
 EPS = 1e-4
 
 
-class FusionError(ValueError):
+class FusionError(UserError, ValueError):
     """A fusion file that cannot be used."""
 
 
@@ -212,3 +214,26 @@ def rows_of(report: Mapping) -> list[Row]:
             if r.get("scores"):
                 rows.append((session["condition"], r["emotion"], r["scores"], r.get("heads") or {}))
     return rows
+
+
+def refuse_test_paths(paths: Sequence[Path]) -> None:
+    """The fusion is fitted on the valid half only (the test half is scored once, after)."""
+    if any("test" in Path(p).resolve().parts for p in paths):
+        raise FusionError(
+            "fit-fusion fits on the valid half only: a path under test/ was given; score "
+            "the test half once with `evaluate-session` after fitting"
+        )
+
+
+def fit_report(report: Mapping) -> FusionParams:
+    """Fit on an ``evaluate-session`` report (``MultiSessionReport.to_dict()``) that was run
+    with ``fusion.mode = "off"``."""
+    rows = rows_of(report)
+    if not rows or not report.get("model"):
+        raise FusionError(
+            "no scored final events to fit on: run with a model and sessions whose label set "
+            "is the model's"
+        )
+    paths = [s["path"] for s in report.get("sessions", []) if "per_utterance" in s]
+    where = f"{len(paths)} sessions under {os.path.commonpath(paths)}" if paths else "?"
+    return fit_fusion(rows, report["model"], fitted_on=f"{len(rows)} utterances of {where}")

@@ -44,3 +44,33 @@ def start_cli():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser_page():
+    """A page in Debian's headless Chromium, driven by Playwright."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "Debian's chromium is not installed: run `make setup` (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        yield page
+        browser.close()

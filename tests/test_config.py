@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from realtime_erc.config import (
     DEFAULT_CONFIG_FILE,
@@ -87,3 +88,18 @@ def test_parse_speed():
     for bad in ("0", "-1", "fast"):
         with pytest.raises(ValueError):
             parse_speed(bad)
+
+
+def test_a_loaded_configuration_is_frozen_and_changes_make_validated_copies():
+    config = load_config(overrides=["asr.model=base"])
+    with pytest.raises(ValidationError, match="frozen"):
+        config.asr.model = "tiny.en"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        config.output = config.output  # type: ignore[misc]
+    changed = config.with_values({"output.mqtt.enabled": True, "asr.beam_size": None})
+    assert changed.output.mqtt.enabled and not config.output.mqtt.enabled
+    assert changed.asr.model == "base" and changed.asr.beam_size == config.asr.beam_size
+    with pytest.raises(ConfigError, match=r"asr\.beam_size: .*less than or equal to 10"):
+        config.with_values({"asr.beam_size": 99})
+    with pytest.raises(ConfigError, match=r"asr\.nope: unknown key"):
+        config.with_values({"asr.nope": 1})

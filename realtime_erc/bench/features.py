@@ -206,8 +206,7 @@ def run_features_benchmark(options: FeatureBenchOptions) -> BenchReport:
     report.rows.append(_row("visual pooling only (frames analysed on arrival)", summarize_ms))
 
     for backend in ("egemaps", "librosa"):
-        cfg = config.model_copy(deep=True)
-        cfg.audio.backend = backend
+        cfg = config.with_values({"audio.backend": backend})
         stage = FeatureStage(cfg, text=text, visual=FaceFeatures(VisualOptions()))
         together, batch_all = asyncio.run(_stage_timings(stage, samples, frames, runs))
         wall, cpu = percentile(together.wall, 50), percentile(together.cpu, 50)

@@ -54,10 +54,9 @@ def _run_once(recording: Path, config: Config) -> OverloadRun:
 
 
 def overload_config(config: Config, speed: float, shedding: bool) -> Config:
-    cfg = without_outputs(config)
-    cfg.replay.speed = speed
-    cfg.load.shedding = shedding
-    return cfg
+    return without_outputs(config).with_values(
+        {"replay.speed": str(speed), "load.shedding": shedding}
+    )
 
 
 def run_overload_benchmark(

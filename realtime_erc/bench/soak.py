@@ -293,11 +293,10 @@ def run_soak_session(recording: Path, config: Config, options: SoakOptions) -> S
     from realtime_erc.session import plan_replay, run_session
 
     rec = read_recording(recording)
-    cfg = config.model_copy(deep=True)
-    cfg.replay.speed = "max"
-    cfg.output.zmq.enabled = False
-    cfg.output.jsonl.path = ""
-    cfg.output.mqtt.enabled = False
+    cfg = config.with_values(
+        {"replay.speed": "max", "output.zmq.enabled": False, "output.jsonl.path": "",
+         "output.mqtt.enabled": False}
+    )  # fmt: skip
     collector = SoakCollector()
     with RssSampler(options.sample_every_s) as sampler:
         stats = asyncio.run(run_session(plan_replay(recording, cfg, [collector]), cfg))

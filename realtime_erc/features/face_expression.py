@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from realtime_erc.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -33,7 +35,7 @@ IMAGE_SIZE = 48
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "face_expression.pt"
 
 
-class FaceExpressionError(ValueError):
+class FaceExpressionError(UserError, ValueError):
     """A face-expression checkpoint or input is unusable; the message says what to do."""
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from realtime_erc.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RAVDESS_LABELS: tuple[str, ...] = (
@@ -40,7 +42,7 @@ SAMPLE_RATE = 16000
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "speech_emotion.pt"
 
 
-class SpeechEmotionError(ValueError):
+class SpeechEmotionError(UserError, ValueError):
     """A speech-emotion checkpoint or input is unusable; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from realtime_erc.errors import UserError
 from realtime_erc.models.base import ERCModel, FeatureDims
 from realtime_erc.models.options import ModelConfigError, config_from_dict
 from realtime_erc.models.registry import UnknownModelError, model_class
@@ -31,7 +32,7 @@ FORMAT = "realtime-erc/checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that is missing, corrupt, or not for this program."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from realtime_erc.errors import UserError
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 REGISTRY = ASSETS_DIR / "models.toml"
 """The preset registry (committed beside the checkpoints it names)."""
@@ -31,7 +33,7 @@ SPECIAL_CHECKPOINTS = ("none",)
 """``model.checkpoint`` values that are neither a preset nor a path (``none``: no model)."""
 
 
-class PresetError(ValueError):
+class PresetError(UserError, ValueError):
     """An unknown preset name, or a registry file that cannot be read."""
 
 

@@ -124,8 +124,10 @@ class EmbeddedBroker:
     async def stop(self) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
+            # amqtt can wait forever on a client that does not close (a browser's
+            # websocket): give connected clients a moment, then go.
             with contextlib.suppress(Exception):
-                await broker.shutdown()
+                await asyncio.wait_for(broker.shutdown(), timeout=3.0)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

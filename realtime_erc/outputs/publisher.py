@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import (
     EmotionEvent,
     Event,
@@ -32,7 +33,7 @@ from realtime_erc.pipeline import Stage
 log = logging.getLogger(__name__)
 
 
-class OutputError(RuntimeError):
+class OutputError(UserError, RuntimeError):
     """An output cannot work (port in use, unwritable file); the message names it and the fix."""
 
 

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from realtime_erc.errors import UserError
 from realtime_erc.outputs.schema import (  # noqa: E402
     EMOTION_SCHEMA_ID,
     SchemaError,
@@ -51,7 +52,7 @@ NO_LABEL = "no label"
 NO_LABEL_COLOR = "#d0d4d8"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The input cannot be reported on (missing, empty, not a stream); the message says why."""
 
 

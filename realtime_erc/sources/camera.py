@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import VideoFrame, now
 from realtime_erc.sources.clock import SessionClock
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_READ_FAILURES = 30  # consecutive failed reads before a camera counts as lost
 
 
-class CameraError(RuntimeError):
+class CameraError(UserError, RuntimeError):
     """A camera problem a user can fix (absent, busy, unreadable file); names the fix."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import soxr
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE, AudioChunk, now
 from realtime_erc.sources.clock import SessionClock
 
@@ -37,7 +38,7 @@ STARTUP_GRACE_S = 10.0  # a device (or sound server) may take this long to deliv
 BACKLOG_WARN_S = 2.0
 
 
-class MicrophoneError(RuntimeError):
+class MicrophoneError(UserError, RuntimeError):
     """A microphone problem a user can fix (no device, bad index, busy); names the fix."""
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE, AudioChunk, VideoFrame, now
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ _PROBE_FRAMES = 4096
 T = TypeVar("T")
 
 
-class RecordingError(ValueError):
+class RecordingError(UserError, ValueError):
     """A recording that does not follow the format. The message names the file, problem and fix."""
 
 

@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.features.assets import resemblyzer_weights_path
 
@@ -46,7 +47,7 @@ DEFAULT_PROJECTION = Path(__file__).resolve().parent.parent / "assets" / "speake
 Method = Literal["recluster", "online"]
 
 
-class SpeakerError(ValueError):
+class SpeakerError(UserError, ValueError):
     """An enrolment file is missing or unusable; the message names it and the fix."""
 
 

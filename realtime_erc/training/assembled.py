@@ -173,9 +173,9 @@ def build_assembled(
     dialogues/utterances per split, actors, clips and faces used, face-detection rate, seconds."""
     from rich.console import Console
 
-    from realtime_erc.training.extractors import _Bars
+    from realtime_erc.training.extractors import ProgressBars
 
-    with _Bars(console or Console(stderr=True)) as bars:
+    with ProgressBars(console or Console(stderr=True)) as bars:
         build = assemble(data_dir, cache_dir, options, features_config, bars)
     return build.stats
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from realtime_erc.errors import UserError
+
 DATA_ENV = "REALTIME_ERC_DATA"
 """Environment variable naming the training-data directory."""
 
@@ -31,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 AUDIO_SUFFIXES = (".flac", ".wav")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training/evaluation data are missing or malformed; the message names the path and fix."""
 
 

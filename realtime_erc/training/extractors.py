@@ -30,7 +30,7 @@ Extractor = Literal["speech", "face"]
 EXTRACTORS: tuple[str, ...] = ("speech", "face")
 
 
-class _Bars:
+class ProgressBars:
     """A rich progress display fed by the trainers' ``progress(phase, done, total, metrics)``."""
 
     def __init__(self, console: Console) -> None:
@@ -56,7 +56,7 @@ class _Bars:
         )
         self.progress.update(self.tasks[phase], completed=done, total=total, metrics=text)
 
-    def __enter__(self) -> _Bars:
+    def __enter__(self) -> ProgressBars:
         self.progress.start()
         return self
 
@@ -88,7 +88,7 @@ def train_extractor(
     ``auto`` (CUDA when there is one) or ``cuda[:N]``. ``options``: face recipe settings
     ``KEY=VALUE`` (:func:`~realtime_erc.training.face_trainer.face_recipe`)."""
     out = out or default_checkpoint(kind)
-    with _Bars(console) as bars:
+    with ProgressBars(console) as bars:
         if kind == "speech":
             from realtime_erc.training.speech_trainer import SpeechTrainOptions, train_speech
 
@@ -115,7 +115,7 @@ def evaluate_extractor(
     kind: Extractor, data: Path, checkpoint: Path | None, console: Console
 ) -> dict[str, Any]:
     """Score a checkpoint on a RAVDESS-layout (speech) or FER2013-layout (face) path."""
-    with _Bars(console) as bars:
+    with ProgressBars(console) as bars:
         if kind == "speech":
             from realtime_erc.features.speech_emotion import SpeechEmotionHead
             from realtime_erc.training.emotion_data import ravdess_clips

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from pathlib import Path
 
 import pytest
 from matplotlib import image as mpimg
@@ -16,17 +15,6 @@ from realtime_erc.outputs.mqtt import MqttOptions, MqttPublisher
 from realtime_erc.outputs.topics import topic_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _emotion(session: str, i: int, speaker: str, label: str, provisional: bool = False) -> dict:
@@ -82,21 +70,6 @@ class BackgroundPublishers:
             self.call(pub.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-@pytest.fixture
-def browser_page():
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "Debian's chromium is not installed: run `make setup` (apt-get install chromium)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        yield page
-        browser.close()
 
 
 def test_dashboard_renders_retained_state_live_events_and_reconnects(

@@ -65,8 +65,8 @@ def test_the_analysis_stage_appends_the_real_heads_scores():
     from realtime_erc.features.speech_emotion import SpeechEmotionHead
 
     speech = espeak("I can't believe you did that to me again!")
-    cfg = FeaturesConfig(heads="scores")
-    cfg.visual.min_confidence = 0.3  # upscaled 48 px faces are blurry
+    # upscaled 48 px faces are blurry
+    cfg = FeaturesConfig(heads="scores").with_values({"visual.min_confidence": 0.3})
     stage = AnalysisStage(
         cfg, speech_head=SpeechEmotionHead.load(), face_head=FaceExpressionHead.load()
     )

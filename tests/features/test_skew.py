@@ -121,8 +121,7 @@ def test_the_model_gets_the_scores_head_and_events_the_speech_head(same_features
         threads=4 if same_features else 1, trim_db=35 + (not same_features)
     )
     model = _FakeHead([0.9] + [0.1 / 7] * 7, other, calls)
-    config = FeaturesConfig(heads="scores")
-    config.visual.enabled = False
+    config = FeaturesConfig(heads="scores").with_values({"visual.enabled": False})
     stage = AnalysisStage(config, speech_head=events, scores_speech_head=model)
     samples = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
     seg = SpeechSegment(0, 0.0, 1.0, samples, 0.0, 0.0, audio_start=0.0)

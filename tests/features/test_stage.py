@@ -45,11 +45,10 @@ def run_stage(stage: FeatureStage, events: list) -> list:
 
 
 def config(**visual) -> FeaturesConfig:
-    cfg = FeaturesConfig()
-    cfg.visual.min_confidence = 0.3  # upscaled 48 px faces are blurry
-    for key, value in visual.items():
-        setattr(cfg.visual, key, value)
-    return cfg
+    # upscaled 48 px faces are blurry
+    return FeaturesConfig().with_values(
+        {"visual.min_confidence": 0.3, **{f"visual.{k}": v for k, v in visual.items()}}
+    )
 
 
 def test_an_utterance_with_a_face_gives_all_three_modalities(speech) -> None:
@@ -82,15 +81,12 @@ def test_an_utterance_with_a_face_gives_all_three_modalities(speech) -> None:
 
 
 def test_missing_inputs_and_disabled_modalities_are_absent(speech) -> None:
-    cfg = config()
-    cfg.text.enabled = True
+    cfg = config().with_values({"text.enabled": True})
     stage = FeatureStage(cfg)
     out = run_stage(stage, [utterance(speech, 0.0, text="")])
     assert out[0].present == (False, True, False)  # no transcript, no frames
 
-    cfg = config()
-    cfg.audio.enabled = False
-    cfg.visual.enabled = False
+    cfg = config(enabled=False).with_values({"audio.enabled": False})
     blank = [VideoFrame(face_frame(None), i, i / 15) for i in range(10)]
     out = run_stage(FeatureStage(cfg), [*blank, utterance(speech, 0.0)])
     assert out[-1].present == (True, False, False)
@@ -104,9 +100,7 @@ def test_no_face_in_view_marks_visual_absent(speech) -> None:
 
 
 def test_librosa_features_are_refused_by_a_model_expecting_egemaps(speech) -> None:
-    cfg = config()
-    cfg.audio.backend = "librosa"
-    cfg.visual.enabled = False
+    cfg = config(enabled=False).with_values({"audio.backend": "librosa"})
     out = run_stage(FeatureStage(cfg), [utterance(speech, 0.0)])
     dims = feature_dims(cfg)
     assert (dims.audio, dims.audio_seq) == (75, 25)

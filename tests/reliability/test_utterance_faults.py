@@ -158,8 +158,7 @@ class BrokenAudio(AudioFeatures):
 @pytest.mark.slow
 def test_an_audio_failure_marks_audio_absent_and_keeps_the_rest():
     speech = espeak("I can hardly believe it happened again.")
-    cfg = FeaturesConfig()
-    cfg.visual.enabled = False
+    cfg = FeaturesConfig().with_values({"visual.enabled": False})
     stage = AnalysisStage(cfg, audio=BrokenAudio(AudioOptions()))
 
     async def go():
