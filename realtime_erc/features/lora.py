@@ -1,67 +1,40 @@
-"""Low-rank adaptation (LoRA, Hu et al. 2021) of the linear layers of a frozen encoder.
+"""Low-rank adaptation (LoRA, Hu et al. 2021) of the linear layers of a frozen encoder, by peft.
 
-A wrapped layer computes
-
-    y = W x + b + (alpha / r) · B A dropout(x),    A ∈ R^{r × in}, B ∈ R^{out × r}
-
-with ``W``, ``b`` frozen, ``A`` initialised like a linear layer and ``B`` at zero (so training
-starts from the base model). Only ``A`` and ``B`` are trained and stored: for MiniLM-L6 at
-``r = 8`` on every attention and feed-forward projection that is 0.33 M parameters (1.3 MB)
-beside the 22.7 M frozen ones. For inference :func:`merge_lora` folds ``W + (alpha/r)·B A``
-back into plain ``nn.Linear`` layers, so an adapted encoder runs exactly as fast as the base.
+An adapted layer computes ``y = W x + b + (alpha / r) · B A dropout(x)`` with ``W``, ``b``
+frozen, ``A ∈ R^{r × in}`` initialised like a linear layer and ``B ∈ R^{out × r}`` at zero (so
+training starts from the base model): peft's ``LoraConfig`` defaults. Only ``A`` and ``B`` are
+trained and stored, as peft's state dict (``base_model.model.<layer>.lora_A.weight`` ...): for
+MiniLM-L6 at ``r = 8`` on every attention and feed-forward projection, 0.33 M parameters (1.3 MB)
+beside the 22.7 M frozen ones. For inference :func:`merge_lora` folds ``W + (alpha/r)·B A`` back
+into plain ``nn.Linear`` layers (``merge_and_unload``): an adapted encoder runs as fast as the base.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Iterable
 
 import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from torch import nn
-
-
-class LoRALinear(nn.Module):
-    """``base`` (frozen) plus a trainable rank-``rank`` update scaled by ``alpha / rank``.
-
-    Shapes: ``x [..., in] -> y [..., out]``.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad_(False)
-        self.scale = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T
-        return self.base(x) + self.scale * update
-
-    def merged(self) -> nn.Linear:
-        """A plain linear layer computing the same function (without dropout)."""
-        out = nn.Linear(self.base.in_features, self.base.out_features, self.base.bias is not None)
-        with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.scale * (self.lora_B @ self.lora_A))
-            if self.base.bias is not None:
-                out.bias.copy_(self.base.bias)
-        return out.to(self.base.weight.device, self.base.weight.dtype)
 
 
 def add_lora(
     model: nn.Module, targets: Iterable[str], rank: int, alpha: float, dropout: float = 0.0
-) -> list[str]:
-    """Wrap every ``nn.Linear`` whose qualified name ends with one of ``targets`` (for BERT:
-    ``query``, ``key``, ``value``, ``attention.output.dense``, ``intermediate.dense``,
-    ``output.dense``). Freezes everything else. Returns the wrapped names (sorted)."""
+) -> PeftModel:
+    """Adapt, in place, every ``nn.Linear`` whose qualified name ends with one of ``targets``
+    (plain string suffixes; for BERT: ``query``, ``key``, ``value``, ``attention.output.dense``,
+    ``intermediate.dense``, ``output.dense``) and freeze everything else. ``model``'s own forward
+    then runs the adapters; the returned peft wrapper saves, loads and merges them."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     suffixes = tuple(targets)
-    for p in model.parameters():
-        p.requires_grad_(False)
     names = sorted(
         name
         for name, module in model.named_modules()
@@ -69,23 +42,34 @@ def add_lora(
     )
     if not names:
         raise ValueError(f"no linear layer ends with any of {suffixes}")
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, LoRALinear(getattr(holder, child), rank, alpha, dropout))
-    return names
+    # the full names, matched exactly: the same layers whatever peft's own suffix rule
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)
 
 
-def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trained tensors only (``<layer>.lora_A`` / ``.lora_B``), detached copies on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+def lora_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The trained tensors only (peft's state dict), detached copies on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def merge_lora(model: nn.Module) -> int:
-    """Replace each :class:`LoRALinear` by its merged ``nn.Linear``; returns how many."""
-    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    for name, module in wrapped:
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, module.merged())
-    return len(wrapped)
+def load_lora_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`lora_state`'s tensors; ``ValueError`` unless they are exactly the adapters'."""
+    expected = set(get_peft_model_state_dict(model))
+    unmatched = sorted(expected ^ set(state))
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} tensors unmatched, e.g. {unmatched[0]}")
+    set_peft_model_state_dict(model, state)
+
+
+def merge_lora(model: PeftModel) -> nn.Module:
+    """Fold the adapters into plain ``nn.Linear`` layers of the adapted model (in place), which
+    is returned."""
+    return model.merge_and_unload()
+
+
+def legacy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of the hand-written LoRA that preceded peft (``<layer>.lora_A [r, in]``,
+    ``<layer>.lora_B [out, r]``: the same matrices) under peft's names."""
+    return {f"base_model.model.{k}.weight": v for k, v in state.items()}

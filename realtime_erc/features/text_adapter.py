@@ -2,15 +2,21 @@
 
 An adapter file (``torch.save`` of a dict, ~1.3 MB for MiniLM) holds:
 
-- ``format``: ``"realtime-erc/text-adapter/1"``; ``base``: the encoder it adapts (a model name
+- ``format``: ``"realtime-erc/text-adapter/2"``; ``base``: the encoder it adapts (a model name
   of :data:`~realtime_erc.features.text.TEXT_ENCODERS`);
-- ``lora``: ``{"rank", "alpha", "targets"}`` and ``state``: the trained ``lora_A`` / ``lora_B``;
+- ``lora``: ``{"rank", "alpha", "targets"}`` (``targets``: suffixes of the adapted layers' names)
+  and ``state``: the trained ``lora_A`` / ``lora_B``, as peft's state dict (see
+  :mod:`~realtime_erc.features.lora`);
 - ``head``: the utterance classifier trained with it (``labels``, ``weight [C, D]``, ``bias``,
   ``scale``), which gives text-only emotion scores: ``softmax(weight · (scale · v) + bias)`` for
   the pooled, L2-normalised vector ``v``;
 - ``info``: dataset, label set, validation scores, training time, options;
 - ``context_turns``: how many earlier turns the encoder reads with each utterance (0 or absent:
-  the utterance alone; see :func:`~realtime_erc.features.text.turn_context`).
+  the utterance alone; see :func:`~realtime_erc.features.text.turn_context`);
+- ``digest`` (converted files only): the content digest of the file as first written, which
+  keeps naming it (:attr:`TextAdapter.identity`) after ``scripts/convert_adapters_peft.py``
+  rewrote it from format 1 (the hand-written LoRA's tensor names) to format 2. Format-1 files
+  are still read, their tensors renamed on loading.
 
 Applying an adapter merges it into the encoder's weights (:func:`~realtime_erc.features.lora.
 merge_lora`): the adapted encoder costs the same per utterance as the base one.
@@ -28,11 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from realtime_erc.features.lora import add_lora, merge_lora
-
 log = logging.getLogger(__name__)
 
-FORMAT = "realtime-erc/text-adapter/1"
+FORMAT = "realtime-erc/text-adapter/2"
+LEGACY_FORMAT = "realtime-erc/text-adapter/1"
+"""Before peft: the same matrices under the hand-written LoRA's names (read, never written)."""
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "assets"
 
@@ -76,7 +82,7 @@ class TextAdapter:
                 f"cannot read the text adapter {path} ({e}): train one with "
                 "'realtime-erc train-text-encoder' or point to an existing file"
             ) from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (FORMAT, LEGACY_FORMAT):
             raise TextAdapterError(f"{path} is not a text adapter ({FORMAT})")
         from realtime_erc.features.text import encoder_spec
 
@@ -85,37 +91,36 @@ class TextAdapter:
         except ValueError as e:
             raise TextAdapterError(f"{path} adapts an encoder this program lacks: {e}") from None
         lora = data["lora"]
+        state = data["state"]
+        if data["format"] == LEGACY_FORMAT:
+            from realtime_erc.features.lora import legacy_state
+
+            state = legacy_state(state)
         return cls(
             path=path,
             rank=int(lora["rank"]),
             alpha=float(lora["alpha"]),
             targets=tuple(lora["targets"]),
-            state=data["state"],
+            state=state,
             head=data["head"],
             info=data.get("info", {}),
-            digest=hashlib.sha256(raw).hexdigest()[:12],
+            digest=data.get("digest") or hashlib.sha256(raw).hexdigest()[:12],
             context_turns=int(data.get("context_turns", 0)),
             base=data["base"],
         )
 
     def apply(self, transformer: nn.Module) -> None:
         """Adapt a transformer module in place (adapters loaded, then merged into its weights)."""
+        from realtime_erc.features.lora import add_lora, load_lora_state, merge_lora  # peft: slow
+
         try:
-            add_lora(transformer, self.targets, self.rank, self.alpha)
+            model = add_lora(transformer, self.targets, self.rank, self.alpha)
+            load_lora_state(model, self.state)
         except ValueError as e:
-            raise TextAdapterError(f"{self.path} does not fit the encoder ({e})") from None
-        missing = set(self.state)
-        with torch.no_grad():
-            for name, param in transformer.named_parameters():
-                if name in self.state:
-                    param.copy_(self.state[name])
-                    missing.discard(name)
-        if missing:
             raise TextAdapterError(
-                f"{self.path} does not fit the encoder ({len(missing)} tensors unmatched, "
-                f"e.g. {sorted(missing)[0]}): retrain the adapter"
-            )
-        merge_lora(transformer)
+                f"{self.path} does not fit the encoder ({e}): retrain the adapter"
+            ) from None
+        merge_lora(model)
         for p in transformer.parameters():
             p.requires_grad_(False)
 

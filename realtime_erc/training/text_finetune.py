@@ -175,7 +175,8 @@ def head_scores(adapter: TextAdapter, data_dir: Path | str, split: str = "valid"
 
 
 def _fingerprint(corpus: ErcCorpus, options: TextFinetuneOptions) -> str:
-    data = {"options": asdict(options), "corpus": corpus.provenance, "labels": corpus.labels}
+    data = {"options": asdict(options), "corpus": corpus.provenance, "labels": corpus.labels,
+            "lora": "peft"}  # fmt: skip  # a run saved by the hand-written LoRA does not resume
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -212,7 +213,7 @@ def finetune_text_encoder(
     transformer = encoder[0].auto_model
     targets = spec.lora_targets(options.lora_layers)
     lora = {"rank": options.rank, "alpha": options.alpha, "targets": list(targets)}
-    add_lora(transformer, targets, options.rank, options.alpha, options.dropout)
+    adapted = add_lora(transformer, targets, options.rank, options.alpha, options.dropout)
     model = _Classifier(
         encoder, spec.dim, len(corpus.labels), options.scale, options.context_turns > 0,
         options.max_tokens,
@@ -272,7 +273,7 @@ def finetune_text_encoder(
                 if valid["weighted_f1"] > state["best"]:
                     state["best"] = valid["weighted_f1"]
                     state["best_state"] = {
-                        "lora": lora_state(transformer),
+                        "lora": lora_state(adapted),
                         "head": {
                             k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()
                         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ import torch
 from torch import nn
 
 from realtime_erc.config import DataConfig
-from realtime_erc.features.lora import LoRALinear, add_lora, lora_state, merge_lora
+from realtime_erc.features.lora import add_lora, load_lora_state, lora_state, merge_lora
 from realtime_erc.features.text import TextEncoder, TextOptions
 from realtime_erc.features.text_adapter import (
+    FORMAT,
+    LEGACY_FORMAT,
     TextAdapter,
     TextAdapterError,
     find_adapter,
@@ -36,44 +39,76 @@ def test_a_new_adapter_leaves_the_output_unchanged_and_trains_only_its_matrices(
     model = Tiny()
     x = torch.randn(8, 6)
     before = model(x)
-    names = add_lora(model, ["block.0", "block.2"], rank=2, alpha=4)
-    assert names == ["block.0", "block.2"]
-    assert torch.allclose(model(x), before)  # B starts at zero
+    adapted = add_lora(model, ["block.0", "block.2"], rank=2, alpha=4, dropout=0.1)
+    assert adapted.peft_config["default"].target_modules == {"block.0", "block.2"}
+    model.eval()
+    assert torch.allclose(model(x), before)  # B starts at zero; model itself runs the adapters
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"block.{i}.lora_{m}" for i in (0, 2) for m in "AB"}
+    assert trainable == {f"block.{i}.lora_{m}.default.weight" for i in (0, 2) for m in "AB"}
+    state = lora_state(adapted)
+    assert sorted(state) == [f"base_model.model.block.{i}.lora_{m}.weight" for i in (0, 2)
+                             for m in "AB"]  # fmt: skip
+    assert state["base_model.model.block.0.lora_A.weight"].shape == (2, 6)  # [r, in]
+    assert state["base_model.model.block.2.lora_B.weight"].shape == (4, 2)  # [out, r]
+
+
+def test_targets_are_name_suffixes_as_before_peft():
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.ModuleDict({"output": nn.ModuleDict({"dense": nn.Linear(2, 2)})})
+            self.output = nn.ModuleDict({"dense": nn.Linear(2, 2)})
+            self.xoutput = nn.ModuleDict({"dense": nn.Linear(2, 2)})
+
+    # a plain suffix: "output.dense" is also "attention.output.dense" and "xoutput.dense"
+    adapted = add_lora(Deep(), ["output.dense"], rank=1, alpha=1)
+    assert adapted.peft_config["default"].target_modules == {
+        "attention.output.dense", "output.dense", "xoutput.dense"
+    }  # fmt: skip
 
 
 def test_merging_gives_the_same_function_as_the_adapted_layers():
     torch.manual_seed(1)
     model = Tiny()
-    add_lora(model, ["block.0", "out"], rank=3, alpha=6)
+    adapted = add_lora(model, ["block.0", "out"], rank=3, alpha=6)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_()
     model.eval()
     x = torch.randn(5, 6)
-    adapted = model(x)
-    assert not isinstance(model.out, nn.Linear) and merge_lora(model) == 2
-    assert isinstance(model.out, nn.Linear) and isinstance(model.block[0], nn.Linear)
-    assert torch.allclose(model(x), adapted, atol=1e-5)
+    out = model(x)
+    layer = model.out
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = layer.base_layer.weight + (6 / 3) * (b @ a)  # W + (alpha / r) · B A
+    assert not isinstance(model.out, nn.Linear)
+    merged = merge_lora(adapted)
+    assert merged is model and type(model.out) is nn.Linear and type(model.block[2]) is nn.Linear
+    assert torch.equal(model.out.weight, expected)
+    assert torch.allclose(model(x), out, atol=1e-5)
 
 
-def test_rank_must_be_positive_and_targets_must_match():
+def test_rank_must_be_positive_and_targets_and_tensors_must_match():
     with pytest.raises(ValueError, match="rank"):
-        LoRALinear(nn.Linear(2, 2), rank=0, alpha=1)
+        add_lora(Tiny(), ["out"], rank=0, alpha=1)
     with pytest.raises(ValueError, match="no linear layer"):
         add_lora(Tiny(), ["nothing"], rank=1, alpha=1)
+    adapted = add_lora(Tiny(), ["out"], rank=1, alpha=1)
+    state = lora_state(adapted)
+    with pytest.raises(ValueError, match="1 tensors unmatched"):
+        load_lora_state(adapted, {k: v for k, v in state.items() if "lora_B" not in k})
+    with pytest.raises(ValueError, match="unmatched, e.g. extra"):
+        load_lora_state(adapted, {**state, "extra": torch.zeros(1)})
 
 
 def _adapter_file(tmp_path, model: nn.Module):
-    add_lora(model, ["block.0"], rank=2, alpha=2)
+    adapted = add_lora(model, ["block.0"], rank=2, alpha=2)
     with torch.no_grad():
-        model.block[0].lora_B.fill_(0.5)
+        model.block[0].lora_B["default"].weight.fill_(0.5)
     path = tmp_path / "text_adapter.pt"
     head = {"labels": ["a", "b"], "weight": torch.zeros(2, 4), "bias": torch.zeros(2), "scale": 1}
     lora = {"rank": 2, "alpha": 2.0, "targets": ["block.0"]}
-    save_adapter(path, lora, lora_state(model), head, {"dataset": "toy"})
+    save_adapter(path, lora, lora_state(adapted), head, {"dataset": "toy"})
     return path
 
 
@@ -92,6 +127,30 @@ def test_an_adapter_file_round_trips_onto_a_fresh_model(tmp_path):
     assert torch.allclose(base(x), expected, atol=1e-5)
     assert find_adapter(adapter.identity, [tmp_path]).path == path
     assert find_adapter("lora-toy@000000000000", [tmp_path]) is None
+
+
+def test_an_adapter_file_of_the_hand_written_lora_still_loads(tmp_path):
+    torch.manual_seed(3)
+    base, trained = Tiny(), Tiny()
+    trained.load_state_dict(base.state_dict())
+    x = torch.randn(4, 6)
+    data = torch.load(_adapter_file(tmp_path, trained), weights_only=False)
+    expected = trained(x)
+    # format 1: the same matrices named "<layer>.lora_A" / ".lora_B"
+    legacy = {k.removeprefix("base_model.model.").removesuffix(".weight"): v
+              for k, v in data["state"].items()}  # fmt: skip
+    assert sorted(legacy) == ["block.0.lora_A", "block.0.lora_B"]
+    path = tmp_path / "old_adapter.pt"
+    torch.save({**data, "format": LEGACY_FORMAT, "state": legacy}, path)
+    adapter = TextAdapter.load(path)
+    assert adapter.state.keys() == data["state"].keys()
+    assert adapter.digest == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    adapter.apply(base)
+    assert torch.allclose(base(x), expected, atol=1e-6)
+    # converted, it keeps the name it had
+    converted = tmp_path / "converted_adapter.pt"
+    torch.save({**data, "digest": adapter.digest}, converted)
+    assert TextAdapter.load(converted).identity == adapter.identity
 
 
 def test_unusable_adapters_fail_with_the_fix(tmp_path):
@@ -204,6 +263,15 @@ and MPNet, all layers and the top 4, with and without context)."""
 def test_the_packaged_adapters_keep_their_identities():
     found = {p.name: TextAdapter.load(p).identity for p in ASSETS.glob("text_adapter_*.pt")}
     assert found == IDENTITIES
+
+
+def test_the_packaged_adapters_are_peft_state_dicts():
+    for path in sorted(ASSETS.glob("text_adapter_*.pt")):
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        assert data["format"] == FORMAT, path.name
+        assert all(k.startswith("base_model.model.") and k.endswith(("lora_A.weight",
+                   "lora_B.weight")) for k in data["state"]), path.name  # fmt: skip
+        assert all(v.dtype == torch.float32 for v in data["state"].values())
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_PROBS))

@@ -1,5 +1,5 @@
-"""Emotion-adapting the text encoder (LoRA on the packaged MiniLM or MPNet) on a small synthetic
-corpus."""
+"""Emotion-adapting the text encoder (LoRA by peft on the packaged MiniLM or MPNet) on a small
+synthetic corpus."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from realtime_erc.features.text import TextEncoder, TextOptions
-from realtime_erc.features.text_adapter import TextAdapter
+from realtime_erc.features.text_adapter import FORMAT, TextAdapter
 from realtime_erc.training.corpus import Dialogue, ErcCorpus
 from realtime_erc.training.text_finetune import TextFinetuneOptions, finetune_text_encoder
 
@@ -38,6 +38,10 @@ def test_fine_tuning_lowers_the_loss_and_the_adapter_reproduces_the_classifier(t
     assert info["valid"]["valid_weighted_f1"] == best
     adapter = TextAdapter.load(out)
     assert out.stat().st_size < 2_000_000 and adapter.head["labels"] == ["anger", "joy"]
+    # peft's state dict: A [r, in] and B [out, r] of every projection of the 6 layers
+    assert torch.load(out, weights_only=False)["format"] == FORMAT and len(adapter.state) == 72
+    first = "base_model.model.encoder.layer.0.attention.output.dense.lora_A.weight"
+    assert sorted(adapter.state)[0] == first and adapter.state[first].shape == (8, 384)
 
     # the live encoder with the adapter merged + the stored head classify the training texts
     encoder = TextEncoder(TextOptions(adapter=out))
