@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from realtime_erc.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "realtime-erc/text-adapter/2"
@@ -43,7 +45,7 @@ LEGACY_FORMAT = "realtime-erc/text-adapter/1"
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
-class TextAdapterError(ValueError):
+class TextAdapterError(UserError, ValueError):
     """An adapter file is unusable; the message names it and the fix."""
 
 
