@@ -94,7 +94,7 @@ class JsonlConfig(Section):
     path: str = Field("", description="Append every document to this file; empty = off.")
 
 
-class MqttTlsConfig(Section):
+class MqttTlsOptions(Section):
     """TLS towards the broker (also switched on by an ``mqtts://`` url)."""
 
     enabled: bool = False
@@ -104,14 +104,15 @@ class MqttTlsConfig(Section):
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
 
 
-class MqttConfig(Section):
-    """MQTT output (STREAM_PROTOCOL.md): QoS 1, retained state and status, last will ``lost``."""
+class MqttOptions(Section):
+    """MQTT output (STREAM_PROTOCOL.md): QoS 1, retained state and status, last will ``lost``.
+    The options of :class:`~realtime_erc.outputs.mqtt.MqttPublisher` and ``MqttSubscriber``."""
 
     enabled: bool = False
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
     username: str = ""
     password: str = ""
-    tls: MqttTlsConfig = MqttTlsConfig()
+    tls: MqttTlsOptions = MqttTlsOptions()
     qos: int = Field(1, ge=0, le=2)
     buffer_size: int = Field(
         10000, ge=1, description="Messages kept while the broker is unreachable (oldest dropped)."
@@ -122,6 +123,9 @@ class MqttConfig(Section):
     reconnect_max_s: float = Field(10.0, gt=0, description="Longest reconnect delay.")
     connect_timeout_s: float = Field(5.0, gt=0, description="First connection at start-up.")
     close_timeout_s: float = Field(5.0, ge=0, description="Time to deliver the backlog on exit.")
+    max_inflight: int = Field(
+        32, ge=1, description="Messages published and awaiting their PUBACK at a time (at most)."
+    )
 
     @field_validator("url")
     @classmethod
@@ -146,7 +150,7 @@ class OutputConfig(Section):
     topic_prefix: str = "erc"
     zmq: ZmqConfig = ZmqConfig()
     jsonl: JsonlConfig = JsonlConfig()
-    mqtt: MqttConfig = MqttConfig()
+    mqtt: MqttOptions = MqttOptions()
 
 
 class ReplayConfig(Section):
@@ -164,8 +168,9 @@ class ReplayConfig(Section):
         return v
 
 
-class MicConfig(Section):
-    """Live microphone capture (sounddevice / PortAudio)."""
+class MicrophoneOptions(Section):
+    """Live microphone capture (sounddevice / PortAudio): the options of
+    :class:`~realtime_erc.sources.microphone.Microphone`."""
 
     device: str = Field(
         "default", description="default | an input index | part of its name (realtime-erc devices)."
@@ -183,8 +188,8 @@ class MicConfig(Section):
     )
 
 
-class CameraConfig(Section):
-    """Live camera capture (OpenCV)."""
+class CameraOptions(Section):
+    """Live camera capture (OpenCV): the options of :class:`~realtime_erc.sources.camera.Camera`."""
 
     device: str = Field(
         "none", description="none | a camera index | a video file path | a stream URL."
@@ -213,8 +218,10 @@ class DataConfig(Section):
         return path if path.is_absolute() else (DEFAULT_CONFIG_FILE.parent.parent / path).resolve()
 
 
-class TextFeaturesConfig(Section):
-    """Sentence encoder on the transcript (all-MiniLM-L6-v2, 384-d, or all-mpnet-base-v2)."""
+class TextOptions(Section):
+    """Sentence encoder on the transcript (all-MiniLM-L6-v2, 384-d, or all-mpnet-base-v2): the
+    options of :class:`~realtime_erc.features.text.TextEncoder` (which takes the resolved adapter
+    file and the device as arguments)."""
 
     enabled: bool = True
     encoder: Literal["auto", "minilm", "mpnet"] = Field(
@@ -232,8 +239,9 @@ class TextFeaturesConfig(Section):
     )
 
 
-class AudioFeaturesConfig(Section):
-    """Paralinguistic audio descriptors of each utterance."""
+class AudioOptions(Section):
+    """Paralinguistic audio descriptors of each utterance: the options of
+    :class:`~realtime_erc.features.audio.AudioFeatures`."""
 
     enabled: bool = True
     backend: Literal["egemaps", "librosa"] = Field(
@@ -246,8 +254,9 @@ class AudioFeaturesConfig(Section):
     )
 
 
-class VisualFeaturesConfig(Section):
-    """MediaPipe FaceLandmarker on the frames of each utterance (52 blendshapes + 12 geometry)."""
+class VisualOptions(Section):
+    """MediaPipe FaceLandmarker on the frames of each utterance (52 blendshapes + 12 geometry):
+    the options of :class:`~realtime_erc.features.visual.FaceFeatures`."""
 
     enabled: bool = True
     num_faces: int = Field(4, ge=1, le=50, description="Faces tracked per frame (at most).")
@@ -268,13 +277,15 @@ class FeaturesConfig(Section):
         description="Emotion heads' log-probabilities appended to the audio (8) and visual (7) "
         "vectors: auto (as the ERC checkpoint was trained), none, or scores.",
     )
-    text: TextFeaturesConfig = TextFeaturesConfig()
-    audio: AudioFeaturesConfig = AudioFeaturesConfig()
-    visual: VisualFeaturesConfig = VisualFeaturesConfig()
+    text: TextOptions = TextOptions()
+    audio: AudioOptions = AudioOptions()
+    visual: VisualOptions = VisualOptions()
 
 
-class SpeakersConfig(Section):
-    """Speaker attribution: resemblyzer voice embeddings + online clustering."""
+class SpeakerOptions(Section):
+    """Speaker attribution (realtime_erc/speech/speakers.py): resemblyzer voice embeddings,
+    re-clustered at every utterance (or assigned online): the options of
+    :class:`~realtime_erc.speech.speakers.SpeakerTracker`."""
 
     enabled: bool = True
     threshold: float = Field(
@@ -290,6 +301,27 @@ class SpeakersConfig(Section):
     enrol: dict[str, str] = Field(
         default_factory=dict,
         description='Named speakers from reference audio: {name = "path.wav"}.',
+    )
+    method: Literal["recluster", "online"] = Field(
+        "recluster",
+        description="recluster: all recent utterances re-clustered at each one (emotion-robust "
+        "voices); online: the nearest running centroid takes each utterance.",
+    )
+    projection: str = Field(
+        "default",
+        description="recluster: default (the packaged emotion-removing projection), none (raw "
+        "embeddings) or the path of a fitted projection file.",
+    )
+    centre: bool = Field(
+        False,
+        description="recluster: also subtract the projection's mean voice (then set threshold "
+        "near 0.7).",
+    )
+    window: int = Field(
+        200, ge=1, description="recluster: the most recent utterances re-clustered (bounds cost)."
+    )
+    restarts: int = Field(
+        4, ge=0, description="recluster: k-means++ starts tried besides the previous partition."
     )
 
 
@@ -330,17 +362,29 @@ class FusionConfig(Section):
     )
 
 
-class LoadConfig(Section):
-    """The overload policy (realtime_erc/load.py): work shed, in order, as the lag grows."""
+class LoadPolicy(Section):
+    """The overload policy (realtime_erc/load.py): work shed, in order, as the lag grows; what
+    :class:`~realtime_erc.load.LoadMonitor` follows."""
 
     shedding: bool = Field(True, description="false = never shed (latency then unbounded).")
-    shed_thresholds_s: list[float] = Field(
-        [0.5, 1.0, 2.0, 4.0],
+    shed_thresholds_s: tuple[float, ...] = Field(
+        (0.5, 1.0, 2.0, 4.0),
         min_length=4,
         max_length=4,
         description="Lag (s) at which provisional events, video analysis, audio/visual "
         "features, then transcription are skipped.",
     )
+
+    @field_validator("shed_thresholds_s")
+    @classmethod
+    def _increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if list(v) != sorted(v) or v[0] <= 0:
+            raise ValueError("must be positive and increasing, e.g. [0.5, 1.0, 2.0, 4.0]")
+        return v
+
+
+TextFeaturesConfig = TextOptions
+"""The former name of :class:`TextOptions`."""
 
 
 class Config(Section):
@@ -350,14 +394,14 @@ class Config(Section):
     output: OutputConfig = OutputConfig()
     broker: BrokerConfig = BrokerConfig()
     replay: ReplayConfig = ReplayConfig()
-    mic: MicConfig = MicConfig()
-    camera: CameraConfig = CameraConfig()
+    mic: MicrophoneOptions = MicrophoneOptions()
+    camera: CameraOptions = CameraOptions()
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
-    speakers: SpeakersConfig = SpeakersConfig()
+    speakers: SpeakerOptions = SpeakerOptions()
     model: ModelConfig = ModelConfig()
     fusion: FusionConfig = FusionConfig()
-    load: LoadConfig = LoadConfig()
+    load: LoadPolicy = LoadPolicy()
     pipeline: PipelineConfig = PipelineConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

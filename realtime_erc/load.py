@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 
+from realtime_erc.config import LoadPolicy
 from realtime_erc.events import LoadReport
 
 log = logging.getLogger(__name__)
@@ -36,31 +36,14 @@ SHED_ORDER: tuple[str, ...] = ("provisional", "video", "features", "transcriptio
 """What each level adds to the shed work, in order."""
 
 
-@dataclass(frozen=True)
-class LoadPolicy:
-    """``thresholds_s``: the lag (seconds) at which each level of :data:`SHED_ORDER` starts;
-    ``enabled``: False keeps level 0 whatever the lag (every utterance fully processed, latency
-    unbounded)."""
-
-    thresholds_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if len(self.thresholds_s) != len(SHED_ORDER):
-            raise ValueError(f"thresholds_s needs {len(SHED_ORDER)} values, one per level")
-        if list(self.thresholds_s) != sorted(self.thresholds_s) or self.thresholds_s[0] <= 0:
-            raise ValueError("thresholds_s must be positive and increasing")
-
-    @classmethod
-    def from_config(cls, config) -> LoadPolicy:  # config: LoadConfig
-        return cls(tuple(config.shed_thresholds_s), config.shedding)
-
-
 class LoadMonitor:
-    """Tracks the lag and the level; counts what was shed. Single-threaded (the event loop)."""
+    """Tracks the lag and the level; counts what was shed. Single-threaded (the event loop).
+    ``policy``: the ``[load]`` section: ``shed_thresholds_s``, the lag (seconds) at which each
+    level of :data:`SHED_ORDER` starts; ``shedding`` false keeps level 0 whatever the lag (every
+    utterance fully processed, latency unbounded)."""
 
-    def __init__(self, policy: LoadPolicy = LoadPolicy()) -> None:
-        self.policy = policy
+    def __init__(self, policy: LoadPolicy | None = None) -> None:
+        self.policy = policy or LoadPolicy()
         self.level = 0
         self.lag_s = 0.0
         self.max_level = 0
@@ -72,10 +55,10 @@ class LoadMonitor:
         """``stage`` started on a segment ``lag_s`` seconds after it closed."""
         self._stage_lags[stage] = max(0.0, lag_s)
         self.lag_s = max(self._stage_lags.values())
-        if not self.policy.enabled:
+        if not self.policy.shedding:
             return
         level = self.level
-        thresholds = self.policy.thresholds_s
+        thresholds = self.policy.shed_thresholds_s
         while level < len(thresholds) and self.lag_s >= thresholds[level]:
             level += 1
         while level > 0 and self.lag_s < thresholds[level - 1] / 2:

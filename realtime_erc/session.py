@@ -11,7 +11,7 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from realtime_erc.config import Config, parse_speed
@@ -57,16 +57,15 @@ def build_publishers(
     if config.output.jsonl.path:
         publishers.append(JsonlWriter(Path(config.output.jsonl.path)))
     if config.output.mqtt.enabled:
-        from realtime_erc.outputs.mqtt import MqttOptions, MqttPublisher
+        from realtime_erc.outputs.mqtt import MqttPublisher
 
         publishers.append(
             MqttPublisher(
-                config.output.mqtt.url,
+                config.output.mqtt,
                 session_id=session_id or config.session.id or "unknown",
                 label_set=label_set or config.session.label_set,
                 model=model,
                 topic_prefix=config.output.topic_prefix,
-                options=MqttOptions.from_config(config.output.mqtt),
             )
         )
     return publishers + list(extra or [])
@@ -114,18 +113,17 @@ def build_stages(
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.features.head_scores import resolve_heads
     from realtime_erc.features.stage import feature_dims
-    from realtime_erc.features.text import TextEncoder, TextOptions, resolve_encoder
+    from realtime_erc.features.text import TextEncoder, resolve_encoder
     from realtime_erc.features.text_adapter import resolve_adapter
-    from realtime_erc.load import LoadMonitor, LoadPolicy
+    from realtime_erc.load import LoadMonitor
 
-    policy = LoadPolicy.from_config(config.load)
-    load = LoadMonitor(policy if paced else replace(policy, enabled=False))
+    load = LoadMonitor(config.load if paced else config.load.with_values({"shedding": False}))
     engine = load_engine(config)
     speakers = None
     if config.speakers.enabled:
-        from realtime_erc.speech.speakers import SpeakerOptions, SpeakerTracker
+        from realtime_erc.speech.speakers import SpeakerTracker
 
-        speakers = SpeakerTracker(SpeakerOptions.from_config(config.speakers))
+        speakers = SpeakerTracker(config.speakers)
     provenance = engine.info.provenance if engine is not None else {}
     trained_with = provenance.get("features") or {}
     # the live features must be the ones the model was trained on
@@ -138,11 +136,7 @@ def build_stages(
         }
     )
     adapter = resolve_adapter(config.features.text.adapter, trained_with.get("text"))
-    text = (
-        TextEncoder(TextOptions.from_config(features.text, adapter))
-        if config.features.text.enabled
-        else None
-    )
+    text = TextEncoder(features.text, adapter=adapter) if config.features.text.enabled else None
     if engine is not None:
         live = feature_dims(features, text.dim if text is not None else None)
         check_live_dims(engine, live, provenance.get("modalities", MODALITIES))
@@ -233,15 +227,9 @@ def new_session_id() -> str:
 
 def live_options(config: Config, duration_s: float | None = None):  # -> LiveOptions
     """The capture options of ``[mic]`` and ``[camera]``."""
-    from realtime_erc.sources.camera import CameraOptions
     from realtime_erc.sources.live import LiveOptions
-    from realtime_erc.sources.microphone import MicrophoneOptions
 
-    return LiveOptions(
-        mic=MicrophoneOptions.from_config(config.mic),
-        camera=CameraOptions.from_config(config.camera),
-        duration_s=duration_s,
-    )
+    return LiveOptions(mic=config.mic, camera=config.camera, duration_s=duration_s)
 
 
 def plan_live(

@@ -103,3 +103,58 @@ def test_a_loaded_configuration_is_frozen_and_changes_make_validated_copies():
         config.with_values({"asr.beam_size": 99})
     with pytest.raises(ConfigError, match=r"asr\.nope: unknown key"):
         config.with_values({"asr.nope": 1})
+
+
+def test_components_take_their_frozen_config_sections():
+    """One configuration system: each component's options are its section of ``Config``."""
+    from realtime_erc.features.audio import AudioFeatures
+    from realtime_erc.features.text import TextEncoder
+    from realtime_erc.features.visual import FaceFeatures
+    from realtime_erc.load import LoadMonitor
+    from realtime_erc.outputs.mqtt import MqttPublisher
+    from realtime_erc.sources.live import LiveOptions
+    from realtime_erc.speech.speakers import SpeakerTracker
+
+    config = load_config(
+        overrides=[
+            "features.audio.backend=librosa",
+            "features.visual.num_faces=2",
+            "speakers.method=online",
+            "load.shedding=false",
+            "output.mqtt.url=mqtts://broker:8884",
+            "mic.device=pulse",
+        ]
+    )
+    features = config.features
+    components = [
+        (AudioFeatures(features.audio), features.audio),
+        (TextEncoder(features.text), features.text),
+        (FaceFeatures(features.visual, running_mode="image"), features.visual),
+        (SpeakerTracker(config.speakers), config.speakers),
+        (MqttPublisher(config.output.mqtt, "s1", "meld7"), config.output.mqtt),
+    ]
+    for component, section in components:
+        assert component.options is section
+        key = next(iter(type(section).model_fields))
+        with pytest.raises(ValidationError, match="frozen"):
+            setattr(component.options, key, getattr(section, key))
+    assert AudioFeatures(features.audio).dim == 75
+    assert TextEncoder(features.text).spec.name == "all-MiniLM-L6-v2"  # encoder auto: minilm
+    publisher = components[4][0]
+    assert (publisher.address.host, publisher.address.port, publisher.address.tls) == (
+        "broker",
+        8884,
+        True,
+    )
+    load = LoadMonitor(config.load)
+    load.observe(60.0)
+    assert load.policy is config.load and load.level == 0  # shedding off
+    live = LiveOptions(mic=config.mic, camera=config.camera)
+    assert live.mic.device == "pulse" and live.camera.device == "none"
+
+
+def test_load_thresholds_are_checked_by_the_section():
+    with pytest.raises(ConfigError, match=r"load\.shed_thresholds_s: .*positive and increasing"):
+        load_config(overrides=["load.shed_thresholds_s=[1.0, 0.5, 2.0, 4.0]"])
+    with pytest.raises(ConfigError, match=r"load\.shed_thresholds_s: .*at least 4"):
+        load_config(overrides=["load.shed_thresholds_s=[1.0]"])

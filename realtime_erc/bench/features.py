@@ -177,7 +177,7 @@ def run_features_benchmark(options: FeatureBenchOptions) -> BenchReport:
         ms = _time(lambda a=audio: a.extract(samples), runs)
         report.rows.append(_row(f"audio {backend}", ms))
 
-    visual = FaceFeatures(VisualOptions(running_mode="video"))
+    visual = FaceFeatures(VisualOptions(), running_mode="video")
     visual.load()
     analysed = [visual.analyze(f.image, f.time, f.index) for f in frames]  # warm-up
     found = sum(1 for a in analysed if a.faces)

@@ -24,7 +24,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,14 +186,15 @@ def run_speakers_benchmark(
         for s in sessions
     ]
     new = SpeakerOptions()
-    centred = replace(new, centre=True, threshold=CENTRED_THRESHOLD)
+    centred = new.with_values({"centre": True, "threshold": CENTRED_THRESHOLD})
+    raw = new.with_values({"projection": "none"})
     refit = "re-fitted without the session's actors"
     methods: list[tuple[str, str, SpeakerOptions, Callable[[int], SpeakerProjection | None]]] = [
         ("online (before)", "–", SpeakerOptions(method="online"), lambda i: None),
         ("recluster", refit, new, lambda i: crossfit[i]),
         ("recluster", "packaged (may have seen the actors)", new, lambda i: packaged),
         ("recluster, centred (0.7)", refit, centred, lambda i: crossfit[i]),
-        ("recluster", "none (raw embeddings)", replace(new, projection="none"), lambda i: None),
+        ("recluster", "none (raw embeddings)", raw, lambda i: None),
     ]
     report = BenchReport(
         name="speakers",
@@ -224,7 +225,7 @@ def run_speakers_benchmark(
     )
     for method, projection, options, proj in methods:
         for max_spk in (options.max_speakers, actors):
-            opts = replace(options, max_speakers=max_spk)
+            opts = options.with_values({"max_speakers": max_spk})
             acc, labels, times = [], [], []
             for i, (emb, truth) in enumerate(zip(embedded, truths, strict=True)):
                 predicted, t = attribute(emb, opts, proj(i))

@@ -84,10 +84,10 @@ async def _zmq_link() -> AsyncIterator[_Link]:
 async def _mqtt_link(url: str) -> AsyncIterator[_Link]:
     from realtime_erc.outputs.mqtt import MqttOptions, MqttPublisher, MqttSubscriber
 
-    options = MqttOptions(qos=1, buffer_size=100_000)
-    subscriber = MqttSubscriber(url, session_id="bench", options=options)
+    options = MqttOptions(url=url, qos=1, buffer_size=100_000)
+    subscriber = MqttSubscriber(options, session_id="bench")
     await subscriber.open()
-    publisher = MqttPublisher(url, "bench", "meld7", options=options)
+    publisher = MqttPublisher(options, "bench", "meld7")
     await publisher.start()
     try:
         yield _Link(publisher, subscriber)

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from realtime_erc.config import AudioOptions
 from realtime_erc.events import SAMPLE_RATE, ModalityFeatures
 
 log = logging.getLogger(__name__)
-
-AudioBackend = Literal["egemaps", "librosa"]
 
 AUDIO_DIMS: dict[str, tuple[int, int]] = {"egemaps": (88, 25), "librosa": (75, 25)}
 """Backend → (pooled dim, per-frame dim)."""
@@ -44,19 +41,10 @@ LIBROSA_N_MFCC = 20
 _MULTI_SINK = "standard_external_data_output_multi.conf.inc"  # LLDs and functionals, one run
 
 
-@dataclass
-class AudioOptions:
-    backend: AudioBackend = "egemaps"
-    min_rms_dbfs: float = -60.0
-
-    @classmethod
-    def from_config(cls, config) -> AudioOptions:  # config: AudioFeaturesConfig
-        return cls(backend=config.backend, min_rms_dbfs=config.min_rms_dbfs)
-
-
 class AudioFeatures:
     """Extract ``ModalityFeatures`` (pooled ``[dim]``, sequence ``[T, seq_dim]``) from 16 kHz mono
-    float32 samples. Thread-safe: every call uses its own openSMILE instance."""
+    float32 samples. Thread-safe: every call uses its own openSMILE instance. ``options``: the
+    ``[features.audio]`` section."""
 
     def __init__(self, options: AudioOptions | None = None) -> None:
         self.options = options or AudioOptions()

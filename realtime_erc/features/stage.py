@@ -26,9 +26,9 @@ from realtime_erc.events import (
     UtteranceFeatures,
     VideoFrame,
 )
-from realtime_erc.features.audio import AudioFeatures, AudioOptions
-from realtime_erc.features.text import TextEncoder, TextOptions
-from realtime_erc.features.visual import FaceFeatures, FrameFaces, VisualOptions, VisualResult
+from realtime_erc.features.audio import AudioFeatures
+from realtime_erc.features.text import TextEncoder
+from realtime_erc.features.visual import FaceFeatures, FrameFaces, VisualResult
 from realtime_erc.pipeline import Stage
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ class FeatureStage(Stage):
         max_pending_frames: int = 8,
     ) -> None:
         self.config = config
-        self.text = text or TextEncoder(TextOptions.from_config(config.text))
-        self.audio = audio or AudioFeatures(AudioOptions.from_config(config.audio))
-        self.visual = visual or FaceFeatures(VisualOptions.from_config(config.visual))
+        self.text = text or TextEncoder(config.text)
+        self.audio = audio or AudioFeatures(config.audio)
+        self.visual = visual or FaceFeatures(config.visual)
         self.max_pending_frames = max_pending_frames
         self.stats = FeatureStats()
         self.last_visual: VisualResult | None = None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from realtime_erc.config import TextOptions
 from realtime_erc.events import ModalityFeatures
 from realtime_erc.features.assets import minilm_model_dir, mpnet_model_dir
 
@@ -98,27 +99,6 @@ def resolve_encoder(setting: str, trained_with: str | None = None) -> str:
         if trained_with and trained_with.startswith(spec.name + "-"):
             return key
     return "minilm"
-
-
-@dataclass
-class TextOptions:
-    max_tokens: int = 128
-    """Transcripts longer than this (in word pieces) are truncated."""
-    batch_size: int = 16
-    device: str = "cpu"
-    adapter: Path | None = None
-    """An emotion-adapted LoRA file (:mod:`~realtime_erc.features.text_adapter`); None = base."""
-    encoder: str = "minilm"
-    """The base encoder (:data:`TEXT_ENCODERS`) when no adapter names one."""
-
-    @classmethod
-    def from_config(cls, config, adapter: Path | None = None) -> TextOptions:
-        """``config``: a ``TextFeaturesConfig``; ``adapter``: the resolved adapter file (see
-        :func:`~realtime_erc.features.text_adapter.resolve_adapter`)."""
-        return cls(
-            max_tokens=config.max_tokens, batch_size=config.batch_size, adapter=adapter,
-            encoder=resolve_encoder(config.encoder),
-        )  # fmt: skip
 
 
 def turn_context(texts: Sequence[str], speakers: Sequence[str], i: int, turns: int) -> str:
@@ -193,17 +173,31 @@ def load_sentence_encoder(
 class TextEncoder:
     """A packaged sentence encoder (:data:`TEXT_ENCODERS`): pooled + token features."""
 
-    def __init__(self, options: TextOptions | None = None) -> None:
+    def __init__(
+        self,
+        options: TextOptions | None = None,
+        *,
+        device: str = "cpu",
+        adapter: Path | None = None,
+    ) -> None:
+        """``options``: the ``[features.text]`` section (``encoder = "auto"`` means ``minilm``
+        here; its ``adapter`` setting is not read: pass the file it resolves to, see
+        :func:`~realtime_erc.features.text_adapter.resolve_adapter`, as ``adapter``, an
+        emotion-adapted LoRA file whose encoder replaces ``options.encoder``; None = the base
+        encoder). ``device``: where the encoder runs."""
         self.options = options or TextOptions()
+        self.device = device
         self.adapter: TextAdapter | None = None
         """The adapter file, read once (its identity and context turns are needed early)."""
-        if self.options.adapter is not None:
+        if adapter is not None:
             from realtime_erc.features.text_adapter import TextAdapter
 
-            self.adapter = TextAdapter.load(self.options.adapter)
+            self.adapter = TextAdapter.load(adapter)
         self.context_turns = self.adapter.context_turns if self.adapter is not None else 0
         """Earlier turns the adapter reads with each transcript (0: the transcript alone)."""
-        base = self.adapter.base if self.adapter is not None else self.options.encoder
+        base = (
+            self.adapter.base if self.adapter is not None else resolve_encoder(self.options.encoder)
+        )
         self.spec = encoder_spec(base)
         self.dim = self.seq_dim = self.spec.dim
         self._model = None
@@ -214,7 +208,7 @@ class TextEncoder:
         if self._model is not None:
             return
         self._model = load_sentence_encoder(
-            self.options.device, self.options.max_tokens, self.adapter, self.spec
+            self.device, self.options.max_tokens, self.adapter, self.spec
         )
 
     def encode(self, text: str, context: str = "") -> ModalityFeatures:

@@ -39,6 +39,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from realtime_erc.config import VisualOptions
 from realtime_erc.events import SAMPLE_RATE, ModalityFeatures, VideoFrame
 from realtime_erc.features.assets import face_landmarker_path
 
@@ -64,26 +65,7 @@ VISUAL_DIM = N_BLENDSHAPES + len(GEOMETRY_NAMES)
 CROP_SIZE = 48
 """Side of the face crop handed to the expression head (FER2013's size)."""
 
-SpeakerFace = Literal["mouth_sync", "largest"]
 RunningMode = Literal["video", "image"]
-
-
-@dataclass
-class VisualOptions:
-    num_faces: int = 4
-    speaker_face: SpeakerFace = "mouth_sync"
-    min_confidence: float = 0.5
-    running_mode: RunningMode = "video"
-    """video: frames of one stream in time order (tracking between frames, cheaper);
-    image: independent images."""
-
-    @classmethod
-    def from_config(cls, config) -> VisualOptions:  # config: VisualFeaturesConfig
-        return cls(
-            num_faces=config.num_faces,
-            speaker_face=config.speaker_face,
-            min_confidence=config.min_confidence,
-        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -146,8 +128,14 @@ class FaceFeatures:
     dim = VISUAL_DIM
     seq_dim = VISUAL_DIM
 
-    def __init__(self, options: VisualOptions | None = None) -> None:
+    def __init__(
+        self, options: VisualOptions | None = None, running_mode: RunningMode = "video"
+    ) -> None:
+        """``options``: the ``[features.visual]`` section. ``running_mode``: ``video`` for the
+        frames of one stream in time order (tracking between frames, cheaper), ``image`` for
+        independent images."""
         self.options = options or VisualOptions()
+        self.running_mode = running_mode
         self._landmarker = None
         self._lock = threading.Lock()
         self._last_ts_ms = -1
@@ -159,9 +147,7 @@ class FaceFeatures:
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         mode = (
-            vision.RunningMode.VIDEO
-            if self.options.running_mode == "video"
-            else vision.RunningMode.IMAGE
+            vision.RunningMode.VIDEO if self.running_mode == "video" else vision.RunningMode.IMAGE
         )
         conf = self.options.min_confidence
         options = vision.FaceLandmarkerOptions(
@@ -188,7 +174,7 @@ class FaceFeatures:
         rgb = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         with self._lock:
-            if self.options.running_mode == "video":
+            if self.running_mode == "video":
                 ts = max(int(round(time * 1000)), self._last_ts_ms + 1)  # must increase
                 self._last_ts_ms = ts
                 result = self._landmarker.detect_for_video(mp_image, ts)  # type: ignore[union-attr]

@@ -202,10 +202,8 @@ def measure_cost(
     provenance = engine.info.provenance
     trained_with = (provenance.get("features") or {}).get("text")
     encoder = TextEncoder(
-        TextOptions(
-            adapter=resolve_adapter("auto", trained_with),
-            encoder=resolve_encoder("auto", trained_with),
-        )
+        TextOptions(encoder=resolve_encoder("auto", trained_with)),
+        adapter=resolve_adapter("auto", trained_with),
     )
     encoder.load()
     dims = engine.model.dims

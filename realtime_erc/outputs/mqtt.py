@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from realtime_erc.config import MqttOptions
 from realtime_erc.events import StatusEvent, utc_timestamp
 from realtime_erc.outputs.publisher import OutputError
 from realtime_erc.outputs.schema import (
@@ -84,49 +85,6 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-@dataclass
-class MqttOptions:
-    """Connection and delivery options (mirrors ``[output.mqtt]`` in the configuration)."""
-
-    username: str = ""
-    password: str = ""
-    tls: bool = False
-    ca_file: str = ""
-    certfile: str = ""
-    keyfile: str = ""
-    tls_insecure: bool = False
-    qos: int = 1
-    buffer_size: int = 10000
-    client_id: str = ""
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.2
-    reconnect_max_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    close_timeout_s: float = 5.0
-    max_inflight: int = 32
-
-    @classmethod
-    def from_config(cls, config: Any) -> MqttOptions:
-        """From a :class:`~realtime_erc.config.MqttConfig`."""
-        return cls(
-            username=config.username,
-            password=config.password,
-            tls=config.tls.enabled,
-            ca_file=config.tls.ca_file,
-            certfile=config.tls.certfile,
-            keyfile=config.tls.keyfile,
-            tls_insecure=config.tls.insecure,
-            qos=config.qos,
-            buffer_size=config.buffer_size,
-            client_id=config.client_id,
-            keepalive_s=config.keepalive_s,
-            reconnect_min_s=config.reconnect_min_s,
-            reconnect_max_s=config.reconnect_max_s,
-            connect_timeout_s=config.connect_timeout_s,
-            close_timeout_s=config.close_timeout_s,
-        )
-
-
 @dataclass(frozen=True)
 class _Message:
     topic: str
@@ -151,19 +109,20 @@ def make_client(
     transport: str = "tcp",
 ) -> aiomqtt.Client:
     """An unconnected :class:`aiomqtt.Client` for ``address`` with ``options`` (credentials,
-    TLS). Raises :class:`OutputError` for unreadable TLS files."""
+    TLS; its url is not read). Raises :class:`OutputError` for unreadable TLS files."""
     tls_context = None
-    if address.tls or options.tls:
+    tls = options.tls
+    if address.tls or tls.enabled:
         try:
-            tls_context = ssl.create_default_context(cafile=options.ca_file or None)
-            if options.certfile:
-                tls_context.load_cert_chain(options.certfile, options.keyfile or None)
+            tls_context = ssl.create_default_context(cafile=tls.ca_file or None)
+            if tls.certfile:
+                tls_context.load_cert_chain(tls.certfile, tls.keyfile or None)
         except (OSError, ssl.SSLError) as e:
             raise OutputError(
                 f"cannot set up TLS for {address.url}: {e}. Check output.mqtt.tls.ca_file, "
                 "certfile and keyfile"
             ) from None
-        if options.tls_insecure:
+        if tls.insecure:
             tls_context.check_hostname = False
             tls_context.verify_mode = ssl.CERT_NONE
     client = aiomqtt.Client(
@@ -177,13 +136,20 @@ def make_client(
         keepalive=options.keepalive_s,
         timeout=options.connect_timeout_s,
         tls_context=tls_context,
-        tls_insecure=options.tls_insecure if tls_context is not None else None,
+        tls_insecure=tls.insecure if tls_context is not None else None,
         transport=transport,  # type: ignore[arg-type]
         max_inflight_messages=max(options.max_inflight, 20),
         logger=logging.getLogger("realtime_erc.outputs.mqtt.paho"),
     )
     client.pending_calls_threshold = 4 * options.max_inflight  # we bound in-flight calls ourselves
     return client
+
+
+def _broker(options: MqttOptions | str) -> tuple[MqttOptions, BrokerAddress]:
+    """The options (a bare url: the defaults with that url) and the broker they name."""
+    url = options if isinstance(options, str) else options.url
+    address = BrokerAddress.parse(url)  # an OutputError naming the expected form
+    return (MqttOptions(url=url) if isinstance(options, str) else options), address
 
 
 def _unreachable(address: BrokerAddress, error: Exception) -> OutputError:
@@ -214,28 +180,28 @@ def _disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
 class MqttPublisher:
     """The session's MQTT output (a :class:`~realtime_erc.outputs.publisher.Publisher`).
 
-    ``session_id``, ``label_set`` and ``model`` build the last-will ``lost`` status, which must be
-    set when connecting. :meth:`start` connects once (an unreachable broker is an
-    :class:`OutputError` then); later outages are ridden out as the module docstring says.
+    ``options``: the ``[output.mqtt]`` section (its ``url`` says where the broker is), or just a
+    broker url (the defaults otherwise). ``session_id``, ``label_set`` and ``model`` build the
+    last-will ``lost`` status, which must be set when connecting. :meth:`start` connects once
+    (an unreachable broker is an :class:`OutputError` then); later outages are ridden out as the
+    module docstring says.
     """
 
     name = "mqtt"
 
     def __init__(
         self,
-        url: str,
+        options: MqttOptions | str,
         session_id: str,
         label_set: str,
         model: str | None = None,
         topic_prefix: str = "erc",
-        options: MqttOptions | None = None,
     ) -> None:
-        self.address = BrokerAddress.parse(url)
+        self.options, self.address = _broker(options)
         self.session_id = session_id
         self.label_set = label_set
         self.model = model
         self.prefix = check_prefix(topic_prefix)
-        self.options = options or MqttOptions()
         self.client_id = (
             self.options.client_id
             or f"realtime-erc-{sanitize_id(session_id)[:40]}-{uuid.uuid4().hex[:8]}"
@@ -467,21 +433,20 @@ class MqttSubscriber:
     ``offline``/``lost`` belongs to a session that has already ended); empty payloads (cleared
     retained messages) and malformed ones are skipped. If the broker goes away it reconnects
     with backoff; ``persistent=True`` keeps a broker-side session under ``client_id`` so messages
-    published meanwhile are queued for us (QoS 1).
+    published meanwhile are queued for us (QoS 1). ``options``: as for :class:`MqttPublisher`
+    (its ``client_id`` is the publisher's: give this one ``client_id``).
     """
 
     def __init__(
         self,
-        url: str,
+        options: MqttOptions | str,
         topic_prefix: str = "erc",
         session_id: str | None = None,
-        options: MqttOptions | None = None,
         client_id: str | None = None,
         persistent: bool = False,
         include_state: bool = False,
     ) -> None:
-        self.address = BrokerAddress.parse(url)
-        self.options = options or MqttOptions()
+        self.options, self.address = _broker(options)
         self.client_id = client_id or f"realtime-erc-watch-{uuid.uuid4().hex[:12]}"
         self.persistent = persistent
         session = "+" if session_id is None else sanitize_id(session_id)

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
+from realtime_erc.config import CameraOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import VideoFrame, now
 from realtime_erc.sources.clock import SessionClock
@@ -33,20 +33,6 @@ MAX_READ_FAILURES = 30  # consecutive failed reads before a camera counts as los
 
 class CameraError(UserError, RuntimeError):
     """A camera problem a user can fix (absent, busy, unreadable file); names the fix."""
-
-
-@dataclass
-class CameraOptions:
-    """See ``[camera]`` in the configuration. ``width``/``height`` 0 = the device's default."""
-
-    device: str = "none"
-    fps: float = 30.0
-    width: int = 0
-    height: int = 0
-
-    @classmethod
-    def from_config(cls, config: Any) -> CameraOptions:
-        return cls(config.device, config.fps, config.width, config.height)
 
 
 @dataclass

@@ -21,11 +21,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import soxr
 
+from realtime_erc.config import MicrophoneOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE, AudioChunk, now
 from realtime_erc.sources.clock import SessionClock
@@ -52,29 +53,6 @@ class InputDevice:
     max_channels: int
     default_samplerate: float
     is_default: bool = False
-
-
-@dataclass
-class MicrophoneOptions:
-    """See ``[mic]`` in the configuration. ``samplerate``/``channels`` 0 = the device's own."""
-
-    device: str = "default"
-    block_ms: int = 32
-    samplerate: int = 0
-    channels: int = 0
-    on_device_lost: Literal["stop", "wait"] = "stop"
-    wait_timeout_s: float = 60.0
-
-    @classmethod
-    def from_config(cls, config: Any) -> MicrophoneOptions:
-        return cls(
-            device=config.device,
-            block_ms=config.block_ms,
-            samplerate=config.samplerate,
-            channels=config.channels,
-            on_device_lost=config.on_device_lost,
-            wait_timeout_s=config.wait_timeout_s,
-        )
 
 
 @dataclass

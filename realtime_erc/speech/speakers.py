@@ -2,7 +2,7 @@
 
 Each utterance's voice is embedded by resemblyzer's VoiceEncoder (``pretrained.pt`` from the
 package, 256-d, L2-normalised, CPU), then attributed by one of two methods
-(``SpeakerOptions.method``):
+(``speakers.method``, :class:`~realtime_erc.config.SpeakerOptions`):
 
 - ``recluster`` (default): the embedding is first made emotion-robust by the packaged
   :class:`SpeakerProjection` (``assets/speaker_projection.pt``): the few directions along which
@@ -31,10 +31,10 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from realtime_erc.config import SpeakerOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.features.assets import resemblyzer_weights_path
@@ -44,49 +44,9 @@ log = logging.getLogger(__name__)
 EMBEDDING_DIM = 256
 DEFAULT_PROJECTION = Path(__file__).resolve().parent.parent / "assets" / "speaker_projection.pt"
 
-Method = Literal["recluster", "online"]
-
 
 class SpeakerError(UserError, ValueError):
     """An enrolment file is missing or unusable; the message names it and the fix."""
-
-
-@dataclass(frozen=True)
-class SpeakerOptions:
-    threshold: float = 0.3
-    """Cosine distance (1 - cosine similarity) from every known speaker above which a voice is a
-    new one (under ``recluster``, between projected voices)."""
-    max_speakers: int = 8
-    min_speech_s: float = 0.3
-    enrol: dict[str, str] = field(default_factory=dict)
-    """Speaker name → reference audio file (any format soundfile reads, any rate)."""
-    method: Method = "recluster"
-    projection: str = "default"
-    """``recluster``: ``default`` (the packaged projection), ``none`` (raw embeddings) or the path
-    of a file from :meth:`SpeakerProjection.save`."""
-    centre: bool = False
-    """``recluster``: also subtract the projection's mean voice before the cosine (then set
-    ``threshold`` near 0.7). Off: the mean is RAVDESS's studio voice; it helps on voices recorded
-    like it and merges voices that are not (espeak's, another microphone's)."""
-    window: int = 200
-    """``recluster``: utterances re-clustered (the most recent), which bounds the cost."""
-    restarts: int = 4
-    """``recluster``: k-means++ starts tried besides the previous partition at every utterance."""
-
-    @classmethod
-    def from_config(cls, config) -> SpeakerOptions:  # config: SpeakersConfig
-        # keys an older configuration lacks keep this class's defaults
-        extra = {k: getattr(config, k) for k in _RECLUSTER_KEYS if hasattr(config, k)}
-        return cls(
-            threshold=config.threshold,
-            max_speakers=config.max_speakers,
-            min_speech_s=config.min_speech_s,
-            enrol=dict(config.enrol),
-            **extra,
-        )
-
-
-_RECLUSTER_KEYS = ("method", "projection", "centre", "window", "restarts")
 
 
 @dataclass
@@ -402,7 +362,8 @@ class SpeakerTracker:
     def __init__(
         self, options: SpeakerOptions | None = None, projection: SpeakerProjection | None = None
     ) -> None:
-        """``projection`` replaces the one ``options.projection`` names (benchmarks fit their
+        """``options``: the ``[speakers]`` section (``enabled`` is the caller's business).
+        ``projection`` replaces the one ``options.projection`` names (benchmarks fit their
         own)."""
         self.options = options or SpeakerOptions()
         self._speakers: list[Speaker] = []

@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -433,11 +433,11 @@ class AudioExtractor:
 
     def __init__(self, config: Any, root: Path) -> None:
         from realtime_erc.config import VadConfig
-        from realtime_erc.features.audio import AudioFeatures, AudioOptions
+        from realtime_erc.features.audio import AudioFeatures
         from realtime_erc.speech.segmenter import TAIL_MS
 
         self.root = root
-        self.options = AudioOptions.from_config(config)
+        self.options = config  # the [features.audio] section
         self.extractor = AudioFeatures(self.options)
         self.pre_s = VadConfig().pre_roll_ms / 1000
         self.tail_s = TAIL_MS / 1000
@@ -483,12 +483,12 @@ class VisualExtractor:
     A static face repeated over an utterance's frames pools to this same vector."""
 
     def __init__(self, config: Any, options: AssembledOptions, images: np.ndarray, source: Path):
-        from realtime_erc.features.visual import FaceFeatures, VisualOptions
+        from realtime_erc.features.visual import FaceFeatures
 
         self.images = images
         self.options = options
-        visual = replace(VisualOptions.from_config(config), running_mode="image")
-        self.extractor = FaceFeatures(visual)
+        visual = config  # the [features.visual] section
+        self.extractor = FaceFeatures(visual, running_mode="image")
         h, w = options.face_canvas
         self.identity = (
             f"mediapipe-face_landmarker-image-conf{visual.min_confidence:g}-faces{visual.num_faces}"

@@ -59,7 +59,7 @@ class SentencePooled:
         from realtime_erc.features.text import TEXT_ENCODERS, TextEncoder, TextOptions
 
         self._encoder = TextEncoder(
-            TextOptions(max_tokens=self.max_tokens, adapter=self.adapter, encoder=self.encoder)
+            TextOptions(max_tokens=self.max_tokens, encoder=self.encoder), adapter=self.adapter
         )
         self.dim = self._encoder.dim
         # an adapter brings its own base: name the encoder actually used

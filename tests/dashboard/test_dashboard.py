@@ -54,10 +54,8 @@ class BackgroundPublishers:
         async def go() -> None:
             pub = self.publishers.get(session)
             if pub is None:
-                options = MqttOptions(reconnect_min_s=0.1, reconnect_max_s=0.5)
-                pub = self.publishers[session] = MqttPublisher(
-                    self.url, session, "meld7", "test@1", options=options
-                )
+                options = MqttOptions(url=self.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
+                pub = self.publishers[session] = MqttPublisher(options, session, "meld7", "test@1")
                 await pub.start()
             await pub.publish(topic_for("erc", doc), doc)
             while wait and pub.pending:

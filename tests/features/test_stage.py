@@ -11,7 +11,6 @@ from feature_media import espeak, face_frame, fer_faces
 from realtime_erc.config import FeaturesConfig
 from realtime_erc.events import SpeechSegment, Utterance, UtteranceFeatures, VideoFrame
 from realtime_erc.features.stage import FeatureStage, feature_dims
-from realtime_erc.features.visual import VisualOptions
 from realtime_erc.models.base import FeatureDimError, FeatureDims
 
 pytestmark = pytest.mark.slow
@@ -109,9 +108,13 @@ def test_librosa_features_are_refused_by_a_model_expecting_egemaps(speech) -> No
         FeatureDims().check(out[0])
 
 
-def test_visual_options_come_from_the_config() -> None:
-    cfg = config(num_faces=20, speaker_face="largest")
-    options = VisualOptions.from_config(cfg.visual)
+def test_extractors_take_their_config_sections() -> None:
+    cfg = config(num_faces=20, speaker_face="largest").with_values({"audio.backend": "librosa"})
+    stage = FeatureStage(cfg)
+    assert stage.visual.options is cfg.visual and stage.visual.running_mode == "video"
+    assert stage.audio.options is cfg.audio and stage.audio.dim == 75
+    assert stage.text.options is cfg.text and stage.text.spec.name == "all-MiniLM-L6-v2"
+    options = stage.visual.options
     assert (options.num_faces, options.speaker_face, options.min_confidence) == (
         20,
         "largest",

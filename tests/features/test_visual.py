@@ -29,7 +29,7 @@ def frames_of(images: list[np.ndarray], fps: float = 5.0) -> list[VideoFrame]:
 
 @pytest.fixture(scope="module")
 def single() -> FaceFeatures:
-    ff = FaceFeatures(VisualOptions(running_mode="image", num_faces=1, min_confidence=CONFIDENCE))
+    ff = FaceFeatures(VisualOptions(num_faces=1, min_confidence=CONFIDENCE), running_mode="image")
     yield ff
     ff.close()
 
@@ -78,10 +78,8 @@ def twenty_faces() -> np.ndarray:
 
 def test_a_twenty_face_frame_is_handled_within_num_faces() -> None:
     frame = twenty_faces()
-    many = FaceFeatures(
-        VisualOptions(running_mode="image", num_faces=20, min_confidence=CONFIDENCE)
-    )
-    few = FaceFeatures(VisualOptions(running_mode="image", num_faces=2, min_confidence=CONFIDENCE))
+    many = FaceFeatures(VisualOptions(num_faces=20, min_confidence=CONFIDENCE), "image")
+    few = FaceFeatures(VisualOptions(num_faces=2, min_confidence=CONFIDENCE), "image")
     try:
         found = many.analyze(frame, 0.0).faces
         # MediaPipe's short-range detector misses some of these small (120 px) faces
@@ -116,10 +114,8 @@ def test_mouth_sync_picks_the_face_that_talks_and_largest_the_biggest() -> None:
         level = 0.3 if talking else 0.003
         samples[max(a, 0) : b] = rng.standard_normal(b - max(a, 0)) * level
     for mode, expected_left in (("mouth_sync", True), ("largest", False)):
-        options = VisualOptions(
-            num_faces=4, speaker_face=mode, min_confidence=CONFIDENCE, running_mode="image"
-        )
-        ff = FaceFeatures(options)
+        options = VisualOptions(num_faces=4, speaker_face=mode, min_confidence=CONFIDENCE)
+        ff = FaceFeatures(options, running_mode="image")
         try:
             result = ff.extract(frames_of(images, fps), samples, audio_start=0.0)
         finally:

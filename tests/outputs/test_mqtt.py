@@ -26,6 +26,10 @@ from realtime_erc.outputs.topics import topic_for
 FAST = MqttOptions(reconnect_min_s=0.05, reconnect_max_s=0.3, close_timeout_s=5)
 
 
+def fast(url: str) -> MqttOptions:
+    return FAST.with_values({"url": url})
+
+
 def emotion(i: int, speaker: str = "A", provisional: bool = False, session: str = "s1") -> dict:
     scores = {"neutral": 0.1, "joy": 0.9} if not provisional else {"neutral": 0.6, "joy": 0.4}
     return {
@@ -81,7 +85,7 @@ async def collect_until_offline(sub: MqttSubscriber, timeout: float = 20) -> lis
 
 async def test_every_document_type_reaches_a_subscriber_valid(mosquitto):
     async with MqttSubscriber(mosquitto.url, include_state=True) as sub:
-        pub = MqttPublisher(mosquitto.url, "s1", "meld7", "test@1", options=FAST)
+        pub = MqttPublisher(fast(mosquitto.url), "s1", "meld7", "test@1")
         await pub.start()
         sent = [status("online"), emotion(0, provisional=True), emotion(0), emotion(1, "B")]
         sent.append(status("offline"))
@@ -108,7 +112,7 @@ async def test_every_document_type_reaches_a_subscriber_valid(mosquitto):
 
 
 async def test_retained_state_while_running_and_cleared_on_exit(mosquitto):
-    pub = MqttPublisher(mosquitto.url, "lab/1", "meld7", "test@1", options=FAST)
+    pub = MqttPublisher(fast(mosquitto.url), "lab/1", "meld7", "test@1")
     await pub.start()
     for doc in [status("online", "lab/1"), emotion(0, "A/x", session="lab/1")]:
         await pub.publish(topic_for("erc", doc), doc)
@@ -188,9 +192,9 @@ async def test_broker_outage_loses_nothing_and_keeps_order(mosquitto):
     """The broker is stopped mid-session and restarted: events produced meanwhile are buffered
     and delivered in order. The subscriber keeps a persistent session (QoS 1), so the broker
     queues for it what arrives before it has reconnected."""
-    sub = MqttSubscriber(mosquitto.url, client_id="outage-sub", persistent=True, options=FAST)
+    sub = MqttSubscriber(fast(mosquitto.url), client_id="outage-sub", persistent=True)
     await sub.open()
-    pub = MqttPublisher(mosquitto.url, "s1", "meld7", "test@1", options=FAST)
+    pub = MqttPublisher(fast(mosquitto.url), "s1", "meld7", "test@1")
     await pub.start()
     collector = asyncio.create_task(collect_until_offline(sub, timeout=60))
     await pub.publish("erc/s1/status", status("online"))
@@ -217,10 +221,9 @@ async def test_broker_outage_loses_nothing_and_keeps_order(mosquitto):
 
 async def test_buffer_is_bounded_while_the_broker_is_down(mosquitto):
     pub = MqttPublisher(
-        mosquitto.url,
+        MqttOptions(url=mosquitto.url, buffer_size=5, reconnect_min_s=5, close_timeout_s=0.2),
         "s1",
         "meld7",
-        options=MqttOptions(buffer_size=5, reconnect_min_s=5, close_timeout_s=0.2),
     )
     await pub.start()
     mosquitto.stop()
@@ -266,12 +269,10 @@ async def test_publish_stage_over_mqtt_with_credentials(mosquitto, tmp_path):
     with pytest.raises(OutputError, match="refused the login"):
         await MqttPublisher(mosquitto.url, "s1", "meld7").start()
 
-    creds = MqttOptions(username="erc", password="s3cret")
-    sub = MqttSubscriber(mosquitto.url, options=creds)
+    creds = MqttOptions(url=mosquitto.url, username="erc", password="s3cret")
+    sub = MqttSubscriber(creds)
     await sub.open()
-    stage = PublishStage(
-        "s1", "meld7", None, [MqttPublisher(mosquitto.url, "s1", "meld7", options=creds)]
-    )
+    stage = PublishStage("s1", "meld7", None, [MqttPublisher(creds, "s1", "meld7")])
     await stage.start()
     await stage.close()
     got = await collect_until_offline(sub, timeout=10)
@@ -287,7 +288,7 @@ async def test_cli_watch_over_mqtt(mosquitto, tmp_path):
         "--until-offline", "--jsonl", str(out),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    pub = MqttPublisher(mosquitto.url, "w1", "meld7", "test@1", options=FAST)
+    pub = MqttPublisher(fast(mosquitto.url), "w1", "meld7", "test@1")
     await pub.start()
     await pub.publish(topic_for("erc", status("online", "w1")), status("online", "w1"))
     # the retained "online" reaches the watcher as soon as it has subscribed

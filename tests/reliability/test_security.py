@@ -187,9 +187,9 @@ def secure_broker(tmp_path_factory):
 async def test_credentials_over_tls_deliver(secure_broker) -> None:
     port, ca, _ = secure_broker
     url = f"mqtts://127.0.0.1:{port}"
-    options = MqttOptions(username="erc", password="s3cret", ca_file=ca)
-    sub = MqttSubscriber(url, session_id="sec", options=options)
-    pub = MqttPublisher(url, "sec", "meld7", options=options)
+    options = MqttOptions(url=url, username="erc", password="s3cret", tls={"ca_file": ca})
+    sub = MqttSubscriber(options, session_id="sec")
+    pub = MqttPublisher(options, "sec", "meld7")
     async with sub:
         await pub.start()
         await pub.publish(emotion_topic("erc", "sec", "A"), emotion_doc(1, "sec"))
@@ -210,10 +210,11 @@ async def test_credentials_over_tls_deliver(secure_broker) -> None:
 )
 async def test_refused_connections_are_output_errors(secure_broker, options) -> None:
     port, ca, _ = secure_broker
+    options = options.with_values({"url": f"mqtts://127.0.0.1:{port}"})
     if options.password != "s3cret" or options.username == "":
-        options.ca_file = ca
+        options = options.with_values({"tls.ca_file": ca})
     with pytest.raises(OutputError, match=f"127.0.0.1:{port}"):
-        await MqttPublisher(f"mqtts://127.0.0.1:{port}", "sec", "meld7", options=options).start()
+        await MqttPublisher(options, "sec", "meld7").start()
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ async def collect(stage, events: list) -> list:
 
 
 def test_load_levels_rise_in_order_and_fall_with_hysteresis():
-    load = LoadMonitor(LoadPolicy((1.0, 2.0, 4.0, 8.0)))
+    load = LoadMonitor(LoadPolicy(shed_thresholds_s=(1.0, 2.0, 4.0, 8.0)))
     load.observe(0.5)
     assert load.level == 0 and not load.sheds("provisional")
     load.observe(2.5)
@@ -72,7 +72,7 @@ def test_load_levels_rise_in_order_and_fall_with_hysteresis():
 
 
 def test_the_most_lagging_stage_sets_the_level():
-    load = LoadMonitor(LoadPolicy((1.0, 2.0, 4.0, 8.0)))
+    load = LoadMonitor(LoadPolicy(shed_thresholds_s=(1.0, 2.0, 4.0, 8.0)))
     load.observe(5.0, "asr")
     load.observe(0.0, "analysis")  # a fast stage does not mask the slow one
     assert load.level == 3 and load.lag_s == 5.0
@@ -81,13 +81,13 @@ def test_the_most_lagging_stage_sets_the_level():
 
 
 def test_a_disabled_policy_never_sheds():
-    load = LoadMonitor(LoadPolicy(enabled=False))
+    load = LoadMonitor(LoadPolicy(shedding=False))
     load.observe(60.0)
     assert load.level == 0 and not load.sheds("transcription")
 
 
 def test_status_documents_carry_the_load_report():
-    load = LoadMonitor(LoadPolicy((1.0, 2.0, 4.0, 8.0)))
+    load = LoadMonitor(LoadPolicy(shed_thresholds_s=(1.0, 2.0, 4.0, 8.0)))
     load.observe(3.0)
     doc = StatusEvent("s", "online", None, "meld7", "2026-11-22T10:00:00.000Z",
                       load.report()).to_document()  # fmt: skip
@@ -137,7 +137,7 @@ def test_an_asr_failure_gives_an_empty_utterance_with_its_error():
 
 
 def test_a_late_segment_is_not_transcribed_under_overload():
-    load = LoadMonitor(LoadPolicy((0.1, 0.2, 0.3, 0.4)))
+    load = LoadMonitor(LoadPolicy(shed_thresholds_s=(0.1, 0.2, 0.3, 0.4)))
     stage = AsrStage(transcriber=FlakyTranscriber(), keep_empty=True, load=load)
     audio = np.zeros(16000, np.float32)
     [late] = asyncio.run(collect(stage, [segment(0, audio, closed_ago_s=5.0)]))
@@ -176,7 +176,7 @@ def test_an_audio_failure_marks_audio_absent_and_keeps_the_rest():
 
 def test_video_frames_are_shed_before_features():
     cfg = FeaturesConfig()
-    load = LoadMonitor(LoadPolicy((0.1, 0.2, 0.3, 0.4)))
+    load = LoadMonitor(LoadPolicy(shed_thresholds_s=(0.1, 0.2, 0.3, 0.4)))
     load.observe(0.25)  # level 2: provisional and video shed
     stage = AnalysisStage(cfg, load=load)
     frame = VideoFrame(np.zeros((48, 48, 3), np.uint8), 0, 0.0)

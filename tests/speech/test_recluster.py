@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from realtime_erc.bench.speakers import attribution_accuracy
+from realtime_erc.config import ConfigError, load_config
 from realtime_erc.speech.speakers import (
     EMBEDDING_DIM,
     Reclusterer,
@@ -163,19 +164,24 @@ def test_packaged_projection_loads() -> None:
     assert tracker._projection is not None and tracker._projection.basis.shape[1] >= 1
 
 
-def test_options_from_config_keep_defaults_for_missing_keys() -> None:
-    base = {"threshold": 0.25, "max_speakers": 4, "min_speech_s": 0.3, "enrol": {}}
-    old = SpeakerOptions.from_config(SimpleNamespace(**base))
-    assert (old.method, old.projection, old.centre, old.threshold) == (
+def test_speakers_section_keeps_defaults_for_missing_keys(tmp_path) -> None:
+    old = tmp_path / "old.toml"  # a configuration written before the clustering keys existed
+    old.write_text("[speakers]\nthreshold = 0.25\nmax_speakers = 4\nmin_speech_s = 0.3\n")
+    options = load_config(old).speakers
+    assert (options.method, options.projection, options.centre, options.threshold) == (
         "recluster",
         "default",
         False,
         0.25,
     )
-    new = SpeakerOptions.from_config(
-        SimpleNamespace(**base, method="online", projection="none", centre=True)
-    )
+    assert (options.window, options.restarts) == (200, 4)
+    new = load_config(
+        old, ["speakers.method=online", "speakers.projection=none", "speakers.centre=true"]
+    ).speakers
     assert (new.method, new.projection, new.centre) == ("online", "none", True)
+    assert SpeakerTracker(new).options is new
+    with pytest.raises(ConfigError, match=r"speakers\.window"):
+        load_config(overrides=["speakers.window=0"])
 
 
 def test_centring_subtracts_the_given_mean() -> None:

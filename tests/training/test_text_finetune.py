@@ -44,7 +44,7 @@ def test_fine_tuning_lowers_the_loss_and_the_adapter_reproduces_the_classifier(t
     assert sorted(adapter.state)[0] == first and adapter.state[first].shape == (8, 384)
 
     # the live encoder with the adapter merged + the stored head classify the training texts
-    encoder = TextEncoder(TextOptions(adapter=out))
+    encoder = TextEncoder(adapter=out)
     vectors = np.stack([f.pooled for f in encoder.encode_batch(HAPPY + ANGRY)])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     logits = adapter.head["scale"] * torch.from_numpy(vectors) @ adapter.head["weight"].T
@@ -116,7 +116,7 @@ def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_l
     out = tmp_path / "ctx.pt"
     info = finetune_text_encoder(toy_corpus(), out, tmp_path / "work", options)
     assert info["options"]["context_turns"] == 2 and TextAdapter.load(out).context_turns == 2
-    encoder = TextEncoder(TextOptions(adapter=out))
+    encoder = TextEncoder(adapter=out)
     assert encoder.context_turns == 2 and TextEncoder().context_turns == 0
     alone, calm, heated = encoder.encode_batch(
         ["I see"] * 3, ["", "same: what a wonderful day", "other: you ruined everything"]
@@ -184,7 +184,7 @@ def test_the_larger_encoder_adapts_its_top_layers_only_and_is_used_wherever_the_
     assert len(adapter.state) == 2 * 6 * 2  # layers x projections x (A, B)
 
     # the adapter brings its base: the live encoder is MPNet whatever the option says
-    live = TextEncoder(TextOptions(adapter=out, encoder="minilm"))
+    live = TextEncoder(TextOptions(encoder="minilm"), adapter=out)
     feats = live.encode("I love this so much")
     assert live.dim == 768 and feats.pooled.shape == (768,) and feats.sequence.shape[1] == 768
     pooled = text_encoder(adapter=out)
