@@ -12,7 +12,7 @@ from torch import nn
 
 from realtime_erc.config import DataConfig
 from realtime_erc.features.lora import add_lora, load_lora_state, lora_state, merge_lora
-from realtime_erc.features.text import TextEncoder, TextOptions
+from realtime_erc.features.text import TextEncoder
 from realtime_erc.features.text_adapter import (
     FORMAT,
     LEGACY_FORMAT,
@@ -276,7 +276,7 @@ def test_the_packaged_adapters_are_peft_state_dicts():
 
 @pytest.mark.parametrize("name", sorted(HEAD_PROBS))
 def test_a_packaged_adapter_gives_the_scores_it_gave_before(name: str):
-    encoder = TextEncoder(TextOptions(adapter=ASSETS / name))
+    encoder = TextEncoder(adapter=ASSETS / name)
     adapter = encoder.adapter
     feats = encoder.encode_batch(TEXTS, CONTEXTS if adapter.context_turns else None)
     pooled = torch.from_numpy(np.stack([f.pooled for f in feats]))
