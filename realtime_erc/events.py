@@ -153,6 +153,10 @@ class UtteranceFeatures:
     audio: ModalityFeatures
     visual: ModalityFeatures
     utterance: Utterance | None = None
+    analysis: SegmentAnalysis | None = None
+    """What the analysis found (speaker, heads' scores, faults), when it ran."""
+    faults: tuple[Fault, ...] = ()
+    """Work that failed while assembling (the text encoding)."""
     extracted_at: float = field(default_factory=now)
 
     def modality(self, name: str) -> ModalityFeatures:
@@ -201,6 +205,20 @@ class SegmentAnalysis:
     def modality(self, name: str) -> ModalityFeatures | None:
         """``audio`` or ``visual`` (None for other names: the text comes later)."""
         return {"audio": self.audio, "visual": self.visual}.get(name)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Inference:
+    """The model's decision on one utterance: ``scores`` over its labels (None without a model,
+    or when it failed: ``faults`` say why), fused with the heads' where a fusion applies;
+    ``heads``: each head's scores on the model's labels; ``modalities``: what informed it."""
+
+    features: UtteranceFeatures
+    scores: dict[str, float] | None
+    modalities: dict[str, bool]
+    heads: dict[str, dict[str, float]] | None = None
+    faults: tuple[Fault, ...] = ()
+    decided_at: float = field(default_factory=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +328,7 @@ Event = (
     | Utterance
     | SegmentAnalysis
     | UtteranceFeatures
+    | Inference
     | EmotionEvent
     | StatusEvent
 )

@@ -3,7 +3,9 @@
 A *source* is an async iterable of events (microphone, camera, a replayed recording). A *stage*
 turns each incoming event into zero or more outgoing ones; events it does not handle pass through
 unchanged, so a video frame travels past the speech stages to whoever uses it. The last stages are
-sinks (publishers) that yield nothing.
+sinks (publishers) that yield nothing. The runner gives every stage an :class:`Outbox` (the next
+stage's queue), which a stage whose work finishes outside :meth:`Stage.process` sends with.
+:class:`Parallel` runs branches on the same events at once (``analysis ‖ transcription``).
 
 Shutdown: :meth:`Pipeline.request_stop` (Ctrl-C / SIGTERM) stops the source only; every stage then
 drains what is queued, flushes (the segmenter closes its open utterance, publishers send
@@ -19,29 +21,47 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 from realtime_erc.events import Event
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker on the queues; never leaves this module
+S = TypeVar("S", bound="Stage")
+
+
+class Outbox:
+    """Where a stage's events go downstream: the next stage's bounded queue. The runner gives
+    each stage its own (:meth:`Stage.bind`); unbound (a stage used on its own), events drop."""
+
+    def __init__(self, queue: asyncio.Queue | None = None) -> None:
+        self._queue = queue
+
+    async def send(self, event: Event) -> None:
+        if self._queue is None:
+            log.debug("no stage downstream; %s dropped", type(event).__name__)
+            return
+        await self._queue.put(event)
 
 
 class Stage:
     """Base class of a pipeline stage. Override :meth:`process`; the default passes through."""
 
     name: str = "stage"
+    accepts: ClassVar[tuple[type, ...]] = ()
+    """The event types the stage works on, for :class:`Parallel` (a branch gets only these)."""
+    outbox: Outbox = Outbox()
+
+    def bind(self, outbox: Outbox) -> None:
+        """Called by the runner before the first event: where this stage's events go."""
+        self.outbox = outbox
 
     async def start(self) -> None:
         """Acquire resources (load models, bind sockets) before the first event."""
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         yield event
-
-    async def push(self, event: Event) -> None:
-        """Send ``event`` downstream from outside :meth:`process` (work finishing in the
-        background). The pipeline binds it when the stage starts running; unbound, it drops."""
-        log.debug("stage '%s' is not running; %s dropped", self.name, type(event).__name__)
 
     async def flush(self) -> AsyncIterator[Event]:
         """Emit what is still pending at end of stream."""
@@ -50,6 +70,100 @@ class Stage:
 
     async def close(self) -> None:
         """Release resources. Always called, also after a failure elsewhere."""
+
+
+class Parallel(Stage):
+    """Branches working on the same events at the same time, e.g. ``analysis ‖ transcription``.
+
+    Each event goes to every branch that :attr:`~Stage.accepts` its type; events no branch
+    accepts pass through. Each branch runs in its own task behind its own queue of
+    ``queue_size`` events, so a slow branch holds up neither the other branch nor the events
+    behind it until its queue is full (then it backpressures upstream). What the branches
+    produce leaves through this stage's outbox as soon as it is ready, in no fixed order
+    between branches (the stage that joins them matches by id). A branch that raises stops the
+    pipeline with a :class:`StageError` naming that branch.
+    """
+
+    def __init__(self, *branches: Stage, queue_size: int = 4) -> None:
+        undeclared = [b.name for b in branches if not b.accepts]
+        if len(branches) < 2 or undeclared:
+            raise ValueError(f"Parallel needs two or more branches with accepts: {undeclared}")
+        self.branches = branches
+        self.name = " ‖ ".join(b.name for b in branches)
+        self.accepts = tuple({t for b in branches for t in b.accepts})
+        self._queues = [asyncio.Queue(queue_size) for _ in branches]
+        self._workers: list[asyncio.Task] = []
+
+    def bind(self, outbox: Outbox) -> None:
+        super().bind(outbox)
+        for branch in self.branches:
+            branch.bind(outbox)
+
+    async def start(self) -> None:
+        for branch in reversed(self.branches):
+            try:
+                await branch.start()
+            except Exception as e:
+                raise StageError(branch.name, e) from e
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(branch, queue), name=branch.name)
+                for branch, queue in zip(self.branches, self._queues, strict=True)
+            ]
+        takers = [i for i, b in enumerate(self.branches) if isinstance(event, b.accepts)]
+        if not takers:
+            yield event
+        for i in takers:
+            put = asyncio.ensure_future(self._queues[i].put(event))
+            # a failed branch no longer empties its queue: wait for either
+            await asyncio.wait({put, self._workers[i]}, return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+                await self._workers[i]  # raises its StageError
+
+    async def flush(self) -> AsyncIterator[Event]:
+        for queue, worker in zip(self._queues, self._workers, strict=True):
+            if not worker.done():
+                await queue.put(_END)
+        await asyncio.gather(*self._workers)
+        for branch in self.branches:
+            async for event in branch.flush():
+                yield event
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(BaseException):
+                await worker
+        for branch in self.branches:
+            try:
+                await branch.close()
+            except Exception:
+                log.exception("closing stage '%s' failed", branch.name)
+
+    async def _work(self, branch: Stage, queue: asyncio.Queue) -> None:
+        try:
+            while (event := await queue.get()) is not _END:
+                async for produced in branch.process(event):
+                    await self.outbox.send(produced)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise StageError(branch.name, e) from e
+
+
+def find_stage(stages: Sequence[Stage], kind: type[S]) -> S:
+    """The first stage of type ``kind`` in a chain, looking into :class:`Parallel` branches."""
+    for stage in stages:
+        if isinstance(stage, kind):
+            return stage
+        if isinstance(stage, Parallel):
+            with contextlib.suppress(LookupError):
+                return find_stage(stage.branches, kind)
+    raise LookupError(f"no {kind.__name__} in the chain")
 
 
 class StageError(RuntimeError):
@@ -122,6 +236,8 @@ class Pipeline:
                     return self.stats
                 try:
                     await stage.start()
+                except StageError:
+                    raise
                 except Exception as e:
                     raise StageError(stage.name, e) from e
                 started.append(stage)
@@ -185,24 +301,21 @@ class Pipeline:
     async def _run_stage(
         self, stage: Stage, inbox: asyncio.Queue, out: asyncio.Queue | None
     ) -> None:
-        async def emit(event: Event) -> None:
-            if out is not None:
-                await out.put(event)
-
-        stage.push = emit  # type: ignore[method-assign]
+        outbox = Outbox(out)
+        stage.bind(outbox)
         try:
             while True:
                 event = await inbox.get()
                 if event is _END:
                     async for produced in stage.flush():
-                        await emit(produced)
+                        await outbox.send(produced)
                     if out is not None:
                         await out.put(_END)
                     return
                 self._count(stage.name)
                 async for produced in stage.process(event):
-                    await emit(produced)
-        except asyncio.CancelledError:
+                    await outbox.send(produced)
+        except (asyncio.CancelledError, StageError):
             raise
         except Exception as e:
             raise StageError(stage.name, e) from e

@@ -14,13 +14,15 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from realtime_erc.assemble import UtteranceAssembler
 from realtime_erc.config import Config, parse_speed
-from realtime_erc.emit import EmitStage
+from realtime_erc.emit import EventStage
 from realtime_erc.events import MODALITIES, Event
+from realtime_erc.inference import InferenceStage
 from realtime_erc.outputs.jsonl import JsonlWriter
 from realtime_erc.outputs.publisher import Publisher, PublishStage
 from realtime_erc.outputs.zmq import ZmqPublisher
-from realtime_erc.pipeline import Pipeline, PipelineStats, Stage
+from realtime_erc.pipeline import Parallel, Pipeline, PipelineStats, Stage
 from realtime_erc.sources.recording import ReplaySource, read_recording
 from realtime_erc.speech.asr import AsrStage
 from realtime_erc.speech.segmenter import Segmenter
@@ -103,16 +105,20 @@ def build_stages(
 ) -> list[Stage]:
     """The processing chain shared by live capture and replay:
 
-    segmenter → analysis (speaker, audio/visual features, emotion heads) → ASR → emit
-    (provisional and final events, the conversation model) → publish.
+    segmenter → (analysis ‖ transcription) → assembler → inference → events → publish
+
+    The analysis (speaker, audio/visual features, the emotion heads' scores) and the
+    transcription of each segment run side by side; the assembler joins them into the
+    utterance's features; inference is the model's streaming step (fused with the heads');
+    events formats the provisional (from the analysis) and final (from the inference) events.
 
     ``paced``: the source runs at (a multiple of) real time. An unpaced replay (``--speed max``)
     is always "behind" by design, so the overload policy is off for it: every utterance gets
     the full treatment.
     """
     from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.features.dims import feature_dims
     from realtime_erc.features.head_scores import resolve_heads
-    from realtime_erc.features.stage import feature_dims
     from realtime_erc.features.text import TextEncoder, resolve_encoder
     from realtime_erc.features.text_adapter import resolve_adapter
     from realtime_erc.load import LoadMonitor
@@ -124,22 +130,17 @@ def build_stages(
         from realtime_erc.speech.speakers import SpeakerTracker
 
         speakers = SpeakerTracker(config.speakers)
-    provenance = engine.info.provenance if engine is not None else {}
-    trained_with = provenance.get("features") or {}
-    # the live features must be the ones the model was trained on
-    heads = resolve_heads(config.features.heads, trained_with.get("heads"))
-    encoder = resolve_encoder(config.features.text.encoder, trained_with.get("text"))
-    features = config.features.model_copy(
-        update={
-            "heads": heads,
-            "text": config.features.text.model_copy(update={"encoder": encoder}),
-        }
-    )
-    adapter = resolve_adapter(config.features.text.adapter, trained_with.get("text"))
+    spec = engine.info.features if engine is not None else None
+    # the live features are the ones the model was trained on
+    heads = resolve_heads(config.features.heads, spec.heads if spec else None)
+    text_identity = spec.text if spec else None
+    encoder = resolve_encoder(config.features.text.encoder, text_identity)
+    features = config.features.with_values({"heads": heads, "text.encoder": encoder})
+    adapter = resolve_adapter(config.features.text.adapter, text_identity)
     text = TextEncoder(features.text, adapter=adapter) if config.features.text.enabled else None
-    if engine is not None:
+    if spec is not None:
         live = feature_dims(features, text.dim if text is not None else None)
-        check_live_dims(engine, live, provenance.get("modalities", MODALITIES))
+        spec.check_live(config.features, live, engine.model_id)
     fusion = None
     if engine is not None:
         from realtime_erc.fusion import fusion_for
@@ -155,58 +156,48 @@ def build_stages(
             if heads == "scores":  # the head that scored the model's corpus, when packaged
                 from realtime_erc.features.head_scores import scores_speech_head
 
-                scores_head = scores_speech_head(trained_with.get("audio"))
+                scores_head = scores_speech_head(spec.audio)
         if config.features.visual.enabled:
             face_head = FaceExpressionHead.load()
-    emit = EmitStage(
-        session_id,
-        config.session.label_set,
-        engine=engine,
-        text=text,
-        provisional=config.model.provisional,
-        load=load,
-        modalities=provenance.get("modalities", MODALITIES),
-        sequences=provenance.get("sequences", True),
-        expects_analysis=True,
-        fusion=fusion,
-    )
+    label_set = engine.label_set if engine is not None else config.session.label_set
+    model = engine.model_id if engine is not None else None
     return [
         Segmenter(config.vad),
-        AnalysisStage(
-            features,
-            speakers=speakers,
-            speech_head=speech_head,
-            face_head=face_head,
-            scores_speech_head=scores_head,
+        Parallel(
+            AnalysisStage(
+                features,
+                speakers=speakers,
+                speech_head=speech_head,
+                face_head=face_head,
+                scores_speech_head=scores_head,
+                load=load,
+            ),
+            AsrStage(config.asr, keep_empty=True, load=load),
+            queue_size=config.pipeline.queue_size,
+        ),
+        UtteranceAssembler(
+            engine.model.dims if engine is not None else None,
+            text if engine is not None else None,
+            modalities=spec.modalities if spec else MODALITIES,
+            sequences=spec.sequences if spec else True,
+        ),
+        InferenceStage(session_id, engine, fusion),
+        EventStage(
+            session_id,
+            label_set,
+            engine.labels if engine is not None else (),
+            model,
+            provisional=config.model.provisional,
             load=load,
         ),
-        AsrStage(config.asr, keep_empty=True, load=load),
-        emit,
         PublishStage(
             session_id=session_id,
-            label_set=emit.label_set,
-            model=emit.model,
-            publishers=build_publishers(
-                config, extra_publishers, session_id, emit.label_set, emit.model
-            ),
+            label_set=label_set,
+            model=model,
+            publishers=build_publishers(config, extra_publishers, session_id, label_set, model),
             topic_prefix=config.output.topic_prefix,
         ),
     ]
-
-
-def check_live_dims(engine, live, modalities) -> None:  # Engine, FeatureDims, names
-    """Refuse at start, not at the first utterance, a model the configured features do not fit."""
-    from realtime_erc.models.base import FeatureDimError
-
-    model = engine.model.dims
-    for name in modalities:
-        if model.pooled(name) != live.pooled(name):
-            raise FeatureDimError(
-                f"the model {engine.info.model_id} takes {name} vectors of {model.pooled(name)} "
-                f"values, the configured features give {live.pooled(name)}: use the features it "
-                f'was trained with (features.{name}, and features.heads = "auto" to follow '
-                "the checkpoint) or another model.checkpoint"
-            )
 
 
 def plan_replay(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from realtime_erc.events import AudioChunk
-from realtime_erc.pipeline import Pipeline, Stage, StageError
+from realtime_erc.pipeline import Outbox, Parallel, Pipeline, Stage, StageError, find_stage
 
 
 def chunk(i: int) -> AudioChunk:
@@ -159,7 +159,7 @@ async def test_stop_during_start_up_skips_the_stages_not_yet_started():
     assert SlowModel.started and not Upstream.started
 
 
-async def test_a_stage_can_push_results_that_finish_in_the_background():
+async def test_a_stage_sends_results_that_finish_in_the_background_through_its_outbox():
     class Background(Stage):
         """Hands every chunk to a slow job and lets later events overtake it."""
 
@@ -171,7 +171,7 @@ async def test_a_stage_can_push_results_that_finish_in_the_background():
         async def process(self, event):
             async def job(e=event):
                 await asyncio.sleep(0.05)
-                await self.push(e)
+                await self.outbox.send(e)
 
             self.jobs.append(asyncio.create_task(job()))
             return
@@ -185,3 +185,93 @@ async def test_a_stage_can_push_results_that_finish_in_the_background():
     sink = Collect()
     await Pipeline(count_source(5), [Background(), sink]).run()
     assert sorted(sink.seen) == list(range(5)) and sink.flushed
+
+
+async def test_a_stage_outside_a_pipeline_has_an_outbox_that_drops():
+    class Sender(Stage):
+        async def process(self, event):
+            await self.outbox.send(event)
+            return
+            yield
+
+    stage = Sender()
+    assert [e async for e in stage.process(chunk(1))] == []  # nowhere to go, no error
+    queue: asyncio.Queue = asyncio.Queue()
+    stage.bind(Outbox(queue))
+    [e async for e in stage.process(chunk(2))]
+    assert int(queue.get_nowait().samples[0]) == 2
+
+
+class Tagger(Stage):
+    """A branch: answers each chunk it accepts with a tagged copy (slowly, when ``delay``)."""
+
+    accepts = (AudioChunk,)
+
+    def __init__(self, name: str, delay: float = 0.0, fail_at: int | None = None):
+        self.name, self.delay, self.fail_at = name, delay, fail_at
+        self.seen: list[int] = []
+        self.closed = False
+
+    async def process(self, event):
+        i = int(event.samples[0])
+        if i == self.fail_at:
+            raise ValueError(f"{self.name} cannot take {i}")
+        await asyncio.sleep(self.delay)
+        self.seen.append(i)
+        yield (self.name, i)
+
+    async def close(self):
+        self.closed = True
+
+
+class Tags(Stage):
+    name = "tags"
+
+    def __init__(self):
+        self.tags: list[tuple[str, int]] = []
+        self.other: list = []
+
+    async def process(self, event):
+        (self.tags if isinstance(event, tuple) else self.other).append(event)
+        return
+        yield
+
+
+async def test_parallel_branches_each_get_every_event_and_work_side_by_side():
+    slow, fast = Tagger("slow", delay=0.02), Tagger("fast")
+    sink = Tags()
+    parallel = Parallel(slow, fast, queue_size=32)
+    assert parallel.name == "slow ‖ fast"
+    started = asyncio.get_running_loop().time()
+    await Pipeline(count_source(20), [parallel, sink]).run()
+    assert slow.seen == fast.seen == list(range(20))  # each branch in order
+    assert sorted(sink.tags) == sorted([(n, i) for n in ("slow", "fast") for i in range(20)])
+    # the fast branch did not wait for the slow one: its answers are out first
+    assert [n for n, _ in sink.tags[:20]].count("fast") > 15
+    assert asyncio.get_running_loop().time() - started < 0.02 * 20 + 1.0
+    assert slow.closed and fast.closed and find_stage([parallel, sink], Tagger) is slow
+
+
+async def test_events_no_branch_accepts_pass_through_once():
+    class Other(Stage):
+        name = "other"
+
+        async def process(self, event):
+            yield event
+            yield "not audio"
+
+    sink = Tags()
+    await Pipeline(count_source(3), [Other(), Parallel(Tagger("a"), Tagger("b")), sink]).run()
+    assert sink.other == ["not audio"] * 3 and len(sink.tags) == 6
+
+
+async def test_a_failing_branch_is_named_and_every_branch_closed():
+    bad, good = Tagger("transcription", fail_at=3), Tagger("analysis")
+    with pytest.raises(StageError, match="stage 'transcription' failed: ValueError"):
+        await Pipeline(count_source(50), [Parallel(good, bad, queue_size=2), Tags()]).run()
+    assert bad.closed and good.closed
+
+
+def test_parallel_branches_must_say_what_they_accept():
+    with pytest.raises(ValueError, match="accepts"):
+        Parallel(Tagger("a"), Collect())

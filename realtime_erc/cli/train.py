@@ -376,7 +376,7 @@ def train_command(
     """Train an ERC model; resumes from the run's last epoch; test scored once at the end."""
     config = load(config_file, overrides)
 
-    from realtime_erc.models.options import _parse_override
+    from realtime_erc.models.options import parse_override
     from realtime_erc.models.registry import model_class
     from realtime_erc.training.erc_trainer import (
         ErcTrainOptions,
@@ -389,7 +389,7 @@ def train_command(
 
     model_class(model)  # unknown names fail before the data are read
     try:
-        params = dict(_parse_override(p) for p in param or [])
+        params = dict(parse_override(p) for p in param or [])
     except ValueError as e:
         raise UserError(f"--param: {e}") from None
     options = ErcTrainOptions(
@@ -455,19 +455,12 @@ def evaluate_command(
             path = regenerate(directory, out, ResultsPlan(budget_minutes=budget), bars)
         console.print(f"wrote {path}")
         return
-    from realtime_erc.models.checkpoint import read_checkpoint
-    from realtime_erc.training.erc_trainer import evaluate_checkpoint, load_data
+    from realtime_erc.training.erc_trainer import evaluate_saved
 
     if split not in ("train", "valid", "test"):
         raise UserError(f"--split {split!r}: choose train, valid or test")
-    provenance = read_checkpoint(checkpoint).get("provenance") or {}
-    dataset = data or provenance.get("dataset")
-    if not dataset:
-        raise UserError(f"{checkpoint} does not say its dataset: pass --data")
-    encoder = (provenance.get("features") or {}).get("text")
     with ProgressBars(err_console) as bars:
-        loaded = load_data(dataset, directory, encoder_identity=encoder, progress=bars)
-    result = evaluate_checkpoint(checkpoint, loaded, split, subset)
+        result = evaluate_saved(checkpoint, directory, split, subset, data, progress=bars)
     result.pop("confusion")
     console.print_json(json.dumps(result))
 

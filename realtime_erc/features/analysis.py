@@ -1,9 +1,12 @@
 """The analysis stage: everything about a closed segment that does not need its transcript.
 
-``SpeechSegment`` → the segment itself (forwarded at once, so the ASR starts on it) and then
-its :class:`SegmentAnalysis` (speaker, audio and visual features, the emotion heads' scores);
-frames are analysed as they arrive (see :class:`~realtime_erc.features.stage.FeatureStage`)
-and go no further.
+The analysis branch beside the transcription (``analysis ‖ transcription``): ``SpeechSegment``
+→ its :class:`SegmentAnalysis` (speaker, audio and visual features, the emotion heads' scores).
+
+Video frames are analysed *as they arrive* (at most ``max_fps`` per second, on one worker
+thread that owns the face landmarker) and kept in a bounded, time-indexed buffer; they go no
+further. When a segment closes only its own work is left: pooling the frames inside
+``[start, end]``.
 
 Per segment, speaker attribution, the audio descriptors and the visual summary run concurrently
 off the event loop; the heads follow (the speech head standardises per attributed speaker).
@@ -16,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,14 +38,25 @@ from realtime_erc.events import (
 )
 from realtime_erc.features.audio import AudioFeatures
 from realtime_erc.features.head_scores import HEAD_CLASSES, with_scores
-from realtime_erc.features.stage import FeatureStage
-from realtime_erc.features.visual import FaceFeatures, VisualResult
+from realtime_erc.features.visual import FaceFeatures, FrameFaces, VisualResult
 from realtime_erc.load import LoadMonitor
+from realtime_erc.pipeline import Stage
 
 log = logging.getLogger(__name__)
 
 
-class AnalysisStage(FeatureStage):
+@dataclass
+class AnalysisStats:
+    frames_seen: int = 0
+    frames_analysed: int = 0
+    frames_skipped: int = 0
+    """Skipped by the ``max_fps`` cap (by design)."""
+    backpressure_waits: int = 0
+    """Times a frame waited for the analysis of earlier ones (compute behind real time)."""
+    utterances: int = 0
+
+
+class AnalysisStage(Stage):
     """Speaker, audio and visual analysis of each segment (``config``: a ``FeaturesConfig``).
 
     ``speakers``: a ``SpeakerTracker`` (None = no attribution); ``speech_head`` /
@@ -47,10 +64,12 @@ class AnalysisStage(FeatureStage):
     ``scores_speech_head``: the speech head whose scores are appended to the audio vector
     with ``heads = "scores"`` (the one that scored the model's corpus, see
     :func:`~realtime_erc.features.head_scores.scores_speech_head`; None = ``speech_head``'s).
-    Both heads share one feature extraction when their feature options agree.
+    Both heads share one feature extraction when their feature options agree. Extractors
+    may be injected (tests, benchmarks); by default they are built from ``config``.
     """
 
     name = "analysis"
+    accepts = (SpeechSegment, VideoFrame)
 
     def __init__(
         self,
@@ -63,8 +82,16 @@ class AnalysisStage(FeatureStage):
         load: LoadMonitor | None = None,
         audio: AudioFeatures | None = None,
         visual: FaceFeatures | None = None,
+        max_pending_frames: int = 8,
     ) -> None:
-        super().__init__(config, audio=audio, visual=visual)
+        self.config = config
+        self.audio = audio or AudioFeatures(config.audio)
+        self.visual = visual or FaceFeatures(config.visual)
+        self.max_pending_frames = max_pending_frames
+        self.stats = AnalysisStats()
+        self._frames: deque[tuple[float, Future[FrameFaces]]] = deque()
+        self._worker: ThreadPoolExecutor | None = None
+        self._last_analysed = float("-inf")
         self.speakers = speakers
         self.speech_head = speech_head
         self.face_head = face_head
@@ -82,8 +109,6 @@ class AnalysisStage(FeatureStage):
         if self.config.audio.enabled:
             loads.append(asyncio.to_thread(self.audio.load))
         if self.config.visual.enabled:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="face-landmarker")
             loads.append(asyncio.wrap_future(self._worker.submit(self.visual.load)))
         # Let every load finish before raising: a load still importing in its thread while
@@ -104,10 +129,48 @@ class AnalysisStage(FeatureStage):
         elif isinstance(event, SpeechSegment):
             if self.load is not None:
                 self.load.observe(now() - event.closed_at, "analysis")
-            yield event  # the ASR starts on it while the analysis runs
             yield await self.analyze(event)
         else:
             yield event
+
+    async def add_frame(self, frame: VideoFrame) -> None:
+        """Queue the frame for face analysis unless ``max_fps`` skips it. When analysis is
+        ``max_pending_frames`` behind, wait for it: the wait backpressures the source (a live
+        camera then drops its newest frames and counts them; a replay slows down)."""
+        self.stats.frames_seen += 1
+        if self._worker is None:
+            return
+        if frame.time < self._last_analysed + 1.0 / self.config.visual.max_fps - 1e-6:
+            self.stats.frames_skipped += 1
+            return
+        pending = [f for _, f in self._frames if not f.done()]
+        if len(pending) >= self.max_pending_frames:
+            self.stats.backpressure_waits += 1
+            await asyncio.wrap_future(pending[0])
+        self._last_analysed = frame.time
+        future = self._worker.submit(self.visual.analyze, frame.image, frame.time, frame.index)
+        self._frames.append((frame.time, future))
+        self.stats.frames_analysed += 1
+        while self._frames and self._frames[0][0] < frame.time - self.config.visual.buffer_s:
+            self._frames.popleft()
+
+    async def frames_ready(self) -> None:
+        """Wait until every queued frame has been analysed."""
+        pending = [f for _, f in self._frames if not f.done()]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in pending))
+
+    async def summarize_visual(self, seg: SpeechSegment) -> VisualResult:
+        """The visual result of the frames inside ``[seg.start, seg.end]`` (analysed already
+        or awaited here)."""
+        futures = [f for t, f in self._frames if seg.start <= t <= seg.end]
+        frames = [await asyncio.wrap_future(f) for f in futures]
+        return await asyncio.to_thread(self.visual.summarize, frames, seg.samples, seg.audio_start)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self.visual.close()
+            self._worker = None
 
     async def analyze(self, seg: SpeechSegment) -> SegmentAnalysis:
         """The segment's :class:`SegmentAnalysis` (never raises: failures become faults)."""

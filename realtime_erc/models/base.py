@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from realtime_erc.errors import UserError
 from realtime_erc.events import MODALITIES, ModalityFeatures, UtteranceFeatures
 
 
-class FeatureDimError(ValueError):
+class FeatureDimError(UserError, ValueError):
     """Features whose shape does not match what the model was built (or trained) for."""
 
 

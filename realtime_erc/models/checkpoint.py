@@ -3,8 +3,9 @@
 Contents: ``format`` / ``format_version``, ``model`` (registry name), ``config`` (the model's
 ``Config`` as a dict), ``label_set``, ``labels`` (ordered), ``feature_dims``, ``state_dict``,
 ``content_hash`` (sha256 of the weights: every tensor's name, dtype, shape and bytes in key
-order), and optional ``metrics`` / ``provenance`` dicts. The first 8 hex digits of the hash name
-the weights in the stream's ``model`` field: ``bigfusion/meld7@3f2a9c1e``.
+order), ``feature_spec`` (the :class:`~realtime_erc.models.feature_spec.FeatureSpec` the live
+stages are built from), and optional ``metrics`` / ``provenance`` dicts. The first 8 hex digits
+of the hash name the weights in the stream's ``model`` field: ``bigfusion/meld7@3f2a9c1e``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from realtime_erc.errors import UserError
 from realtime_erc.models.base import ERCModel, FeatureDims
+from realtime_erc.models.feature_spec import FeatureSpec
 from realtime_erc.models.options import ModelConfigError, config_from_dict
 from realtime_erc.models.registry import UnknownModelError, model_class
 
@@ -46,6 +48,8 @@ class CheckpointInfo:
     path: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    features: FeatureSpec | None = None
+    """What the model was trained on (None for a model never saved)."""
 
     @property
     def model_id(self) -> str:
@@ -90,8 +94,16 @@ def save_checkpoint(
     path: Path | str,
     metrics: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    features: FeatureSpec | None = None,
 ) -> CheckpointInfo:
-    """Write ``model`` to ``path``; returns the info (with the content hash)."""
+    """Write ``model`` to ``path``; returns the info (with the content hash). ``features``:
+    what it was trained on (default: what ``provenance`` says, else every modality at the
+    model's dims)."""
+    features = features or FeatureSpec.from_checkpoint(
+        {"provenance": provenance, "feature_dims": model.dims.to_dict()}, str(path)
+    )
+    if features.dims != model.dims:
+        raise ValueError(f"feature spec dims {features.dims} are not the model's {model.dims}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = content_hash(state)
     payload = {
@@ -106,13 +118,15 @@ def save_checkpoint(
         "content_hash": digest,
         "metrics": dict(metrics or {}),
         "provenance": dict(provenance or {}),
+        "feature_spec": features.model_dump(mode="json"),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     info = CheckpointInfo(
-        model.name, model.label_set, digest, str(path), payload["metrics"], payload["provenance"]
-    )
+        model.name, model.label_set, digest, str(path), payload["metrics"],
+        payload["provenance"], features,
+    )  # fmt: skip
     model.checkpoint_info = info
     return info
 
@@ -180,6 +194,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> ERC
         str(path),
         dict(payload.get("metrics") or {}),
         dict(payload.get("provenance") or {}),
+        FeatureSpec.from_checkpoint(payload, f"checkpoint {path}"),
     )
     log.debug("loaded %s from %s", model.checkpoint_info.model_id, path)
     return model.to(device).eval()

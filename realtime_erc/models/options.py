@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
+from realtime_erc.errors import UserError
 from realtime_erc.models.registry import model_class
 
 hyperparameters = functools.partial(
@@ -30,7 +31,7 @@ hyperparameters = functools.partial(
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "models"
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model configuration the user wrote that cannot be used."""
 
 
@@ -50,7 +51,7 @@ def load_model_config(
         config = _apply(name, config, _read(Path(path)), str(path))
     if overrides:
         if not isinstance(overrides, Mapping):
-            overrides = dict(_parse_override(item) for item in overrides)
+            overrides = dict(parse_override(item) for item in overrides)
         config = _apply(name, config, dict(overrides), "overrides")
     return config
 
@@ -85,7 +86,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise ModelConfigError(f"model config {path} is not valid TOML: {e}") from None
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ModelConfigError(f"model override {item!r}: expected key=value, e.g. hidden=256")

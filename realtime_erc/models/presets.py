@@ -194,21 +194,19 @@ def measure_cost(
     import torch
 
     from realtime_erc.engine import Engine
-    from realtime_erc.events import MODALITIES, ModalityFeatures, UtteranceFeatures
+    from realtime_erc.events import ModalityFeatures, UtteranceFeatures
     from realtime_erc.features.text import TextEncoder, TextOptions, resolve_encoder
     from realtime_erc.features.text_adapter import resolve_adapter
 
     engine = Engine(checkpoint, "cpu")
-    provenance = engine.info.provenance
-    trained_with = (provenance.get("features") or {}).get("text")
+    spec = engine.info.features
     encoder = TextEncoder(
-        TextOptions(encoder=resolve_encoder("auto", trained_with)),
-        adapter=resolve_adapter("auto", trained_with),
+        TextOptions(encoder=resolve_encoder("auto", spec.text)),
+        adapter=resolve_adapter("auto", spec.text),
     )
     encoder.load()
     dims = engine.model.dims
-    used = set(provenance.get("modalities", MODALITIES))
-    sequences = provenance.get("sequences", True)
+    used, sequences = set(spec.modalities), spec.sequences
     rng = np.random.default_rng(0)
     fixed = {
         name: ModalityFeatures(rng.standard_normal(dims.pooled(name)).astype(np.float32))

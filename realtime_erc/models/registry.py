@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from realtime_erc.errors import UserError
 from realtime_erc.models.base import ERCModel
 
 MODELS: dict[str, str] = {
@@ -17,7 +18,7 @@ MODELS: dict[str, str] = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     pass
 
 

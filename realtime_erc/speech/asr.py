@@ -253,16 +253,16 @@ class AsrStage(Stage):
 
     Loads the model in :meth:`start` and transcribes in a worker thread, so the event loop keeps
     moving audio meanwhile. Segments that transcribe to nothing (noise, breaths) are dropped,
-    unless ``keep_empty`` (the live chain): then every segment becomes an utterance whose id is
-    the segment's id (a provisional event may already be out under that id, so the final one
-    must follow), transcriptions run in the background in segment order and are pushed
-    downstream when done (the events behind a segment do not wait for it), and a transcription
-    that raises or that the ``load`` monitor sheds gives an utterance with an empty text and a
-    :class:`Fault` instead of stopping the session.
+    unless ``keep_empty`` (the live chain, where it is the transcription branch beside the
+    analysis): then every segment becomes an utterance whose id is the segment's id (a
+    provisional event may already be out under that id, so the final one must follow), and a
+    transcription that raises or that the ``load`` monitor sheds gives an utterance with an
+    empty text and a :class:`Fault` instead of stopping the session.
     ``transcriber`` may be given ready-made (tests, or sharing one model across sessions).
     """
 
-    name = "asr"
+    name = "transcription"
+    accepts = (SpeechSegment,)
 
     def __init__(
         self,
@@ -279,8 +279,6 @@ class AsrStage(Stage):
         self.keep_empty = keep_empty
         self.load = load
         self.failures = 0
-        self.max_pending = 4
-        self._pending: list[asyncio.Task] = []
         self._next_id = 0
 
     async def start(self) -> None:
@@ -303,32 +301,12 @@ class AsrStage(Stage):
         if not isinstance(event, SpeechSegment):
             yield event
             return
-        if not self.keep_empty:
-            utterance = await self.transcribe(event)
-            if utterance is not None:
-                yield utterance
+        if self.keep_empty:
+            yield await self.transcribe_or_fault(event)
             return
-        # Transcribe in the background, in order, so the events behind the segment (its
-        # analysis) travel on meanwhile; at most ``max_pending`` segments wait (backpressure).
-        self._pending = [t for t in self._pending if not t.done()]
-        if len(self._pending) >= self.max_pending:
-            await asyncio.wait({self._pending[0]})
-        previous = self._pending[-1] if self._pending else None
-        self._pending.append(asyncio.create_task(self._transcribe_after(event, previous)))
-
-    async def flush(self) -> AsyncIterator[Event]:
-        if self._pending:
-            await asyncio.gather(*self._pending)
-        self._pending.clear()
-        return
-        yield  # pragma: no cover - makes this an async generator
-
-    async def _transcribe_after(
-        self, segment: SpeechSegment, previous: asyncio.Task | None
-    ) -> None:
-        if previous is not None:
-            await previous
-        await self.push(await self.transcribe_or_fault(segment))
+        utterance = await self.transcribe(event)
+        if utterance is not None:
+            yield utterance
 
     async def transcribe_or_fault(self, segment: SpeechSegment) -> Utterance:
         """Always an utterance: empty text with a :class:`Fault` when the transcription failed
@@ -393,6 +371,4 @@ class AsrStage(Stage):
         )
 
     async def close(self) -> None:
-        for task in self._pending:
-            task.cancel()
         self.transcriber = None  # frees the model (and its GPU memory) with the last reference

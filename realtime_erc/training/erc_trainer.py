@@ -27,7 +27,13 @@ from torch import nn
 
 from realtime_erc.events import MODALITIES, ModalityFeatures, UtteranceFeatures
 from realtime_erc.models.base import DialogueBatch, ERCModel, FeatureDims
-from realtime_erc.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from realtime_erc.models.checkpoint import (
+    build_model,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from realtime_erc.models.feature_spec import FeatureSpec
 from realtime_erc.models.options import load_model_config
 from realtime_erc.training.corpus import CorpusFeatures, Dialogue, ErcCorpus
 from realtime_erc.training.dataset_spec import CORPORA, DatasetSpec
@@ -275,12 +281,6 @@ def train_erc(
         "corpus": data.corpus.name,
         "source": data.corpus.provenance.get("source", ""),
         "features": dict(data.features.extractor),
-        "sequences": False,
-        # The modalities present in training: live, the others are passed as absent.
-        "modalities": [
-            m for i, m in enumerate(MODALITIES)
-            if any(u.present[i] for feats in data.features.features.values() for u in feats)
-        ],
         "splits": split_sizes(data.corpus) if not options.subset else {
             s: {"dialogues": len(data.dialogues(s, options.subset))} for s in data.corpus.splits
         },
@@ -293,7 +293,13 @@ def train_erc(
         "history": state["history"],
         "options": options.to_dict(),
     }  # fmt: skip
-    info = save_checkpoint(model, out, metrics, provenance)
+    # The modalities present in training: live, the others are passed as absent.
+    present = tuple(
+        m for i, m in enumerate(MODALITIES)
+        if any(u.present[i] for feats in data.features.features.values() for u in feats)
+    )  # fmt: skip
+    spec = FeatureSpec.from_training(data.features.extractor, model.dims, present, sequences=False)
+    info = save_checkpoint(model, out, metrics, provenance, spec)
     return {"model_id": info.model_id, "path": str(out), "metrics": metrics,
             "provenance": provenance}  # fmt: skip
 
@@ -321,6 +327,25 @@ def evaluate_checkpoint(
             **result}  # fmt: skip
 
 
+def evaluate_saved(
+    path: Path,
+    data_dir: Path,
+    split: str = "test",
+    subset: int | None = None,
+    dataset: DatasetSpec | str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score the checkpoint at ``path`` on ``split`` of ``dataset`` (default: the one it was
+    trained on), its text encoded by the encoder its :class:`FeatureSpec` names."""
+    payload = read_checkpoint(path)
+    name = dataset or (payload.get("provenance") or {}).get("dataset")
+    if not name:
+        raise DataError(f"{path} does not say its dataset: pass --data")
+    spec = FeatureSpec.from_checkpoint(payload, f"checkpoint {path}")
+    data = load_data(name, data_dir, encoder_identity=spec.text, progress=progress)
+    return evaluate_checkpoint(path, data, split, subset)
+
+
 DATASETS: tuple[str, ...] = CORPORA
 
 
@@ -328,7 +353,7 @@ def live_dims(text_dim: int | None = None) -> FeatureDims:
     """The dims the live feature stage produces with the default configuration (and a text
     encoder of width ``text_dim``)."""
     from realtime_erc.config import Config
-    from realtime_erc.features.stage import feature_dims
+    from realtime_erc.features.dims import feature_dims
 
     return feature_dims(Config().features, text_dim)
 

@@ -736,5 +736,5 @@ def export_live_checkpoint(
         f"Trained on {data.corpus.name} dialogue text (train split; model chosen on valid). "
         + DATA_TERMS.get(data.corpus.name, "Its terms: see the data directory's README.")
     )
-    saved = save_checkpoint(model, dest, metrics, provenance)
+    saved = save_checkpoint(model, dest, metrics, provenance, info.features)
     return {"model_id": saved.model_id, "path": str(dest), "metrics": metrics}

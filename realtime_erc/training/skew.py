@@ -402,7 +402,8 @@ def replay_live(
     the capture); ``overrides``: ``section.key=value`` settings; ``prepare(stages)`` may adjust
     the built stages before the run (e.g. swap a head to measure a fix)."""
     from realtime_erc.config import load_config
-    from realtime_erc.emit import EmitStage
+    from realtime_erc.inference import InferenceStage
+    from realtime_erc.pipeline import find_stage
     from realtime_erc.session import plan_replay, run_session
 
     config = load_config(
@@ -416,11 +417,11 @@ def replay_live(
         ],  # fmt: skip
     )
     plan = plan_replay(Path(session_dir), config)
-    emit = next(s for s in plan.stages if isinstance(s, EmitStage))
-    if emit.engine is None:
+    inference = find_stage(plan.stages, InferenceStage)
+    if inference.engine is None:
         raise ValueError("the skew check needs a model (model.checkpoint is none)")
-    capture = CapturingEngine(emit.engine)
-    emit.engine = capture
+    capture = CapturingEngine(inference.engine)
+    inference.engine = capture
     if prepare is not None:
         prepare(plan.stages)
     asyncio.run(run_session(plan, config))
@@ -729,11 +730,11 @@ def measure_skew(
 
 
 def engine_of(stages: list[Any]) -> Any:
-    """The emit stage's engine (unwrapped from its :class:`CapturingEngine`)."""
-    from realtime_erc.emit import EmitStage
+    """The inference stage's engine (unwrapped from its :class:`CapturingEngine`)."""
+    from realtime_erc.inference import InferenceStage
+    from realtime_erc.pipeline import find_stage
 
-    emit = next(s for s in stages if isinstance(s, EmitStage))
-    engine = emit.engine
+    engine = find_stage(stages, InferenceStage).engine
     return engine.engine if isinstance(engine, CapturingEngine) else engine
 
 
@@ -757,10 +758,11 @@ def speech_breakdown(data_dir: Path, report: SkewReport) -> dict[str, GroupStats
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.features.head_scores import HEAD_CLASSES
     from realtime_erc.features.speech_emotion import SpeakerNormalizer, SpeechEmotionHead
+    from realtime_erc.pipeline import find_stage
     from realtime_erc.training.emotion_data import ravdess_clips
     from realtime_erc.training.speech_trainer import clip_features
 
-    analysis = next(s for s in report.stages if isinstance(s, AnalysisStage))
+    analysis = find_stage(report.stages, AnalysisStage)
     head = analysis.scores_speech_head or analysis.speech_head
     packaged = SpeechEmotionHead.load()
     turns, live, corpus = report.turns, report.live, report.corpus

@@ -10,6 +10,7 @@ from feature_media import espeak, face_frame, fer_faces
 
 from realtime_erc.config import FeaturesConfig
 from realtime_erc.events import ModalityFeatures, SegmentAnalysis, SpeechSegment, VideoFrame
+from realtime_erc.features.dims import feature_dims
 from realtime_erc.features.head_scores import (
     HEAD_CLASSES,
     MIN_PROB,
@@ -17,7 +18,6 @@ from realtime_erc.features.head_scores import (
     resolve_heads,
     with_scores,
 )
-from realtime_erc.features.stage import feature_dims
 
 
 def test_auto_follows_the_checkpoint_and_explicit_settings_stand():
@@ -114,12 +114,13 @@ def test_a_checkpoint_trained_on_head_scores_gets_them_live(tmp_path):
     from realtime_erc.config import load_config
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.models.base import FeatureDimError
+    from realtime_erc.pipeline import find_stage
     from realtime_erc.session import build_stages
 
     path = _heads_checkpoint(tmp_path)
     off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false"]
     config = load_config(overrides=[f"model.checkpoint={path}", "model.provisional=false", *off])
-    analysis = next(s for s in build_stages(config, "t") if isinstance(s, AnalysisStage))
+    analysis = find_stage(build_stages(config, "t"), AnalysisStage)
     assert analysis.config.heads == "scores"  # auto follows the checkpoint
     assert analysis.speech_head is not None and analysis.face_head is not None  # even so
     assert config.features.heads == "auto"  # the user's config is left as it was

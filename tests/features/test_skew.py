@@ -79,6 +79,7 @@ def test_the_head_that_scored_a_corpus_is_named_by_the_checkpoint():
 def test_the_assembled_model_gets_the_scores_of_its_corpus_head():
     from realtime_erc.config import load_config
     from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.pipeline import find_stage
     from realtime_erc.session import build_stages
 
     audio = _assembled_audio_provenance()
@@ -87,9 +88,7 @@ def test_the_assembled_model_gets_the_scores_of_its_corpus_head():
     assert head.labels == RAVDESS_LABELS and head.info["fitted_on"] == list(range(1, 13))
     off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false",
            "model.checkpoint=assembled"]  # fmt: skip
-    analysis = next(
-        s for s in build_stages(load_config(overrides=off), "t") if isinstance(s, AnalysisStage)
-    )
+    analysis = find_stage(build_stages(load_config(overrides=off), "t"), AnalysisStage)
     assert analysis.config.heads == "scores"
     assert analysis.scores_speech_head is not None and analysis.speech_head is not None
     assert analysis.scores_speech_head.info["identity"] == head.info["identity"]
@@ -261,7 +260,7 @@ def test_causal_corpus_scores_are_what_the_live_head_gives():
     not (DATA / "erc_text" / "meld.pkl").exists(), reason=f"MELD not found under {DATA}"
 )
 def test_a_causal_assembled_corpus_appends_each_utterances_running_scores(tmp_path):
-    from realtime_erc.features.stage import feature_dims
+    from realtime_erc.features.dims import feature_dims
     from realtime_erc.training.assembled import AssembledOptions, assemble
     from realtime_erc.training.head_crossfit import SpeechScores
 

@@ -83,11 +83,12 @@ def test_auto_follows_the_encoder_a_checkpoint_was_trained_with() -> None:
 
 
 def test_a_checkpoint_trained_on_mpnet_text_gets_mpnet_live(tmp_path) -> None:
+    from realtime_erc.assemble import UtteranceAssembler
     from realtime_erc.config import FeaturesConfig, load_config
-    from realtime_erc.emit import EmitStage
-    from realtime_erc.features.stage import feature_dims
+    from realtime_erc.features.dims import feature_dims
     from realtime_erc.models.base import FeatureDimError
     from realtime_erc.models.checkpoint import build_model, save_checkpoint
+    from realtime_erc.pipeline import find_stage
     from realtime_erc.session import build_stages
     from realtime_erc.training.assembled import MELD7
 
@@ -98,9 +99,9 @@ def test_a_checkpoint_trained_on_mpnet_text_gets_mpnet_live(tmp_path) -> None:
     save_checkpoint(model, path, provenance={"features": {"text": identity}})
     off = ["output.zmq.enabled=false", "output.mqtt.enabled=false", "speakers.enabled=false"]
     config = load_config(overrides=[f"model.checkpoint={path}", "model.provisional=false", *off])
-    emit = next(s for s in build_stages(config, "t") if isinstance(s, EmitStage))
-    assert emit.text is not None and emit.text.spec.name == "all-mpnet-base-v2"
-    assert emit.text.dim == 768 and config.features.text.encoder == "auto"
+    assembler = find_stage(build_stages(config, "t"), UtteranceAssembler)
+    assert assembler.text is not None and assembler.text.spec.name == "all-mpnet-base-v2"
+    assert assembler.text.dim == 768 and config.features.text.encoder == "auto"
 
     config = load_config(
         overrides=[f"model.checkpoint={path}", "features.text.encoder=minilm", *off]

@@ -34,9 +34,11 @@ import contextlib
 from mqtt_fixtures import mosquitto_fixture  # noqa: E402, F401
 from test_zmq import emotion_doc  # noqa: E402
 
+from realtime_erc.assemble import UtteranceAssembler  # noqa: E402
 from realtime_erc.config import Config, ConfigError, VadConfig, load_config  # noqa: E402
-from realtime_erc.emit import EmitStage  # noqa: E402
+from realtime_erc.emit import EventStage  # noqa: E402
 from realtime_erc.events import SAMPLE_RATE, AudioChunk, SpeechSegment, Utterance, now  # noqa: E402
+from realtime_erc.inference import InferenceStage  # noqa: E402
 from realtime_erc.outputs.jsonl import JsonlWriter  # noqa: E402
 from realtime_erc.outputs.mqtt import MqttPublisher, MqttSubscriber  # noqa: E402
 from realtime_erc.outputs.report import ReportError, read_session  # noqa: E402
@@ -324,7 +326,7 @@ async def test_zero_length_and_one_sample_segments_transcribe_to_nothing() -> No
 
 
 # ---------------------------------------------------------------------------------------------
-# A very long transcript through EmitStage → schema → ZeroMQ, JSONL and MQTT
+# A very long transcript through the events stage → schema → ZeroMQ, JSONL and MQTT
 
 LONG_TEXT = ('ünïcode words [and] "quotes" \n' * 4000)[:100_000]
 
@@ -332,7 +334,9 @@ LONG_TEXT = ('ünïcode words [and] "quotes" \n' * 4000)[:100_000]
 async def _long_event_document() -> dict[str, Any]:
     segment = SpeechSegment(0, 0.0, 3600.0, np.zeros(16, np.float32), now(), now())
     utterance = Utterance(utterance_id=0, segment=segment, text=LONG_TEXT, speaker="A")
-    [event] = [e async for e in EmitStage("long", "meld7").process(utterance)]
+    features = await UtteranceAssembler(expects_analysis=False).assemble(utterance, None)
+    inference = await InferenceStage("long").infer(features)
+    [event] = [e async for e in EventStage("long", "meld7").process(inference)]
     doc = event.to_document()
     validate_document(doc)
     return doc

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from feature_media import espeak
 
+from realtime_erc.assemble import UtteranceAssembler
 from realtime_erc.config import Config, FeaturesConfig
-from realtime_erc.emit import EmitStage, project_scores
+from realtime_erc.emit import EventStage
 from realtime_erc.events import (
     Fault,
     SegmentAnalysis,
@@ -22,10 +23,12 @@ from realtime_erc.events import (
 )
 from realtime_erc.features.analysis import AnalysisStage
 from realtime_erc.features.audio import AudioFeatures, AudioOptions
-from realtime_erc.features.stage import feature_dims
+from realtime_erc.features.dims import feature_dims
+from realtime_erc.inference import InferenceStage, project_scores
 from realtime_erc.load import LoadMonitor, LoadPolicy
 from realtime_erc.models.checkpoint import build_model
 from realtime_erc.outputs.schema import validate_document
+from realtime_erc.pipeline import Outbox
 from realtime_erc.speech.asr import AsrStage
 
 MELD7 = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
@@ -38,17 +41,30 @@ def segment(i: int, samples: np.ndarray, closed_ago_s: float = 0.0) -> SpeechSeg
 
 
 async def collect(stage, events: list) -> list:
-    pushed: list = []
-
-    async def push(event):
-        pushed.append(event)
-
-    stage.push = push
+    """What ``stage`` yields and sends through its outbox for ``events``, then at flush."""
+    sent: asyncio.Queue = asyncio.Queue()
+    stage.bind(Outbox(sent))
     out = []
     for event in events:
         out += [e async for e in stage.process(event)]
     out += [e async for e in stage.flush()]
-    return out + pushed
+    return out + [sent.get_nowait() for _ in range(sent.qsize())]
+
+
+async def through(stages: list, events: list) -> list:
+    """``events`` through a chain of stages, each one's output the next one's input."""
+    for stage in stages:
+        events = await collect(stage, events)
+    return events
+
+
+def chain(engine, fusion=None) -> list:
+    """The live chain after the two branches: assembler → inference → events."""
+    return [
+        UtteranceAssembler(engine.model.dims, None, modalities=("text", "audio", "visual")),
+        InferenceStage("s", engine, fusion),
+        EventStage("s", "meld7", engine.labels, engine.model_id),
+    ]
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -168,8 +184,8 @@ def test_an_audio_failure_marks_audio_absent_and_keeps_the_rest():
         finally:
             await stage.close()
 
-    seg, analysis = asyncio.run(go())
-    assert isinstance(seg, SpeechSegment) and isinstance(analysis, SegmentAnalysis)
+    [analysis] = asyncio.run(go())  # the segment itself goes to the transcription branch
+    assert isinstance(analysis, SegmentAnalysis)
     assert not analysis.audio.present
     assert analysis.faults == (Fault("audio", "ValueError: openSMILE exploded"),)
 
@@ -216,13 +232,13 @@ def analysis_for(seg: SpeechSegment) -> SegmentAnalysis:
 
 
 def test_provisional_then_final_with_the_model_and_a_model_failure_is_reported():
-    emit = EmitStage("s", "meld7", engine=engine_for_test(fail_on=1), expects_analysis=True)
+    stages = chain(engine_for_test(fail_on=1))
     audio = np.zeros(16000, np.float32)
     segs = [segment(i, audio) for i in range(3)]
     events = []
     for seg in segs:
         events += [analysis_for(seg), Utterance(seg.segment_id, seg, "")]
-    out = asyncio.run(collect(emit, events))
+    out = asyncio.run(through(stages, events))
     docs = [e.to_document() for e in out]
     for doc in docs:
         validate_document(doc)
@@ -237,9 +253,8 @@ def test_provisional_then_final_with_the_model_and_a_model_failure_is_reported()
 
 
 def test_a_transcript_faster_than_its_analysis_waits_for_it():
-    emit = EmitStage("s", "meld7", engine=engine_for_test(), expects_analysis=True)
     seg = segment(0, np.zeros(16000, np.float32))
-    out = asyncio.run(collect(emit, [Utterance(0, seg, ""), analysis_for(seg)]))
+    out = asyncio.run(through(chain(engine_for_test()), [Utterance(0, seg, ""), analysis_for(seg)]))
     assert [(e.utterance_id, e.provisional, e.speaker) for e in out] == [(0, False, "S1")]
 
 
@@ -248,14 +263,12 @@ def test_heads_ride_on_both_events_and_a_fitted_fusion_moves_the_final():
 
     seg = segment(0, np.zeros(16000, np.float32))
     events = [analysis_for(seg), Utterance(0, seg, "")]
-    plain = asyncio.run(collect(EmitStage("s", "meld7", engine=engine_for_test(),
-                                          expects_analysis=True), events))  # fmt: skip
+    plain = asyncio.run(through(chain(engine_for_test()), events))
     heads = {"audio": {label: 0.0 for label in MELD7} | {"joy": 0.7, "sadness": 0.3}}
     assert [e.heads for e in plain] == [heads, heads]
     assert plain[1].to_document()["heads"] == heads
     engine = engine_for_test()
     fusion = FusionParams(model=engine.model_id, weights={"audio": 4.0})
-    fused = asyncio.run(collect(EmitStage("s", "meld7", engine=engine, expects_analysis=True,
-                                          fusion=fusion), events))  # fmt: skip
+    fused = asyncio.run(through(chain(engine, fusion), events))
     assert fused[1].label == "joy" and fused[1].scores["joy"] > 0.9
     validate_document(fused[1].to_document())

@@ -14,7 +14,7 @@ import pytest
 from feature_media import ASSEMBLED_INPUTS, ASSEMBLED_MISSING, needs_assembled_data
 
 from realtime_erc.config import Config, DataConfig
-from realtime_erc.features.stage import feature_dims
+from realtime_erc.features.dims import feature_dims
 from realtime_erc.models.base import DialogueBatch
 from realtime_erc.training.assembled import (
     FER_OF_MELD,

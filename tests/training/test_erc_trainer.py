@@ -93,8 +93,9 @@ def test_training_chooses_on_valid_scores_test_once_and_saves_provenance(tmp_pat
     options = ErcTrainOptions("dialoguegcn", seed=1, max_epochs=6, patience=2, lr=3e-3)
     result = train_erc(data, options, tmp_path / "model.pt", tmp_path / "work")
     payload = read_checkpoint(tmp_path / "model.pt")
-    prov = payload["provenance"]
-    assert prov["sequences"] is False and prov["seed"] == 1 and prov["causal"] is True
+    prov, spec = payload["provenance"], payload["feature_spec"]
+    assert spec["sequences"] is False and spec["modalities"] == ["text"]  # what it had
+    assert prov["seed"] == 1 and prov["causal"] is True
     assert prov["dataset"] == "synthetic" and prov["train_seconds"] > 0
     assert prov["splits"]["test"] == {"dialogues": 4, "utterances": sum(
         len(d) for d in data.corpus.split("test"))}  # fmt: skip

@@ -10,8 +10,8 @@ import pytest
 from feature_media import needs_assembled_data
 
 from realtime_erc.config import DataConfig, FeaturesConfig
+from realtime_erc.features.dims import feature_dims
 from realtime_erc.features.head_scores import HEAD_CLASSES
-from realtime_erc.features.stage import feature_dims
 from realtime_erc.training.corpus import SPLITS
 from realtime_erc.training.emotion_data import DataError, ravdess_clips
 from realtime_erc.training.head_crossfit import SpeechScores, crossfit_groups

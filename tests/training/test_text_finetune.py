@@ -103,12 +103,10 @@ def test_a_dataset_is_named_with_its_text_encoder_without_reading_any_data():
 def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_live(tmp_path):
     import asyncio
 
+    from realtime_erc.assemble import UtteranceAssembler
     from realtime_erc.config import Config
-    from realtime_erc.emit import EmitStage
-    from realtime_erc.engine import Engine
     from realtime_erc.events import SpeechSegment, Utterance
-    from realtime_erc.features.stage import feature_dims
-    from realtime_erc.models.checkpoint import build_model
+    from realtime_erc.features.dims import feature_dims
 
     options = TextFinetuneOptions(
         epochs=1, batch_size=8, evals_per_epoch=1, threads=1, context_turns=2
@@ -127,23 +125,24 @@ def test_an_adapter_trained_with_context_reads_the_turns_before_each_utterance_l
     # outputs cover the utterance's own tokens only: [CLS] i see [SEP]
     assert [len(f.sequence) for f in (alone, calm, heated)] == [4, 4, 4]
 
-    # live, the emit stage hands each transcript the turns before it, most recent first
+    # live, the assembler hands each transcript the turns before it, most recent first
     seen: list[tuple[str, str]] = []
     encode = encoder.encode
     encoder.encode = lambda text, context="": seen.append((text, context)) or encode(text, context)
-    model = build_model("utterance-mlp", feature_dims(Config().features), ("anger", "joy"), "toy2")
-    emit = EmitStage("s", "toy2", engine=Engine(model, "cpu"), text=encoder)
+    dims = feature_dims(Config().features)
+    assembler = UtteranceAssembler(dims, encoder, expects_analysis=False)
     turns = [("A", "hello there"), ("B", ""), ("B", "I hate you"), ("A", "I see")]
 
     async def run() -> list:
         events = []
         for i, (speaker, text) in enumerate(turns):
             seg = SpeechSegment(i, 2.0 * i, 2.0 * i + 1, np.zeros(16000, np.float32), 0.0, 0.0)
-            events += [e async for e in emit.process(Utterance(i, seg, text, speaker=speaker))]
+            utterance = Utterance(i, seg, text, speaker=speaker)
+            events += [e async for e in assembler.process(utterance)]
         return events
 
     events = asyncio.run(run())
-    assert [e.modalities["text"] for e in events] == [True, False, True, True]
+    assert [e.text.present for e in events] == [True, False, True, True]
     assert seen == [
         ("hello there", ""),
         ("I hate you", "other: hello there"),
