@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from realtime_erc.errors import UserError
+from realtime_erc.toml_writer import toml_value
 
 
 class ConfigError(UserError, ValueError):
@@ -523,7 +524,7 @@ def config_to_toml(config: Config, comments: bool = False) -> str:
         if prefix and scalars:
             lines.append(f"\n[{prefix}]")
         for key, value in scalars.items():
-            line = f"{key} = {_toml_value(value)}"
+            line = f"{key} = {toml_value(value)}"
             description = fields[key].description
             if comments and description:
                 line = f"{line:<40} # {description}"
@@ -534,21 +535,3 @@ def config_to_toml(config: Config, comments: bool = False) -> str:
 
     emit(config, "")
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, dict):  # inline table, e.g. speakers.enrol
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _toml_key(key: str) -> str:
-    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
-    return key if bare else _toml_value(key)

@@ -33,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from realtime_erc.errors import UserError
+from realtime_erc.toml_writer import toml_value
 from realtime_erc.training.erc_metrics import weighted_f1
 
 FUSION_FILE = Path(__file__).resolve().parent / "assets" / "fusion.toml"
@@ -125,21 +126,13 @@ def fusion_for(model_id: str, mode: str, path: Path = FUSION_FILE) -> FusionPara
     return load_fusion(path).get(model_id)
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
-
-
 def save_fusion(params: FusionParams, path: Path = FUSION_FILE) -> None:
     """Add or replace ``params``' entry (by model id) in the fusion file."""
     entries = load_fusion(path) | {params.model: params}
     blocks = []
     for e in entries.values():
         lines = ["[[fusion]]"] + [
-            f"{k} = {_toml_value(v)}" for k, v in e.model_dump().items() if v not in ({}, "")
+            f"{k} = {toml_value(v)}" for k, v in e.model_dump().items() if v not in ({}, "")
         ]
         blocks.append("\n".join(lines))
     header = "# Fitted by `realtime-erc fit-fusion` on development sessions (see fusion.py).\n\n"

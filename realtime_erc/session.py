@@ -291,3 +291,28 @@ async def run_session(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def run_with_services(
+    config: Config,
+    make_plan: Callable[[Config], SessionPlan],
+    announce: Callable[[str], None] | None = None,
+    on_plan: Callable[[SessionPlan], None] | None = None,
+) -> PipelineStats:
+    """A session as the commands run it: first the services ``config`` asks for (the embedded
+    broker and dashboard), then the plan, built by ``make_plan`` for the configuration that
+    publishes to them and off the event loop (models load meanwhile without stalling the
+    broker), then the run. ``on_plan`` sees the plan before it runs; its source is closed after.
+    """
+    from realtime_erc.dashboard.server import embedded_services
+
+    async with embedded_services(config, announce) as services:
+        plan = await asyncio.to_thread(make_plan, services.config)
+        if on_plan is not None:
+            on_plan(plan)
+        try:
+            return await run_session(plan, services.config)
+        finally:
+            close = getattr(plan.source, "close", None)
+            if close is not None:
+                close()

@@ -47,3 +47,39 @@ def test_replay_of_a_broken_recording_names_the_file(run_cli, tmp_path: Path):
     assert result.returncode == 2
     assert "session.json" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 1
+
+
+def test_a_user_error_raised_anywhere_ends_the_command_in_one_line(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from realtime_erc.cli import app
+    from realtime_erc.errors import UserError
+
+    class NewProblem(UserError):
+        """An error class the CLI has never heard of."""
+
+    def broken(*args, **kwargs):
+        raise NewProblem("the stream file is odd: write it with replay --jsonl")
+
+    monkeypatch.setattr("realtime_erc.outputs.report.write_report", broken)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "s.jsonl")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: the stream file is odd: write it with replay --jsonl"
+
+    # anything else is a bug: it keeps its traceback
+    monkeypatch.setattr("realtime_erc.outputs.report.write_report", lambda *a: 1 / 0)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "s.jsonl")])
+    assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_every_command_is_wrapped_by_the_one_error_handler():
+    from realtime_erc.cli.app import app
+
+    def commands(group):
+        yield from group.registered_commands
+        for sub in group.registered_groups:
+            yield from commands(sub.typer_instance)
+
+    found = list(commands(app))
+    assert len(found) >= 20
+    assert all(getattr(c.callback, "__wrapped__", None) for c in found)

@@ -28,7 +28,7 @@ from realtime_erc.cli.options import (
     output_options,
     setup_logging,
 )
-from realtime_erc.config import config_to_toml
+from realtime_erc.config import Config, config_to_toml
 
 app = typer.Typer()
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
@@ -60,19 +60,14 @@ def replay(
             **model_option(model),
         },
     )
-    from realtime_erc.dashboard.server import embedded_services
     from realtime_erc.outputs.console import ConsolePublisher
-    from realtime_erc.session import plan_replay, run_session
+    from realtime_erc.session import plan_replay, run_with_services
 
     extra = [] if quiet else [ConsolePublisher(console)]
 
-    async def session_with_services():
-        async with embedded_services(config, announce=console.print) as services:
-            # Off the loop: loading the models must not stall the embedded broker.
-            plan = await asyncio.to_thread(plan_replay, recording, services.config, extra)
-            return await run_session(plan, services.config)
-
-    stats = asyncio.run(session_with_services())
+    stats = asyncio.run(
+        run_with_services(config, lambda c: plan_replay(recording, c, extra), console.print)
+    )
     if stats.stopped_early:
         err_console.print("[yellow]stopped early; outputs flushed[/]")
 
@@ -224,31 +219,26 @@ def run(
             **model_option(model),
         },
     )
-    from realtime_erc.dashboard.server import embedded_services
     from realtime_erc.outputs.console import ConsolePublisher
-    from realtime_erc.session import plan_live, run_session
+    from realtime_erc.session import SessionPlan, plan_live, run_with_services
 
-    async def session_with_services() -> None:
-        # The broker first: the session's publishers are built for the configuration that
-        # points at it.
-        async with embedded_services(config, announce=console.print) as services:
-            extra = [] if quiet else [ConsolePublisher(console)]
-            plan = await asyncio.to_thread(
-                plan_live, services.config, record_dir=record, duration_s=duration,
-                extra_publishers=extra,
-            )  # fmt: skip
-            err_console.print(
-                f"session {plan.session_id}: capturing (Ctrl-C to stop)", highlight=False
-            )
-            try:
-                await run_session(plan, services.config)
-            finally:
-                plan.source.close()
-                capture_summary(plan.source)
-            if plan.source.lost:
-                fail(plan.source.lost, code=1)
+    extra = [] if quiet else [ConsolePublisher(console)]
+    plans: list[SessionPlan] = []
 
-    asyncio.run(session_with_services())
+    def started(plan: SessionPlan) -> None:
+        plans.append(plan)
+        err_console.print(f"session {plan.session_id}: capturing (Ctrl-C to stop)", highlight=False)
+
+    def make_plan(config: Config) -> SessionPlan:
+        return plan_live(config, record_dir=record, duration_s=duration, extra_publishers=extra)
+
+    try:
+        asyncio.run(run_with_services(config, make_plan, console.print, started))
+    finally:
+        for plan in plans:
+            capture_summary(plan.source)
+    if plans and plans[0].source.lost:
+        fail(plans[0].source.lost, code=1)
 
 
 @app.command("record")

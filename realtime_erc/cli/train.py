@@ -312,13 +312,7 @@ def train_text_encoder_command(
         subset=subset, threads=threads, encoder=encoder, lora_layers=lora_layers,
         folds=n, fold=k,
     )  # fmt: skip
-    sub = f"-sub{subset}" if subset else ""
-    ctx = f"-ctx{context_turns}" if context_turns else ""
-    base = "" if encoder == "minilm" else f"-{encoder}"
-    top = f"-top{lora_layers}" if lora_layers else ""
-    part = f"-fold{k}of{n}" if n > 1 else ""
-    name = f"{data}{base}-r{rank}{top}{ctx}{part}-seed{seed}{sub}"
-    work = cache_root() / "train" / "text" / name
+    work = cache_root() / "train" / "text" / options.run_name(data)
     target = out or work / "adapter.pt"
     with ProgressBars(err_console) as bars:
         info = finetune_text_encoder(corpus, target, work, options, bars, resume=not fresh)
@@ -334,8 +328,8 @@ def train_command(
         str,
         typer.Option(
             "--data",
-            help="iemocap | meld | emorynlp | assembled | assembled+heads (the emotion heads' "
-            "scores too) | a published feature .pkl.",
+            help="iemocap | meld | emorynlp, with +mpnet, +lora[K], +ctx, +xfit | assembled, "
+            "with +heads (the emotion heads' scores too), +causal | a published feature .pkl.",
         ),
     ] = "meld",
     data_dir: DataDirOpt = None,
@@ -378,6 +372,7 @@ def train_command(
 
     from realtime_erc.models.options import parse_override
     from realtime_erc.models.registry import model_class
+    from realtime_erc.training.dataset_spec import DatasetSpec
     from realtime_erc.training.erc_trainer import (
         ErcTrainOptions,
         load_data,
@@ -388,6 +383,7 @@ def train_command(
     from realtime_erc.training.extractors import ProgressBars
 
     model_class(model)  # unknown names fail before the data are read
+    spec = DatasetSpec.parse(data)
     try:
         params = dict(parse_override(p) for p in param or [])
     except ValueError as e:
@@ -399,7 +395,7 @@ def train_command(
     )  # fmt: skip
     with ProgressBars(err_console) as bars:
         dataset = load_data(
-            data, config.data.resolve(data_dir), progress=bars, text_adapter=text_adapter
+            spec, config.data.resolve(data_dir), progress=bars, text_adapter=text_adapter
         )
         work = run_dir(run_name(dataset.dataset, options))
         result = train_erc(dataset, options, out or work / "model.pt", work, bars, not fresh)

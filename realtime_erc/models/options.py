@@ -21,6 +21,7 @@ from pydantic.dataclasses import dataclass
 
 from realtime_erc.errors import UserError
 from realtime_erc.models.registry import model_class
+from realtime_erc.toml_writer import toml_value
 
 hyperparameters = functools.partial(
     dataclass, frozen=True, config=ConfigDict(extra="forbid", strict=True)
@@ -70,7 +71,7 @@ def config_to_toml(name: str, config: Any | None = None) -> str:
         "# Every key is optional; unknown keys are refused.",
         "",
     ]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(config).items()]
+    lines += [f"{k} = {toml_value(v)}" for k, v in asdict(config).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -118,12 +119,3 @@ def _describe(name: str, config: Any, data: dict[str, Any], source: str, e: Vali
             f"{default!r}), got {value!r}"
         )
     return f"{source}: {name}.{key}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

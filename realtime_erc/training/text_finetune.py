@@ -85,6 +85,15 @@ class TextFinetuneOptions:
     subset: int | None = None
     """Only the first ``subset`` dialogues of each split (tests, smoke runs)."""
 
+    def run_name(self, corpus: str) -> str:
+        """The run's folder name under the cache, e.g. ``meld-mpnet-r8-top2-ctx2-seed0``."""
+        sub = f"-sub{self.subset}" if self.subset else ""
+        ctx = f"-ctx{self.context_turns}" if self.context_turns else ""
+        base = "" if self.encoder == "minilm" else f"-{self.encoder}"
+        top = f"-top{self.lora_layers}" if self.lora_layers else ""
+        part = f"-fold{self.fold}of{self.folds}" if self.folds > 1 else ""
+        return f"{corpus}{base}-r{self.rank}{top}{ctx}{part}-seed{self.seed}{sub}"
+
 
 Example = tuple[str, str]
 """An utterance and its context segment (``""`` without context)."""
