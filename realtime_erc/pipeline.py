@@ -106,12 +106,15 @@ class Parallel(Stage):
             except Exception as e:
                 raise StageError(branch.name, e) from e
 
-    async def process(self, event: Event) -> AsyncIterator[Event]:
+    def _start_workers(self) -> None:
         if not self._workers:
             self._workers = [
                 asyncio.create_task(self._work(branch, queue), name=branch.name)
                 for branch, queue in zip(self.branches, self._queues, strict=True)
             ]
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        self._start_workers()
         takers = [i for i, b in enumerate(self.branches) if isinstance(event, b.accepts)]
         if not takers:
             yield event
@@ -124,6 +127,7 @@ class Parallel(Stage):
                 await self._workers[i]  # raises its StageError
 
     async def flush(self) -> AsyncIterator[Event]:
+        self._start_workers()  # a stream may end before its first event
         for queue, worker in zip(self._queues, self._workers, strict=True):
             if not worker.done():
                 await queue.put(_END)

@@ -275,3 +275,10 @@ async def test_a_failing_branch_is_named_and_every_branch_closed():
 def test_parallel_branches_must_say_what_they_accept():
     with pytest.raises(ValueError, match="accepts"):
         Parallel(Tagger("a"), Collect())
+
+
+async def test_parallel_branches_flush_on_an_empty_stream():
+    a, b = Tagger("a"), Tagger("b")
+    sink = Tags()
+    stats = await Pipeline(count_source(0), [Parallel(a, b), sink]).run()
+    assert sink.tags == [] and a.closed and b.closed and not stats.stopped_early
