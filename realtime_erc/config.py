@@ -388,6 +388,36 @@ TextFeaturesConfig = TextOptions
 """The former name of :class:`TextOptions`."""
 
 
+class ServeOptions(Section):
+    """``realtime-erc serve``: conversations streamed in over WebSockets (INGEST_PROTOCOL.md)."""
+
+    host: str = Field(
+        "127.0.0.1", description="Listen address; anything but loopback needs tokens."
+    )
+    port: int = Field(8765, ge=0, le=65535, description="HTTP/WebSocket port; 0 = a free one.")
+    max_sessions: int = Field(
+        16, ge=1, description="Sessions at once; one more is refused with close code 1013."
+    )
+    tokens: tuple[str, ...] = Field(
+        (), description="Access tokens a client must present (Bearer header or access_token)."
+    )
+    token_file: str = Field("", description="A file of access tokens, one per line.")
+    allowed_origins: tuple[str, ...] = Field(
+        (), description="Origins browser pages may connect from; empty = the server's own."
+    )
+    record_dir: str = Field("", description="Record every session here; empty = record nothing.")
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest WebSocket message (1009 beyond it)."
+    )
+    max_frame_bytes: int = Field(512 * 1024, ge=1024, description="Largest JPEG frame.")
+    max_fps: float = Field(15.0, gt=0, description="Most video frames per second of audio.")
+    max_session_s: float = Field(4 * 3600.0, gt=0, description="Longest session (audio seconds).")
+    sample_rates: tuple[int, ...] = Field(
+        (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
+    )
+    max_channels: int = Field(2, ge=1, le=8, description="Most audio channels accepted.")
+
+
 class Config(Section):
     session: SessionConfig = SessionConfig()
     vad: VadConfig = VadConfig()
@@ -404,6 +434,7 @@ class Config(Section):
     fusion: FusionConfig = FusionConfig()
     load: LoadPolicy = LoadPolicy()
     pipeline: PipelineConfig = PipelineConfig()
+    serve: ServeOptions = ServeOptions()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +165,16 @@ class AsyncEngine:
     steps in one batch. Use as ``async with AsyncEngine(engine) as ae: await ae.step(...)``.
     """
 
-    def __init__(self, engine: Engine, window_s: float = 0.002, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        window_s: float = 0.002,
+        max_batch: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_batch = on_batch
+        """Told each batch's size (metrics)."""
         self.window_s = window_s
         self.max_batch = max_batch
         self.batches = 0  # micro-batches run so far
@@ -211,6 +219,8 @@ class AsyncEngine:
                         fut.set_exception(e)
                 continue
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for (*_, fut), pred in zip(batch, preds, strict=True):
                 if not fut.done():
                     fut.set_result(pred)

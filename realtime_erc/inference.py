@@ -19,7 +19,7 @@ from realtime_erc.fusion import FusionParams, fuse
 from realtime_erc.pipeline import Stage
 
 if TYPE_CHECKING:
-    from realtime_erc.engine import Engine
+    from realtime_erc.engine import AsyncEngine, Engine
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,23 @@ def heads_on_labels(
 
 class InferenceStage(Stage):
     """``UtteranceFeatures`` → ``Inference``. ``engine``: None = no model, no scores; its
-    conversation state is ``session_id``'s (one engine may serve many sessions)."""
+    conversation state is ``session_id``'s (one engine may serve many sessions); ``batcher``:
+    the engine's :class:`~realtime_erc.engine.AsyncEngine`, which runs the steps of sessions
+    that are ready together as one batch."""
 
     name = "inference"
 
     def __init__(
-        self, session_id: str, engine: Engine | None = None, fusion: FusionParams | None = None
+        self,
+        session_id: str,
+        engine: Engine | None = None,
+        fusion: FusionParams | None = None,
+        *,
+        batcher: AsyncEngine | None = None,
     ) -> None:
         self.session_id = session_id
         self.engine = engine
+        self.batcher = batcher
         self.fusion = fusion
         self.labels: tuple[str, ...] = tuple(engine.labels) if engine is not None else ()
 
@@ -114,7 +122,10 @@ class InferenceStage(Stage):
             return Inference(features, None, modalities, heads)
         modalities = dict(zip(MODALITIES, features.present, strict=True))
         try:
-            prediction = await asyncio.to_thread(self.engine.step, self.session_id, features)
+            if self.batcher is not None:
+                prediction = await self.batcher.step(self.session_id, features)
+            else:
+                prediction = await asyncio.to_thread(self.engine.step, self.session_id, features)
         except Exception as e:  # one utterance's failure must not end the session
             log.exception("the model failed on utterance %d", features.utterance_id)
             return Inference(features, None, modalities, heads, (Fault("model", _say(e)),))

@@ -217,6 +217,8 @@ class Pipeline:
         self.stats = PipelineStats()
         self._source_task: asyncio.Task | None = None
         self._stop_requested = False
+        self.running = asyncio.Event()
+        """Set once every stage has started and the source is being read."""
 
     def request_stop(self) -> None:
         """Stop reading the source; what is already in the pipeline is processed and flushed."""
@@ -246,6 +248,7 @@ class Pipeline:
                     raise StageError(stage.name, e) from e
                 started.append(stage)
             self.stats.started_at = time.perf_counter()
+            self.running.set()
             self._source_task = asyncio.create_task(self._pump_source(queues[0]), name="source")
             if self._stop_requested:
                 self._source_task.cancel()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from realtime_erc.assemble import UtteranceAssembler
 from realtime_erc.config import Config, parse_speed
@@ -96,40 +97,42 @@ def load_engine(config: Config):  # -> Engine | None
     return Engine(path, config.model.device)
 
 
-def build_stages(
-    config: Config,
-    session_id: str,
-    extra_publishers: list[Publisher] | None = None,
-    *,
-    paced: bool = True,
-) -> list[Stage]:
-    """The processing chain shared by live capture and replay:
+@dataclass
+class SessionModels:
+    """The models a session uses, loaded once: a server shares one set across its sessions
+    (every per-session state lives in the stages, the speech heads' per-speaker statistics in
+    per-session views, the conversation graph in the engine under the session's id)."""
 
-    segmenter → (analysis ‖ transcription) → assembler → inference → events → publish
+    engine: Any  # Engine | None
+    features: Any  # FeaturesConfig, resolved to what the model was trained on
+    spec: Any  # FeatureSpec | None
+    text: Any  # TextEncoder | None
+    fusion: Any  # FusionParams | None
+    speech_head: Any = None  # SpeechEmotionHead | None
+    face_head: Any = None  # FaceExpressionHead | None
+    scores_head: Any = None  # SpeechEmotionHead | None
+    batcher: Any = None  # AsyncEngine | None: steps of concurrent sessions in one batch
+    transcriber: Any = None  # Transcriber | None (None: each session's ASR loads its own)
 
-    The analysis (speaker, audio/visual features, the emotion heads' scores) and the
-    transcription of each segment run side by side; the assembler joins them into the
-    utterance's features; inference is the model's streaming step (fused with the heads');
-    events formats the provisional (from the analysis) and final (from the inference) events.
+    @property
+    def label_set(self) -> str | None:
+        return self.engine.label_set if self.engine is not None else None
 
-    ``paced``: the source runs at (a multiple of) real time. An unpaced replay (``--speed max``)
-    is always "behind" by design, so the overload policy is off for it: every utterance gets
-    the full treatment.
-    """
-    from realtime_erc.features.analysis import AnalysisStage
+    @property
+    def model_id(self) -> str | None:
+        return self.engine.model_id if self.engine is not None else None
+
+
+def load_models(config: Config) -> SessionModels:
+    """The configured model, and the text encoder and emotion heads the live features need,
+    resolved against what the model was trained on (its :class:`FeatureSpec`); a live
+    configuration it cannot take is refused here, before any session starts."""
     from realtime_erc.features.dims import feature_dims
     from realtime_erc.features.head_scores import resolve_heads
     from realtime_erc.features.text import TextEncoder, resolve_encoder
     from realtime_erc.features.text_adapter import resolve_adapter
-    from realtime_erc.load import LoadMonitor
 
-    load = LoadMonitor(config.load if paced else config.load.with_values({"shedding": False}))
     engine = load_engine(config)
-    speakers = None
-    if config.speakers.enabled:
-        from realtime_erc.speech.speakers import SpeakerTracker
-
-        speakers = SpeakerTracker(config.speakers)
     spec = engine.info.features if engine is not None else None
     # the live features are the ones the model was trained on
     heads = resolve_heads(config.features.heads, spec.heads if spec else None)
@@ -141,47 +144,86 @@ def build_stages(
     if spec is not None:
         live = feature_dims(features, text.dim if text is not None else None)
         spec.check_live(config.features, live, engine.model_id)
-    fusion = None
-    if engine is not None:
-        from realtime_erc.fusion import fusion_for
+    models = SessionModels(engine, features, spec, text if engine is not None else None, None)
+    if engine is None:
+        return models
+    from realtime_erc.fusion import fusion_for
 
-        fusion = fusion_for(engine.model_id, config.fusion.mode)
-    speech_head = face_head = scores_head = None
-    if engine is not None and (config.model.provisional or heads == "scores" or fusion is not None):
+    models.fusion = fusion_for(engine.model_id, config.fusion.mode)
+    if config.model.provisional or heads == "scores" or models.fusion is not None:
         from realtime_erc.features.face_expression import FaceExpressionHead
         from realtime_erc.features.speech_emotion import SpeechEmotionHead
 
         if config.features.audio.enabled:
-            speech_head = SpeechEmotionHead.load()
+            models.speech_head = SpeechEmotionHead.load()
             if heads == "scores":  # the head that scored the model's corpus, when packaged
                 from realtime_erc.features.head_scores import scores_speech_head
 
-                scores_head = scores_speech_head(spec.audio)
+                models.scores_head = scores_speech_head(spec.audio)
         if config.features.visual.enabled:
-            face_head = FaceExpressionHead.load()
+            models.face_head = FaceExpressionHead.load()
+    return models
+
+
+def build_stages(
+    config: Config,
+    session_id: str,
+    extra_publishers: list[Publisher] | None = None,
+    *,
+    paced: bool = True,
+    models: SessionModels | None = None,
+) -> list[Stage]:
+    """The processing chain shared by live capture, replay and the server's sessions:
+
+    segmenter → (analysis ‖ transcription) → assembler → inference → events → publish
+
+    The analysis (speaker, audio/visual features, the emotion heads' scores) and the
+    transcription of each segment run side by side; the assembler joins them into the
+    utterance's features; inference is the model's streaming step (fused with the heads');
+    events formats the provisional (from the analysis) and final (from the inference) events.
+
+    ``paced``: the source runs at (a multiple of) real time. An unpaced replay (``--speed max``)
+    is always "behind" by design, so the overload policy is off for it: every utterance gets
+    the full treatment. ``models``: shared models (default: loaded for this session alone).
+    """
+    from realtime_erc.features.analysis import AnalysisStage
+    from realtime_erc.load import LoadMonitor
+
+    load = LoadMonitor(config.load if paced else config.load.with_values({"shedding": False}))
+    models = models or load_models(config)
+    engine, spec = models.engine, models.spec
+    speakers = None
+    if config.speakers.enabled:
+        from realtime_erc.speech.speakers import SpeakerTracker
+
+        speakers = SpeakerTracker(config.speakers)
+
+    def own(head):  # this session's per-speaker statistics over the shared network
+        return head.for_session() if head is not None else None
+
     label_set = engine.label_set if engine is not None else config.session.label_set
     model = engine.model_id if engine is not None else None
     return [
         Segmenter(config.vad),
         Parallel(
             AnalysisStage(
-                features,
+                models.features,
                 speakers=speakers,
-                speech_head=speech_head,
-                face_head=face_head,
-                scores_speech_head=scores_head,
+                speech_head=own(models.speech_head),
+                face_head=models.face_head,
+                scores_speech_head=own(models.scores_head),
                 load=load,
             ),
-            AsrStage(config.asr, keep_empty=True, load=load),
+            AsrStage(config.asr, keep_empty=True, load=load, transcriber=models.transcriber),
             queue_size=config.pipeline.queue_size,
         ),
         UtteranceAssembler(
             engine.model.dims if engine is not None else None,
-            text if engine is not None else None,
+            models.text,
             modalities=spec.modalities if spec else MODALITIES,
             sequences=spec.sequences if spec else True,
         ),
-        InferenceStage(session_id, engine, fusion),
+        InferenceStage(session_id, engine, models.fusion, batcher=models.batcher),
         EventStage(
             session_id,
             label_set,

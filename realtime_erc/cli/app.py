@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from realtime_erc.cli import bench, live, train
+from realtime_erc.cli import bench, live, serve, train
 from realtime_erc.cli.options import handles_errors
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(live.app)
 app.add_typer(train.app)
+app.add_typer(serve.app)
 app.add_typer(live.config_app, name="config")
 app.add_typer(bench.app, name="bench")
 

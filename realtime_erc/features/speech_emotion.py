@@ -13,6 +13,7 @@ activations are the head's embedding.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,6 +246,7 @@ class SpeechEmotionHead:
         self.net = net.eval()
         self.feature_options = feature_options
         self.normalizer = SpeakerNormalizer(prior_mean, prior_std, prior_count)
+        self._prior = (prior_mean, prior_std, prior_count)
         self.info = info or {}
         self.labels = net.options.labels
         self._extractor: SpeechFeatureExtractor | None = None
@@ -296,6 +298,14 @@ class SpeechEmotionHead:
                 f"({self.net.options.input_dim}); retrain with the same feature options"
             )
         return self.normalizer.normalize(speaker, raw, update=update)
+
+    def for_session(self) -> SpeechEmotionHead:
+        """A view for one more conversation: the same network and feature extractor (one copy
+        in memory), its own per-speaker statistics."""
+        _ = self.extractor  # built once, here, so that every view shares it
+        view = copy.copy(self)
+        view.normalizer = SpeakerNormalizer(*self._prior)
+        return view
 
     def predict_raw(self, raw: np.ndarray, speaker: str = "", update: bool = True) -> np.ndarray:
         """Probabilities ``[n_labels]`` from raw features (several heads with the same

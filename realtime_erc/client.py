@@ -1,0 +1,230 @@
+"""A client of ``realtime-erc serve`` (the ingest protocol, docs/INGEST_PROTOCOL.md).
+
+    async with await connect("ws://127.0.0.1:8765/v1/sessions") as session:
+        await session.send_audio(samples)          # float32 [-1, 1] or int16, at the start's rate
+        await session.send_frame(jpeg, at=1.25)    # with video=True
+        await session.end()
+        async for document in session:             # erc.emotion/1 and erc.status/1, unchanged
+            ...
+
+:func:`stream_recording` streams a recording (the recording format) as a capture would, at real
+time or as fast as the server takes it, and returns every document that came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from realtime_erc.errors import UserError
+
+AUDIO, VIDEO = b"\x01", b"\x02"
+
+
+class ClientError(UserError):
+    """The server refused or ended the session: ``code`` is its close code (1008 policy, 1009
+    too big, 1011 internal, 1013 try again later), the message its explanation."""
+
+    def __init__(self, message: str, code: int | None = None, name: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+
+class Session:
+    """One streamed conversation; :attr:`ready` is the server's ``ready`` message."""
+
+    def __init__(self, ws: ClientConnection, ready: dict[str, Any], sample_rate: int) -> None:
+        self.ws = ws
+        self.ready = ready
+        self.session_id: str = ready["session_id"]
+        self.sample_rate = sample_rate
+        self.error: dict[str, Any] | None = None
+        """The server's ``error`` message, if it ended the session with one."""
+
+    async def send_audio(self, samples: np.ndarray) -> None:
+        """Audio in capture order: float32 in [-1, 1] or int16, channels interleaved."""
+        if samples.dtype != np.int16:
+            samples = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+        await self.ws.send(AUDIO + samples.astype("<i2").tobytes())
+
+    async def send_frame(self, jpeg: bytes, at: float) -> None:
+        """One JPEG image captured at ``at`` seconds on the session clock."""
+        await self.ws.send(VIDEO + struct.pack("<d", at) + jpeg)
+
+    async def end(self) -> None:
+        """No more media: the server sends the last events and ``offline``, then closes."""
+        await self.ws.send(json.dumps({"type": "end"}))
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        """The session's documents until the server closes the socket."""
+        try:
+            async for message in self.ws:
+                document = json.loads(message)
+                if document.get("type") == "error":
+                    self.error = document
+                    continue
+                yield document
+        except ConnectionClosed:
+            pass
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(
+    url: str,
+    *,
+    session_id: str | None = None,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    video: bool = False,
+    pace: Literal["realtime", "max"] = "realtime",
+    model: str | None = None,
+    token: str | None = None,
+    open_timeout_s: float = 120.0,
+) -> Session:
+    """Open a session: connect, send ``start``, wait for ``ready`` (models warm up first)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        ws = await ws_connect(url, additional_headers=headers, max_size=None, open_timeout=10)
+    except (OSError, TimeoutError) as e:
+        raise ClientError(f"cannot reach {url}: {e}: is `realtime-erc serve` running?") from None
+    except Exception as e:  # a refused handshake (wrong token, origin)
+        raise ClientError(f"{url} refused the connection: {e}") from None
+    start = {
+        "type": "start", "schema": "erc.ingest/1", "session_id": session_id, "model": model,
+        "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": channels},
+        "video": {"encoding": "jpeg"} if video else None, "pace": pace,
+    }  # fmt: skip
+    await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
+    try:
+        first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout_s))
+    except ConnectionClosed as e:
+        code = e.rcvd.code if e.rcvd else None
+        raise ClientError(f"the server closed the session ({code})", code) from None
+    if first.get("type") == "error":
+        await ws.wait_closed()
+        raise ClientError(first.get("message", "refused"), ws.close_code, first.get("code", ""))
+    if first.get("type") != "ready":
+        raise ClientError(f"expected ready, got {first!r}")
+    return Session(ws, first, sample_rate)
+
+
+async def stream_recording(
+    url: str,
+    recording: Path,
+    *,
+    pace: Literal["realtime", "max"] = "realtime",
+    chunk_ms: int = 32,
+    session_id: str | None = None,
+    token: str | None = None,
+    on_document: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Stream ``recording`` (audio, and its video as JPEG frames) and return every document that
+    came back; ``on_document`` sees each as it arrives."""
+    import cv2
+
+    from realtime_erc.events import SAMPLE_RATE
+    from realtime_erc.sources.recording import read_recording
+
+    rec = read_recording(recording)
+    audio = rec.read_audio()
+    frames = [(t, img) for _, t, img in rec.iter_frames()]
+    session = await connect(
+        url, session_id=session_id, video=bool(frames), pace=pace, token=token,
+        sample_rate=SAMPLE_RATE,
+    )  # fmt: skip
+    documents: list[dict[str, Any]] = []
+
+    async def receive() -> None:
+        async for document in session:
+            documents.append(document)
+            if on_document is not None:
+                on_document(document)
+
+    receiver = asyncio.create_task(receive())
+    step = SAMPLE_RATE * chunk_ms // 1000
+    began = time.perf_counter()
+    f = 0
+    try:
+        for i in range(0, len(audio), step):
+            at = i / SAMPLE_RATE
+            while f < len(frames) and frames[f][0] <= at:
+                ok, jpeg = cv2.imencode(".jpg", frames[f][1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+                if ok:
+                    await session.send_frame(jpeg.tobytes(), frames[f][0])
+                f += 1
+            await session.send_audio(audio[i : i + step])
+            if pace == "realtime":
+                ahead = began + (i + step) / SAMPLE_RATE - time.perf_counter()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await session.end()
+        await receiver
+    finally:
+        receiver.cancel()
+        await session.close()
+    if session.error is not None:
+        raise ClientError(session.error["message"], session.close_code, session.error["code"])
+    return documents
+
+
+async def stream_live(
+    url: str,
+    source: Any,  # LiveSource
+    *,
+    token: str | None = None,
+    on_document: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Stream live capture (:func:`~realtime_erc.sources.live.open_live`) until it ends or is
+    stopped (Ctrl-C stops the capture; the server then finishes the session)."""
+    import cv2
+
+    from realtime_erc.events import SAMPLE_RATE, AudioChunk
+
+    session = await connect(url, video=source.camera is not None, token=token,
+                            sample_rate=SAMPLE_RATE)  # fmt: skip
+    documents: list[dict[str, Any]] = []
+
+    async def receive() -> None:
+        async for document in session:
+            documents.append(document)
+            if on_document is not None:
+                on_document(document)
+
+    receiver = asyncio.create_task(receive())
+    try:
+        async for event in source:
+            if isinstance(event, AudioChunk):
+                await session.send_audio(event.samples)
+            else:
+                ok, jpeg = cv2.imencode(".jpg", event.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                if ok:
+                    await session.send_frame(jpeg.tobytes(), event.time)
+        await session.end()
+        await receiver
+    finally:
+        receiver.cancel()
+        await session.close()
+    return documents

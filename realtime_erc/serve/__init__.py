@@ -1,0 +1,1 @@
+"""``realtime-erc serve``: many conversations streamed in over WebSockets, models shared."""

@@ -1,0 +1,330 @@
+"""``realtime-erc serve``: one ASGI application for many conversations.
+
+- ``ws://HOST:PORT/v1/sessions``: the ingest protocol (docs/INGEST_PROTOCOL.md), one WebSocket a
+  conversation; each session runs the same chain as ``run`` over models the server loads once
+  (the engine's steps of concurrent sessions run as one batch);
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text format) and the dashboard's files.
+
+Loopback by default; any other address requires access tokens (the server refuses to start
+without them). A session beyond ``serve.max_sessions`` is refused with close code 1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from realtime_erc.config import Config, ServeOptions
+from realtime_erc.errors import UserError
+from realtime_erc.serve.metrics import Metrics
+from realtime_erc.serve.protocol import (
+    AUDIO,
+    INTERNAL,
+    NORMAL,
+    POLICY,
+    TOO_BIG,
+    TRY_LATER,
+    VIDEO,
+    ProtocolError,
+    Start,
+    limits_document,
+    parse_start,
+    text_message,
+)
+from realtime_erc.serve.sessions import IngestSource, SharedPublisher, SocketPublisher
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+_SERVED = {".html", ".js", ".css", ".md"}
+START_TIMEOUT_S = 30.0
+SEND_TIMEOUT_S = 5.0
+
+
+class ServeError(UserError):
+    """The server cannot start as configured; the message says what to change."""
+
+
+def access_tokens(options: ServeOptions) -> tuple[str, ...]:
+    """``serve.tokens`` and the lines of ``serve.token_file``."""
+    tokens = list(options.tokens)
+    if options.token_file:
+        path = Path(options.token_file).expanduser()
+        try:
+            tokens += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise ServeError(
+                f"serve.token_file {path}: {e.strerror}: give a readable file, one token a line"
+            ) from None
+    return tuple(tokens)
+
+
+def check_bind(options: ServeOptions) -> None:
+    """Anything but loopback needs access tokens: refuse to start without them."""
+    try:
+        loopback = options.host == "localhost" or ipaddress.ip_address(options.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not access_tokens(options):
+        raise ServeError(
+            f"serve.host {options.host!r} is not loopback, and no access tokens are set: set "
+            "serve.tokens (or serve.token_file), or bind 127.0.0.1"
+        )
+
+
+class Server:
+    """The state behind the app: shared models and outputs, open sessions, metrics."""
+
+    def __init__(self, config: Config) -> None:
+        check_bind(config.serve)
+        self.config = config
+        self.options = config.serve
+        self.tokens = access_tokens(config.serve)
+        self.metrics = Metrics(lambda: len(self.sessions), self._queue_depth)
+        self.models: Any = None  # SessionModels
+        self.sessions: dict[str, IngestSource] = {}
+        self._shared: list[Any] = []
+
+    async def start(self) -> None:
+        """Load the models once and start the outputs every session shares (ZeroMQ, JSONL)."""
+        from realtime_erc.engine import AsyncEngine
+        from realtime_erc.session import build_publishers, load_models
+        from realtime_erc.speech.asr import Transcriber
+
+        def load() -> Any:
+            models = load_models(self.config)
+            models.transcriber = Transcriber(self.config.asr)
+            if models.engine is not None:
+                models.batcher = AsyncEngine(models.engine, on_batch=self.metrics.batch)
+            return models
+
+        self.models = await asyncio.to_thread(load)
+        own_mqtt = self.config.with_values({"output.mqtt.enabled": False})
+        for publisher in build_publishers(own_mqtt, session_id="server"):
+            await publisher.start()
+            self._shared.append(publisher)
+
+    async def close(self) -> None:
+        for source in list(self.sessions.values()):
+            source.end_now()
+        for publisher in self._shared:
+            with contextlib.suppress(Exception):
+                await publisher.close()
+        if self.models is not None and self.models.batcher is not None:
+            await self.models.batcher.close()
+
+    def _queue_depth(self) -> int:
+        return sum(source.depth for source in self.sessions.values())
+
+    # ------------------------------------------------------------------------------ sessions
+
+    def _authorized(self, ws: WebSocket) -> bool:
+        if not self.tokens:
+            return True
+        header = ws.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        given = given or ws.query_params.get("access_token", "")
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self.tokens)
+
+    def _origin_allowed(self, ws: WebSocket) -> bool:
+        origin = ws.headers.get("origin")
+        if origin is None:  # not a browser
+            return True
+        own = {f"http://{ws.headers.get('host', '')}", f"https://{ws.headers.get('host', '')}"}
+        return origin in own or origin in self.options.allowed_origins
+
+    async def handle(self, ws: WebSocket) -> None:
+        """One session, from the handshake to the close."""
+        if not self._authorized(ws) or not self._origin_allowed(ws):
+            self.metrics.refused("unauthorized")
+            await ws.close(code=POLICY)  # before accepting: the handshake fails (HTTP 403)
+            return
+        await ws.accept()
+        if len(self.sessions) >= self.options.max_sessions:
+            self.metrics.refused("full")
+            await _close(ws, ProtocolError(TRY_LATER, "busy", "the server is at its session "
+                         "limit (serve.max_sessions): try again later"))  # fmt: skip
+            return
+        try:
+            start = await self._start_message(ws)
+        except ProtocolError as e:
+            self.metrics.refused("protocol")
+            await _close(ws, e)
+            return
+        except WebSocketDisconnect:
+            return
+        session_id = start.session_id or f"ws-{uuid.uuid4().hex[:8]}"
+        if session_id in self.sessions:
+            await _close(ws, ProtocolError(POLICY, "session_in_use", f"session {session_id!r} "
+                         "is open: use another session_id"))  # fmt: skip
+            return
+        source = IngestSource(start, self.options)
+        self.sessions[session_id] = source
+        self.metrics.accepted()
+        try:
+            await self._run(ws, start, session_id, source)
+        finally:
+            del self.sessions[session_id]
+            if self.models.engine is not None:
+                self.models.engine.end_session(session_id)
+
+    async def _start_message(self, ws: WebSocket) -> Start:
+        message = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        if message.get("text") is None:
+            raise ProtocolError(POLICY, "not_started", 'media before "start": send it first')
+        start = parse_start(text_message(message["text"]), self.options)
+        served = self.models.model_id
+        if start.model not in (None, "default", self.config.model.checkpoint, served):
+            raise ProtocolError(POLICY, "bad_model", f"model {start.model!r} is not served "
+                                f"here: omit it, or ask for {served or 'none'}")  # fmt: skip
+        return start
+
+    async def _run(
+        self, ws: WebSocket, start: Start, session_id: str, source: IngestSource
+    ) -> None:
+        from realtime_erc.pipeline import Pipeline
+        from realtime_erc.session import build_stages
+
+        async def send(document: dict[str, Any]) -> None:
+            await asyncio.wait_for(ws.send_json(document), SEND_TIMEOUT_S)
+
+        socket = SocketPublisher(send)
+        socket.observers.append(self.metrics.observe)
+        config = self.config.with_values(
+            {"session.id": session_id, "output.zmq.enabled": False, "output.jsonl.path": ""}
+        )
+        extra = [socket, *(SharedPublisher(p) for p in self._shared)]
+        stages = await asyncio.to_thread(
+            build_stages, config, session_id, extra, paced=start.pace == "realtime",
+            models=self.models,
+        )  # fmt: skip
+        pipeline = Pipeline(
+            source, stages, source_name="socket", queue_size=config.pipeline.queue_size,
+            drain_timeout_s=config.pipeline.drain_timeout_s,
+        )  # fmt: skip
+        running = asyncio.create_task(pipeline.run(), name=f"session {session_id}")
+        reader = asyncio.create_task(self._read(ws, source), name=f"reader {session_id}")
+        await asyncio.wait({running, asyncio.create_task(pipeline.running.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if pipeline.running.is_set():
+            await socket.ready({
+                "type": "ready", "session_id": session_id, "model": self.models.model_id,
+                "label_set": self.models.label_set or config.session.label_set,
+                "labels": list(self.models.engine.labels) if self.models.engine else [],
+                "limits": limits_document(self.options),
+            })  # fmt: skip
+        outcome: ProtocolError | None = None
+        try:
+            await asyncio.wait({running, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and not reader.cancelled():
+                outcome = reader.exception() or reader.result()
+                if isinstance(outcome, ProtocolError):
+                    source.end_now()
+            await running  # flushes what the session still has, on every output
+        except Exception as e:  # this session's failure; the others go on
+            log.exception("session %s failed", session_id)
+            outcome = ProtocolError(INTERNAL, "internal", f"the session failed: {e}")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+        if isinstance(outcome, ProtocolError):
+            await _close(ws, outcome)
+        elif not socket.gone:
+            with contextlib.suppress(Exception):
+                await ws.close(code=NORMAL)
+
+    async def _read(self, ws: WebSocket, source: IngestSource) -> ProtocolError | None:
+        """Media into the session until ``end`` (or the client goes: the same flush)."""
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    source.end_now()
+                    return None
+                data = message.get("bytes")
+                if data is None:
+                    request = text_message(message.get("text") or "")
+                    if request["type"] == "end":
+                        await source.end()
+                        return None
+                    raise ProtocolError(POLICY, "unexpected", f"unexpected {request['type']!r} "
+                                        'message: send media, then "end"')  # fmt: skip
+                if len(data) > self.options.max_message_bytes:
+                    raise ProtocolError(TOO_BIG, "too_big", "a message is larger than "
+                                        f"{self.options.max_message_bytes} bytes")  # fmt: skip
+                kind = data[0] if data else None
+                if kind == AUDIO:
+                    await source.push_audio(data[1:])
+                elif kind == VIDEO:
+                    await source.push_frame(data[1:])
+                else:
+                    raise ProtocolError(POLICY, "bad_kind", f"unknown media kind byte {kind!r}: "
+                                        "0x01 audio, 0x02 video")  # fmt: skip
+        except ProtocolError as e:
+            return e
+
+
+async def _close(ws: WebSocket, error: ProtocolError) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json(error.document())
+    with contextlib.suppress(Exception):
+        await ws.close(code=error.code, reason=str(error)[:120])
+
+
+def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
+    """The application; ``dashboard_broker``: the MQTT-over-WebSockets address the dashboard
+    page subscribes to (the embedded broker's)."""
+    server = Server(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.close()
+
+    app = FastAPI(title="realtime-erc", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+
+    @app.websocket("/v1/sessions")
+    async def sessions(ws: WebSocket) -> None:
+        await server.handle(ws)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok = server.models is not None
+        body = {"status": "ok" if ok else "starting", "sessions": len(server.sessions),
+                "model": server.models.model_id if ok else None}  # fmt: skip
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(server.metrics.text(), media_type=server.metrics.content_type)
+
+    @app.get("/config.json")
+    async def dashboard_config() -> JSONResponse:
+        settings = {"broker": dashboard_broker or "", "prefix": config.output.topic_prefix}
+        return JSONResponse(settings, headers={"Cache-Control": "no-store"})
+
+    @app.get("/{name:path}")
+    async def static(name: str) -> Response:
+        path = (STATIC_DIR / (name or "index.html")).resolve()
+        if STATIC_DIR not in path.parents or path.suffix not in _SERVED or not path.is_file():
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(path)
+
+    return app

@@ -1,0 +1,94 @@
+"""The server's Prometheus metrics (``GET /metrics``), one registry per server.
+
+Counted from what the sessions publish (every document passes :meth:`Metrics.observe`), so
+the figures are the stream's own: end-of-speech → final and segment → provisional latencies,
+utterances, the overload policy's shed work; plus sessions open and refused, queued media and
+the engine's batch sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    """``sessions_open``/``queue_depth``: read when scraped."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, sessions_open: Callable[[], int], queue_depth: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        Gauge("erc_sessions_open", "Sessions streaming now.", registry=r).set_function(
+            sessions_open
+        )
+        Gauge(
+            "erc_queued_media", "Media messages queued in all sessions.", registry=r
+        ).set_function(queue_depth)
+        self.sessions = Counter(
+            "erc_sessions", "Sessions asked for, by result.", ["result"], registry=r
+        )
+        self.utterances = Counter("erc_utterances", "Final emotion events sent.", registry=r)
+        self.final_latency = Histogram(
+            "erc_final_latency_seconds", "End of speech to final event.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.provisional_latency = Histogram(
+            "erc_provisional_latency_seconds", "End of speech to provisional event.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shed = Counter(
+            "erc_shed", "Work skipped by the overload policy.", ["work"], registry=r
+        )
+        self.batch_size = Histogram(
+            "erc_model_batch_size", "Sessions' steps run by the ERC engine as one batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )  # fmt: skip
+        self._shed_seen: dict[tuple[str, str], int] = {}
+
+    def accepted(self) -> None:
+        self.sessions.labels("accepted").inc()
+
+    def refused(self, why: str) -> None:
+        self.sessions.labels(f"refused_{why}").inc()
+
+    def batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def observe(self, document: dict[str, Any]) -> None:
+        """Count one published document."""
+        if document.get("schema") == "erc.emotion/1":
+            total = (document.get("latency_ms") or {}).get("total")
+            if document.get("provisional"):
+                if total is not None:
+                    self.provisional_latency.observe(total / 1000)
+                return
+            self.utterances.inc()
+            if total is not None:
+                self.final_latency.observe(total / 1000)
+        elif document.get("schema") == "erc.status/1":
+            # the report's counts are the session's totals so far: add what is new
+            session = document.get("session_id", "")
+            load = document.get("load") or {}
+            for work, count in (load.get("shed_counts") or {}).items():
+                seen = self._shed_seen.get((session, work), 0)
+                if count > seen:
+                    self.shed.labels(work).inc(count - seen)
+                    self._shed_seen[(session, work)] = count
+            if document.get("state") == "offline":
+                self._shed_seen = {k: v for k, v in self._shed_seen.items() if k[0] != session}
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
