@@ -117,12 +117,15 @@ async def connect(
         "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": channels},
         "video": {"encoding": "jpeg"} if video else None, "pace": pace,
     }  # fmt: skip
-    await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
+    try:
+        await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
+    except ConnectionClosed:
+        pass  # refused at once (e.g. the server is full): its error message is waiting
     try:
         first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout_s))
     except ConnectionClosed as e:
-        code = e.rcvd.code if e.rcvd else None
-        raise ClientError(f"the server closed the session ({code})", code) from None
+        code, reason = (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "")
+        raise ClientError(reason or f"the server closed the session ({code})", code) from None
     if first.get("type") == "error":
         await ws.wait_closed()
         raise ClientError(first.get("message", "refused"), ws.close_code, first.get("code", ""))
