@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
+from realtime_erc.batching import MicroBatcher
 from realtime_erc.events import (
     MODALITIES,
     Event,
@@ -46,7 +47,9 @@ class UtteranceAssembler(Stage):
     ``dims``: the model's feature dims (absent modalities are zero vectors of these sizes);
     ``text``: the sentence encoder (None = text absent, e.g. without a model); ``modalities``:
     those the model was trained with; ``sequences``: whether it takes per-frame sequences;
-    ``expects_analysis``: every utterance has an analysis coming, so it waits for it.
+    ``expects_analysis``: every utterance has an analysis coming, so it waits for it;
+    ``batcher``: a :class:`~realtime_erc.batching.MicroBatcher` over ``text.encode_batch``
+    shared by a server's sessions (their transcripts ready together encode as one batch).
     """
 
     name = "assembler"
@@ -59,8 +62,10 @@ class UtteranceAssembler(Stage):
         modalities: Sequence[str] = MODALITIES,
         sequences: bool = True,
         expects_analysis: bool = True,
+        batcher: MicroBatcher[tuple[str, str], ModalityFeatures] | None = None,
     ) -> None:
         self.dims = dims or FeatureDims()
+        self.batcher = batcher
         self.text = text
         self.modalities = tuple(modalities)
         self.sequences = sequences
@@ -104,7 +109,11 @@ class UtteranceAssembler(Stage):
         text = ModalityFeatures.absent(dims.text, dims.text_seq)
         if utt.text and self.text is not None and "text" in self.modalities:
             try:
-                text = await asyncio.to_thread(self.text.encode, utt.text, self._context(speaker))
+                context = self._context(speaker)
+                if self.batcher is not None:
+                    text = await self.batcher.submit((utt.text, context))
+                else:
+                    text = await asyncio.to_thread(self.text.encode, utt.text, context)
             except Exception as e:  # one utterance's failure must not end the session
                 log.exception("encoding the transcript of utterance %d failed", utt.utterance_id)
                 faults.append(Fault("text", f"{type(e).__name__}: {e}"))

@@ -14,6 +14,7 @@ time or as fast as the server takes it, and returns every document that came bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import time
@@ -117,10 +118,9 @@ async def connect(
         "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": channels},
         "video": {"encoding": "jpeg"} if video else None, "pace": pace,
     }  # fmt: skip
-    try:
+    # refused at once (e.g. the server is full): its error message is waiting
+    with contextlib.suppress(ConnectionClosed):
         await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
-    except ConnectionClosed:
-        pass  # refused at once (e.g. the server is full): its error message is waiting
     try:
         first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout_s))
     except ConnectionClosed as e:

@@ -18,8 +18,6 @@ Pipeline concerns (events in and out, latency fields) belong to the stage that u
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from realtime_erc.batching import MicroBatcher
 from realtime_erc.errors import UserError
 from realtime_erc.events import UtteranceFeatures
 from realtime_erc.models.base import ConversationState, ERCModel
@@ -159,10 +158,12 @@ def _rounds(items: Sequence[tuple[str, UtteranceFeatures]]) -> list[list[int]]:
 
 
 class AsyncEngine:
-    """Coalesces concurrent ``await step(...)`` calls into micro-batches run off the event loop.
+    """Coalesces concurrent ``await step(...)`` calls into micro-batches run off the event loop
+    (a :class:`~realtime_erc.batching.MicroBatcher` over :meth:`Engine.step_many`).
 
     ``window_s``: how long the first request of a batch waits for others; ``max_batch``: the most
-    steps in one batch. Use as ``async with AsyncEngine(engine) as ae: await ae.step(...)``.
+    steps in one batch; ``on_batch``: told each batch's size. Use as
+    ``async with AsyncEngine(engine) as ae: await ae.step(...)``.
     """
 
     def __init__(
@@ -173,13 +174,14 @@ class AsyncEngine:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
-        self.on_batch = on_batch
-        """Told each batch's size (metrics)."""
-        self.window_s = window_s
-        self.max_batch = max_batch
-        self.batches = 0  # micro-batches run so far
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
+        self._batcher: MicroBatcher[tuple[str, UtteranceFeatures], EmotionPrediction] = (
+            MicroBatcher(engine.step_many, window_s, max_batch, on_batch)
+        )
+
+    @property
+    def batches(self) -> int:
+        """Micro-batches run so far."""
+        return self._batcher.batches
 
     async def __aenter__(self) -> AsyncEngine:
         return self
@@ -188,39 +190,7 @@ class AsyncEngine:
         await self.close()
 
     async def step(self, session_id: str, utterance: UtteranceFeatures) -> EmotionPrediction:
-        if self._worker is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        future = asyncio.get_running_loop().create_future()
-        assert self._queue is not None
-        self._queue.put_nowait((session_id, utterance, future))
-        return await future
+        return await self._batcher.submit((session_id, utterance))
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-
-    async def _run(self) -> None:
-        assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            await asyncio.sleep(self.window_s)
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            items = [(sid, utt) for sid, utt, _ in batch]
-            try:
-                preds = await asyncio.to_thread(self.engine.step_many, items)
-            except Exception as e:  # delivered to every waiting caller
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            for (*_, fut), pred in zip(batch, preds, strict=True):
-                if not fut.done():
-                    fut.set_result(pred)
+        await self._batcher.close()

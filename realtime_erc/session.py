@@ -113,6 +113,7 @@ class SessionModels:
     scores_head: Any = None  # SpeechEmotionHead | None
     batcher: Any = None  # AsyncEngine | None: steps of concurrent sessions in one batch
     transcriber: Any = None  # Transcriber | None (None: each session's ASR loads its own)
+    text_batcher: Any = None  # MicroBatcher over text.encode_batch, shared by sessions
 
     @property
     def label_set(self) -> str | None:
@@ -222,6 +223,7 @@ def build_stages(
             models.text,
             modalities=spec.modalities if spec else MODALITIES,
             sequences=spec.sequences if spec else True,
+            batcher=models.text_batcher,
         ),
         InferenceStage(session_id, engine, models.fusion, batcher=models.batcher),
         EventStage(

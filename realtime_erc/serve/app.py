@@ -97,6 +97,7 @@ class Server:
 
     async def start(self) -> None:
         """Load the models once and start the outputs every session shares (ZeroMQ, JSONL)."""
+        from realtime_erc.batching import MicroBatcher
         from realtime_erc.engine import AsyncEngine
         from realtime_erc.session import build_publishers, load_models
         from realtime_erc.speech.asr import Transcriber
@@ -106,6 +107,13 @@ class Server:
             models.transcriber = Transcriber(self.config.asr)
             if models.engine is not None:
                 models.batcher = AsyncEngine(models.engine, on_batch=self.metrics.batch)
+            if models.text is not None:
+                text = models.text
+
+                def encode(items: list[tuple[str, str]]) -> list[Any]:
+                    return text.encode_batch([t for t, _ in items], [c for _, c in items])
+
+                models.text_batcher = MicroBatcher(encode, on_batch=self.metrics.text_batch)
             return models
 
         self.models = await asyncio.to_thread(load)
@@ -120,8 +128,9 @@ class Server:
         for publisher in self._shared:
             with contextlib.suppress(Exception):
                 await publisher.close()
-        if self.models is not None and self.models.batcher is not None:
-            await self.models.batcher.close()
+        for batcher in (self.models.batcher, self.models.text_batcher) if self.models else ():
+            if batcher is not None:
+                await batcher.close()
 
     def _queue_depth(self) -> int:
         return sum(source.depth for source in self.sessions.values())

@@ -53,7 +53,7 @@ class Metrics:
             "erc_shed", "Work skipped by the overload policy.", ["work"], registry=r
         )
         self.batch_size = Histogram(
-            "erc_model_batch_size", "Sessions' steps run by the ERC engine as one batch.",
+            "erc_model_batch_size", "Sessions' requests one model ran as one batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )  # fmt: skip
         self._shed_seen: dict[tuple[str, str], int] = {}
@@ -65,7 +65,12 @@ class Metrics:
         self.sessions.labels(f"refused_{why}").inc()
 
     def batch(self, size: int) -> None:
-        self.batch_size.observe(size)
+        """A batch of the ERC engine's steps."""
+        self.batch_size.labels("engine").observe(size)
+
+    def text_batch(self, size: int) -> None:
+        """A batch of the sentence encoder's transcripts."""
+        self.batch_size.labels("text").observe(size)
 
     def observe(self, document: dict[str, Any]) -> None:
         """Count one published document."""
