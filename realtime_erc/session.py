@@ -114,6 +114,7 @@ class SessionModels:
     batcher: Any = None  # AsyncEngine | None: steps of concurrent sessions in one batch
     transcriber: Any = None  # Transcriber | None (None: each session's ASR loads its own)
     text_batcher: Any = None  # MicroBatcher over text.encode_batch, shared by sessions
+    voice_encoder: Any = None  # resemblyzer VoiceEncoder shared by the speaker trackers
 
     @property
     def label_set(self) -> str | None:
@@ -197,7 +198,7 @@ def build_stages(
     if config.speakers.enabled:
         from realtime_erc.speech.speakers import SpeakerTracker
 
-        speakers = SpeakerTracker(config.speakers)
+        speakers = SpeakerTracker(config.speakers, encoder=models.voice_encoder)
 
     def own(head):  # this session's per-speaker statistics over the shared network
         return head.for_session() if head is not None else None

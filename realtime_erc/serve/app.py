@@ -93,6 +93,7 @@ class Server:
         self.metrics = Metrics(lambda: len(self.sessions), self._queue_depth)
         self.models: Any = None  # SessionModels
         self.sessions: dict[str, IngestSource] = {}
+        self._pending = 0  # accepted sockets that have not sent "start" yet
         self._shared: list[Any] = []
 
     async def start(self) -> None:
@@ -101,10 +102,13 @@ class Server:
         from realtime_erc.engine import AsyncEngine
         from realtime_erc.session import build_publishers, load_models
         from realtime_erc.speech.asr import Transcriber
+        from realtime_erc.speech.speakers import load_voice_encoder
 
         def load() -> Any:
             models = load_models(self.config)
             models.transcriber = Transcriber(self.config.asr)
+            if self.config.speakers.enabled:
+                models.voice_encoder = load_voice_encoder()
             if models.engine is not None:
                 models.batcher = AsyncEngine(models.engine, on_batch=self.metrics.batch)
             if models.text is not None:
@@ -159,11 +163,13 @@ class Server:
             await ws.close(code=POLICY)  # before accepting: the handshake fails (HTTP 403)
             return
         await ws.accept()
-        if len(self.sessions) >= self.options.max_sessions:
+        # a socket waiting for its "start" holds a place too: idle sockets cannot pile up
+        if len(self.sessions) + self._pending >= self.options.max_sessions:
             self.metrics.refused("full")
             await _close(ws, ProtocolError(TRY_LATER, "busy", "the server is at its session "
                          "limit (serve.max_sessions): try again later"))  # fmt: skip
             return
+        self._pending += 1
         try:
             start = await self._start_message(ws)
         except ProtocolError as e:
@@ -172,12 +178,21 @@ class Server:
             return
         except WebSocketDisconnect:
             return
+        finally:
+            self._pending -= 1
         session_id = start.session_id or f"ws-{uuid.uuid4().hex[:8]}"
         if session_id in self.sessions:
+            self.metrics.refused("protocol")
             await _close(ws, ProtocolError(POLICY, "session_in_use", f"session {session_id!r} "
                          "is open: use another session_id"))  # fmt: skip
             return
-        source = IngestSource(start, self.options)
+        try:
+            source = IngestSource(start, self.options, session_id=session_id,
+                                  record=self._record_path(session_id))  # fmt: skip
+        except Exception as e:  # the recording cannot be written
+            log.warning("session %s: %s", session_id, e)
+            await _close(ws, ProtocolError(INTERNAL, "internal", f"the session failed: {e}"))
+            return
         self.sessions[session_id] = source
         self.metrics.accepted()
         try:
@@ -186,14 +201,33 @@ class Server:
             del self.sessions[session_id]
             if self.models.engine is not None:
                 self.models.engine.end_session(session_id)
+            await asyncio.to_thread(source.close_recording)
+
+    def _record_path(self, session_id: str) -> Path | None:
+        """record_dir/<session id> (suffixed when a past session of that id is there); None:
+        serve.record_dir is unset, nothing is recorded."""
+        if not self.options.record_dir:
+            return None
+        root = Path(self.options.record_dir).expanduser()
+        path, n = root / session_id, 1
+        while path.exists():
+            n += 1
+            path = root / f"{session_id}-{n}"
+        return path
 
     async def _start_message(self, ws: WebSocket) -> Start:
-        message = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        try:
+            message = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise ProtocolError(POLICY, "not_started", f'no "start" in {START_TIMEOUT_S:g} s: '
+                                "send it as soon as the socket opens") from None  # fmt: skip
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         if message.get("text") is None:
             raise ProtocolError(POLICY, "not_started", 'media before "start": send it first')
-        start = parse_start(text_message(message["text"]), self.options)
+        start = parse_start(
+            text_message(message["text"], self.options.max_message_bytes), self.options
+        )
         served = self.models.model_id
         if start.model not in (None, "default", self.config.model.checkpoint, served):
             raise ProtocolError(POLICY, "bad_model", f"model {start.model!r} is not served "
@@ -265,7 +299,9 @@ class Server:
                     return None
                 data = message.get("bytes")
                 if data is None:
-                    request = text_message(message.get("text") or "")
+                    request = text_message(
+                        message.get("text") or "", self.options.max_message_bytes
+                    )
                     if request["type"] == "end":
                         await source.end()
                         return None
@@ -317,7 +353,8 @@ def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
     async def healthz() -> JSONResponse:
         ok = server.models is not None
         body = {"status": "ok" if ok else "starting", "sessions": len(server.sessions),
-                "model": server.models.model_id if ok else None}  # fmt: skip
+                "model": server.models.model_id if ok else None,
+                "tasks": len(asyncio.all_tasks())}  # fmt: skip
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")

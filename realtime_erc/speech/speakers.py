@@ -31,6 +31,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -355,19 +356,32 @@ def _best_partition(
     return best
 
 
+def load_voice_encoder() -> Any:
+    """resemblyzer's ``VoiceEncoder`` on the CPU, from the packaged weights."""
+    with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy path
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from resemblyzer import VoiceEncoder
+
+    return VoiceEncoder(device="cpu", verbose=False, weights_fpath=resemblyzer_weights_path())
+
+
 class SpeakerTracker:
     """Voice embeddings + clustering (``options.method``). Thread-safe (one lock around the model
     and state)."""
 
     def __init__(
-        self, options: SpeakerOptions | None = None, projection: SpeakerProjection | None = None
+        self,
+        options: SpeakerOptions | None = None,
+        projection: SpeakerProjection | None = None,
+        encoder: Any = None,
     ) -> None:
         """``options``: the ``[speakers]`` section (``enabled`` is the caller's business).
         ``projection`` replaces the one ``options.projection`` names (benchmarks fit their
-        own)."""
+        own). ``encoder``: a loaded resemblyzer ``VoiceEncoder`` to share (a server's sessions
+        embed with one copy; each tracker keeps its own speakers)."""
         self.options = options or SpeakerOptions()
         self._speakers: list[Speaker] = []
-        self._encoder = None
+        self._encoder = encoder
         self._lock = threading.Lock()
         self._next_id = 1
         self._projection = projection
@@ -384,13 +398,7 @@ class SpeakerTracker:
         """Load the encoder (and projection) and enrol the configured speakers."""
         with self._lock:
             if self._encoder is None:
-                with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy path
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    from resemblyzer import VoiceEncoder
-
-                self._encoder = VoiceEncoder(
-                    device="cpu", verbose=False, weights_fpath=resemblyzer_weights_path()
-                )
+                self._encoder = load_voice_encoder()
             if self.options.method == "recluster":
                 self._reclusterer()
         for name, path in self.options.enrol.items():
