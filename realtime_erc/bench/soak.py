@@ -15,6 +15,13 @@ Criteria (issue 8): RSS growth after warm-up ≤ 50 MB (median of the session's 
 median of the first minute after warm-up; the largest transient peak is reported beside it);
 p95 latency of the last window within 20 % of the first (windows: 10 % of the session, 1 to 10
 minutes); every annotated utterance emitted; every model's cache bounded by its horizon.
+
+``--serve --sessions N`` (issue 21): instead of step 2, ``realtime-erc serve`` runs as a
+subprocess and N clients (:func:`realtime_erc.client.stream_recording`) stream the long recording
+to it concurrently at real-time pace; the server's process tree is sampled (RSS, CPU) and every
+session's final events are pooled. The latency windows are then 5 minutes (a quarter of the
+session when it is shorter than 20 minutes), the criteria the same (RSS growth after warm-up
+≤ 50 MB, last window's p95 ≤ 1.2 × the first's, nothing missed) and the cache check is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -77,6 +85,13 @@ class SoakOptions:
     horizon_cap: int | None = None
     video: bool = True
     seed: int = 0
+    serve: bool = False
+    """Stream to a ``realtime-erc serve`` subprocess from ``sessions`` concurrent clients."""
+    sessions: int = 4
+    stagger_s: float = 0.25
+    overrides: list[str] = field(default_factory=list)
+    """``--set`` settings for the server (serve mode)."""
+    config_file: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +245,9 @@ class SoakCollector:
         pass
 
     async def publish(self, topic: str, document: dict) -> None:
+        self.take(document)
+
+    def take(self, document: dict) -> None:
         if document.get("schema") != "erc.emotion/1" or document.get("provisional"):
             self.other_documents += 1  # status, and provisional events (a final one follows)
             return
@@ -303,6 +321,105 @@ def run_soak_session(recording: Path, config: Config, options: SoakOptions) -> S
     return analyse(
         rec, collector, sampler.samples, stats.running_s, stats.finished_at, options.window_s
     )
+
+
+SERVE_WINDOW_S = 300.0
+
+
+def serve_window(duration_s: float) -> float:
+    """The serve soak's latency window: 5 minutes, or a quarter of a shorter session."""
+    return min(SERVE_WINDOW_S, duration_s / 4)
+
+
+@dataclass
+class ServeSoakFigures:
+    """What the serve soak adds: per-session outcomes and the server's CPU."""
+
+    sessions: int
+    per_session: list[dict[str, Any]]
+    shed: dict[str, int]
+    errors: list[str]
+    server_cpu_s: float
+    server_startup_s: float
+
+
+def run_serve_soak_session(
+    recording: Path, options: SoakOptions
+) -> tuple[SessionFigures, ServeSoakFigures]:
+    """``options.sessions`` clients stream ``recording`` at real time to one server subprocess."""
+    from collections import Counter
+
+    from realtime_erc.bench.serve import ServeBenchOptions, ServerProcess, TreeSampler
+    from realtime_erc.client import stream_recording
+
+    rec = read_recording(recording)
+    n = options.sessions
+    bench = ServeBenchOptions(
+        sessions=[n], recording=recording, overrides=list(options.overrides),
+        config_file=options.config_file, sample_every_s=options.sample_every_s,
+    )  # fmt: skip
+    collectors = [SoakCollector() for _ in range(n)]
+    statuses: list[dict[str, Any]] = [{} for _ in range(n)]
+    errors: list[str] = []
+
+    def on_document(i: int):
+        def take(document: dict[str, Any]) -> None:
+            if document.get("schema") == "erc.status/1" and "load" in document:
+                statuses[i] = document["load"]
+            collectors[i].take(document)
+
+        return take
+
+    async def clients(url: str) -> None:
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * options.stagger_s)
+            try:
+                await stream_recording(
+                    url, recording, pace="realtime", session_id=f"soak-{i}",
+                    on_document=on_document(i),
+                )  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - reported as a failure
+                errors.append(f"session {i}: {type(e).__name__}: {e}")
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    with tempfile.TemporaryDirectory(prefix="soak-serve-") as tmp:
+        server = ServerProcess(bench, n, Path(tmp))
+        try:
+            startup = server.start()
+            pid = server.proc.pid  # type: ignore[union-attr]
+            with TreeSampler(lambda: [pid], options.sample_every_s) as sampler:
+                began = sampler.sample()
+                asyncio.run(clients(server.url))
+                finished = sampler.sample()
+        finally:
+            server.stop()
+    merged = SoakCollector()
+    merged.emotions = sorted((e for c in collectors for e in c.emotions), key=lambda e: e.at)
+    merged.other_documents = sum(c.other_documents for c in collectors)
+    samples = [(t, rss) for t, rss, _ in sampler.samples]
+    window = options.window_s if options.window_s is not None else serve_window(rec.duration)
+    figures = analyse(rec, merged, samples, finished[0] - began[0], finished[0], window)
+    missed = [len(missed_utterances(rec.annotations, c.emotions)) for c in collectors]
+    figures = replace(
+        figures, annotated=n * len(rec.annotations), emitted=len(merged.emotions),
+        missed=sum(missed),
+    )  # fmt: skip
+    shed: Counter[str] = Counter()
+    for load in statuses:
+        shed.update(load.get("shed_counts") or {})
+    serve = ServeSoakFigures(
+        sessions=n,
+        per_session=[
+            {"emitted": len(c.emotions), "missed": m, "shed": s.get("shed_counts") or {}}
+            for c, m, s in zip(collectors, missed, statuses, strict=True)
+        ],
+        shed=dict(shed),
+        errors=errors,
+        server_cpu_s=finished[2] - began[2],
+        server_startup_s=startup,
+    )
+    return figures, serve
 
 
 def window_for(duration_s: float, window_s: float | None = None) -> float:
@@ -521,6 +638,7 @@ class SoakResult:
     session: SessionFigures
     caches: list[CacheBound]
     config: dict[str, Any]
+    serve: ServeSoakFigures | None = None
 
     def failures(self) -> list[str]:
         s, out = self.session, []
@@ -531,6 +649,8 @@ class SoakResult:
             out.append(f"p95 latency last/first window = {ratio} (> {P95_RATIO_LIMIT})")
         if s.missed:
             out.append(f"{s.missed} of {s.annotated} annotated utterances were not emitted")
+        if self.serve is not None:
+            out += self.serve.errors
         out += [
             f"{c.model}: streaming state grew past its horizon"
             for c in self.caches
@@ -541,9 +661,27 @@ class SoakResult:
     def reports(self) -> tuple[BenchReport, BenchReport]:
         s = self.session
         lat = s.latency
+        title = f"Soak: {s.duration_s / 60:.0f} min at --speed max ({self.recording.name})"
+        serve: dict[str, Any] = {}
+        if self.serve is not None:
+            v = self.serve
+            title = (
+                f"Soak: {v.sessions} concurrent sessions × {s.duration_s / 60:.0f} min at "
+                f"real-time pace against one `realtime-erc serve` ({self.recording.name})"
+            )
+            serve = {
+                "sessions": v.sessions,
+                "server_startup_s": round(v.server_startup_s, 1),
+                "server_cpu_s": round(v.server_cpu_s, 1),
+                "server_cpu_pct": round(100 * v.server_cpu_s / s.running_s, 0)
+                if s.running_s > 0 else None,
+                "shed": ", ".join(f"{k} {c}" for k, c in sorted(v.shed.items()) if c) or "0",
+                "per_session": v.per_session,
+                "rss": "the server's process tree (psutil), sampled while the clients stream",
+            }  # fmt: skip
         session = BenchReport(
-            name="soak",
-            title=f"Soak: {s.duration_s / 60:.0f} min at --speed max ({self.recording.name})",
+            name="soak-serve" if self.serve is not None else "soak",
+            title=title,
             columns=[
                 ("metric", "metric"),
                 ("first", f"first {s.window_s / 60:.3g} min"),
@@ -588,6 +726,7 @@ class SoakResult:
                 "rss_slope_mb_per_hour": round(s.rss_slope_mb_per_h, 2),
                 "window_s": round(s.window_s, 1),
                 "criteria": "; ".join(self.failures()) or "all met",
+                **serve,
                 **self.config,
                 "latency": lat,
                 "rss_timeline_s_mb": s.rss_timeline,
@@ -626,12 +765,14 @@ class SoakResult:
 
     def markdown(self) -> str:
         session, caches = self.reports()
+        if not self.caches and self.serve is not None:
+            return session.markdown()
         return session.markdown() + "\n" + caches.markdown()
 
     def write(self, directory: Path) -> list[Path]:
         session, caches = self.reports()
         directory.mkdir(parents=True, exist_ok=True)
-        js, md = directory / "soak.json", directory / "soak.md"
+        js, md = directory / f"{session.name}.json", directory / f"{session.name}.md"
         js.write_text(json.dumps(session.to_json() | {"caches": caches.rows}, indent=2) + "\n")
         md.write_text(self.markdown())
         return [js, md]
@@ -645,6 +786,18 @@ def run_soak_benchmark(config: Config, options: SoakOptions) -> SoakResult:
     recording = make_long_recording(
         options.source, options.minutes, options.cache_dir, options.seed, options.video
     )
+    if options.serve:
+        load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        session, serve = run_serve_soak_session(recording, options)
+        meta = {
+            "asr_model": config.asr.model,
+            "asr_device": config.asr.device,
+            "rss_sampled_every_s": options.sample_every_s,
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        }
+        return SoakResult(recording, session, [], meta, serve)
     session = run_soak_session(recording, config, options)
     caches = (
         check_cache_bounds(

@@ -102,20 +102,69 @@ def bench_soak(
         Path | None,
         typer.Option(help="Where generated recordings go (default ~/.cache/realtime-erc/soak)."),
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Stream it at real-time pace from --sessions clients to one server."
+        ),
+    ] = False,
+    sessions: Annotated[int, typer.Option(min=1, help="Concurrent clients with --serve.")] = 4,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """A long session at --speed max: memory growth, latency drift, model cache bounds."""
+    """A long session at --speed max: memory growth, latency drift, model cache bounds (with
+    --serve: N concurrent real-time sessions against `realtime-erc serve`, soak-serve.json)."""
     config = load(config_file, overrides)
     from realtime_erc.bench.soak import SoakOptions, run_soak_benchmark
 
     options = SoakOptions(minutes=minutes, source=source)
+    if serve:
+        options.serve, options.sessions = True, sessions
+        options.overrides, options.config_file = list(overrides or []), config_file
     if cache_dir is not None:
         options.cache_dir = cache_dir
     result = run_soak_benchmark(config, options)
     show_report(result, out)
     if failures := result.failures():
         fail("soak criteria not met: " + "; ".join(failures), code=1)
+
+
+@app.command("serve")
+def bench_serve(
+    sessions: Annotated[
+        str, typer.Option(help="Concurrent sessions per run, comma-separated.")
+    ] = "1,2,4,8",
+    recording: Annotated[Path, typer.Option(help="Recording every client streams.")] = Path(
+        "recordings/demo"
+    ),
+    modes: Annotated[
+        str, typer.Option(help="server (one server, N clients) and/or processes (N replays).")
+    ] = "server,processes",
+    stagger: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between the clients' starts.")
+    ] = 0.25,
+    out: Annotated[Path, typer.Option(help="Directory for serve.json and serve.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """N conversations at real-time pace: one `serve` with N clients vs N `replay` processes
+    (end-of-speech→final p50/p95, CPU, RSS, shed work per N)."""
+    load(config_file, overrides)  # refuses a bad configuration before anything starts
+    from realtime_erc.bench.serve import (
+        ServeBenchOptions,
+        parse_modes,
+        parse_sessions,
+        run_serve_benchmark,
+    )
+
+    options = ServeBenchOptions(
+        sessions=parse_sessions(sessions), recording=recording, modes=parse_modes(modes),
+        overrides=list(overrides or []), config_file=config_file, stagger_s=stagger,
+    )  # fmt: skip
+    report = run_serve_benchmark(options)
+    show_report(report, out)
 
 
 DataOpt = Annotated[

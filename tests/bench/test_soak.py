@@ -122,3 +122,63 @@ def test_cli_refuses_a_missing_source(run_cli, tmp_path):
     assert result.returncode == 2
     assert "nope" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_soak_criteria_and_report(tmp_path):
+    """The serve soak's result: criteria (growth, drift, missed, session errors) and its files."""
+    from realtime_erc.bench.soak import (
+        P95_RATIO_LIMIT,
+        ServeSoakFigures,
+        SessionFigures,
+        SoakResult,
+        serve_window,
+    )
+
+    assert serve_window(1800.0) == 300.0 and serve_window(600.0) == 150.0
+
+    def figures(growth: float, first: float, last: float, missed: int = 0) -> SessionFigures:
+        latency = {"first_n": 40, "last_n": 40, "first_p50_ms": first / 2,
+                   "last_p50_ms": last / 2, "first_p95_ms": first, "last_p95_ms": last,
+                   "first_eos_p95_ms": first + 500, "last_eos_p95_ms": last + 500}  # fmt: skip
+        return SessionFigures(
+            duration_s=600.0, running_s=601.0, window_s=150.0, annotated=4 * 136,
+            emitted=4 * 136 - missed, missed=missed, events=2000, rss_start_mb=900.0,
+            rss_warm_mb=1500.0, rss_end_mb=1500.0 + growth, rss_peak_after_warmup_mb=1600.0,
+            rss_slope_mb_per_h=1.0, latency=latency, rss_timeline=[(0.0, 900.0)],
+        )  # fmt: skip
+
+    serve = ServeSoakFigures(4, [{"emitted": 136, "missed": 0, "shed": {}}] * 4, {}, [], 900.0, 20)
+    ok = SoakResult(tmp_path / "rec", figures(10.0, 600.0, 650.0), [], {}, serve)
+    assert ok.failures() == []
+    slow = figures(10.0, 600.0, 600.0 * P95_RATIO_LIMIT + 1)
+    grew = figures(RSS_GROWTH_LIMIT_MB + 1, 600.0, 600.0)
+    assert len(SoakResult(tmp_path, slow, [], {}, serve).failures()) == 1
+    assert "RSS grew" in SoakResult(tmp_path, grew, [], {}, serve).failures()[0]
+    failed = ServeSoakFigures(4, [], {}, ["session 2: ClientError: busy"], 900.0, 20)
+    assert SoakResult(tmp_path, figures(0, 600, 600, missed=3), [], {}, failed).failures() == [
+        "3 of 544 annotated utterances were not emitted", "session 2: ClientError: busy",
+    ]  # fmt: skip
+    paths = ok.write(tmp_path / "out")
+    assert [p.name for p in paths] == ["soak-serve.json", "soak-serve.md"]
+    data = json.loads(paths[0].read_text())
+    assert data["benchmark"] == "soak-serve" and data["sessions"] == 4
+    assert data["criteria"] == "all met" and data["caches"] == []
+    assert "4 concurrent sessions" in paths[1].read_text()
+
+
+@pytest.mark.slow
+def test_serve_soak_streams_concurrent_sessions(demo_dir, tmp_path):
+    """Two clients stream a 1-minute generated session (one loop of the demo, audio only) at
+    real-time pace to one server."""
+    options = SoakOptions(minutes=1.0, source=demo_dir, cache_dir=tmp_path / "cache",
+                          video=False, serve=True, sessions=2, window_s=30.0)  # fmt: skip
+    result = run_soak_benchmark(load_config(None), options)
+    s, v = result.session, result.serve
+    assert v is not None and v.sessions == 2 and not v.errors
+    assert s.annotated == 2 * 17 and s.emitted == s.annotated and s.missed == 0
+    assert [p["emitted"] for p in v.per_session] == [17, 17]
+    assert s.latency["first_n"] > 0 and s.latency["last_n"] > 0
+    assert s.latency["first_p95_ms"] > 0 and s.latency["last_p95_ms"] > 0
+    assert s.rss_warm_mb > 200 and v.server_cpu_s > 0  # the server's tree, models loaded
+    assert result.caches == []
+    assert [p.name for p in result.write(tmp_path / "out")] == ["soak-serve.json", "soak-serve.md"]

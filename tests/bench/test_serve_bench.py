@@ -1,0 +1,102 @@
+"""``bench serve``: N real-time clients against one server vs N replay processes (short runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from realtime_erc.bench.serve import (
+    ServeBenchOptions,
+    SessionOutcome,
+    parse_modes,
+    parse_sessions,
+    run_serve_benchmark,
+    summarize,
+)
+from realtime_erc.errors import UserError
+from realtime_erc.sources.recording import RecordingWriter, read_recording
+
+
+def short_recording(source: Path, directory: Path, utterances: int = 3) -> Path:
+    """The demo's first ``utterances`` utterances (audio and annotations, no video), cut half a
+    second after the last one ends."""
+    demo = read_recording(source)
+    kept = demo.annotations[:utterances]
+    audio = demo.read_audio()[: int((kept[-1].end + 0.5) * 16_000)]
+    writer = RecordingWriter(directory, "serve-short", sample_rate=16_000,
+                             speakers=demo.speakers, label_set=demo.label_set)  # fmt: skip
+    with writer:
+        writer.write_audio(audio)
+        for a in kept:
+            writer.write_annotation(a)
+    return directory
+
+
+def test_sessions_and_modes_are_parsed():
+    assert parse_sessions("1, 2,4,8,4") == [1, 2, 4, 8]
+    assert parse_modes("processes,server") == ("processes", "server")
+    for bad in ("", "0,1", "a"):
+        with pytest.raises(UserError):
+            parse_sessions(bad)
+    with pytest.raises(UserError):
+        parse_modes("server,threads")
+
+
+def test_outcome_reads_finals_provisionals_and_the_last_shed_counts():
+    docs = [
+        {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 1}}},
+        {"schema": "erc.emotion/1", "provisional": True, "latency_ms": {"total": 300.0}},
+        {"schema": "erc.emotion/1", "provisional": False, "latency_ms": {"total": 900.0}},
+        {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 3}}},
+        {"schema": "erc.status/1", "state": "offline"},
+    ]
+    o = SessionOutcome.from_documents(docs, annotated=2)
+    assert o.finals == [900.0] and o.provisionals == [300.0] and o.shed == {"video": 3}
+    assert o.received == 1
+
+
+def test_summary_finds_the_largest_n_held_per_mode():
+    def row(mode, n, p95, rss, shed=0):
+        return {"mode": mode, "sessions": n, "final_p95_ms": p95, "received": 3 * n,
+                "annotated": 3 * n, "shed_total": shed, "errors": [],
+                "rss_peak_mb": rss}  # fmt: skip
+
+    rows = [row("server", 1, 800, 1000), row("server", 2, 900, 1040), row("server", 4, 1400, 1120),
+            row("processes", 1, 800, 600), row("processes", 2, 1600, 1200),
+            row("processes", 4, 3000, 2400, shed=2)]  # fmt: skip
+    s = summarize(rows)
+    assert s["server_largest_n_held"] == 4 and s["processes_largest_n_held"] == 1
+    assert s["server_over_processes"] == 4.0
+    assert s["server_rss_mb_per_session"] == pytest.approx(40.0, abs=0.5)
+    assert s["processes_rss_mb_per_session"] == pytest.approx(600.0, abs=0.5)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
+    recording = short_recording(demo_dir, tmp_path / "short")
+    annotated = len(read_recording(recording).annotations)
+    options = ServeBenchOptions(sessions=[1, 2], recording=recording, timeout_s=240.0)
+    report = run_serve_benchmark(options)
+    assert [(r["sessions"], r["mode"]) for r in report.rows] == [
+        (1, "server"), (1, "processes"), (2, "server"), (2, "processes"),
+    ]  # fmt: skip
+    for row in report.rows:
+        assert not row["errors"], row["errors"]
+        assert len(row["per_session"]) == row["sessions"]
+        for session in row["per_session"]:
+            assert session["received"] == session["annotated"] == annotated
+        for key in ("final_p50_ms", "final_p95_ms", "cpu_s", "rss_peak_mb"):
+            assert row[key] is not None and math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert row["final_p50_ms"] <= row["final_p95_ms"]
+        assert row["rss_peak_mb"] > 100  # models are resident
+    server = {r["sessions"]: r for r in report.rows if r["mode"] == "server"}
+    assert server[1]["rss_idle_mb"] > 100 and server[1]["client_cpu_s"] >= 0
+    assert report.meta["cpus"] >= 1 and report.meta["utterances_per_session"] == annotated
+    paths = report.write(tmp_path / "out")
+    data = json.loads(paths[0].read_text())
+    assert data["benchmark"] == "serve" and len(data["rows"]) == 4
+    markdown = paths[1].read_text()
+    assert "EoS→final p95" in markdown and "processes" in markdown and "server" in markdown
