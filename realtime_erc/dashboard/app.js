@@ -123,6 +123,10 @@
     const speakers = el("div", "speakers");
     for (const name of [...s.speakers.keys()].sort()) speakers.append(speakerCard(s.speakers.get(name)));
     card.append(speakers);
+    // the timeline is its own panel and scrolling area, below the cards in the card's grid
+    const panel = el("div", "timeline-panel");
+    const caption = el("div", "timeline-head", `timeline · ${s.utterances.size} utterance` +
+      (s.utterances.size === 1 ? "" : "s"));
     const list = el("ol", "timeline");
     const ids = [...s.utterances.keys()].sort((a, b) => a - b);
     for (const id of ids) {
@@ -137,28 +141,45 @@
       li.append(el("span", "lbl", u.label || ""));
       list.append(li);
     }
-    card.append(list);
+    panel.append(caption, list);
+    card.append(panel);
     return { card, list };
   }
 
+  // Each timeline follows its newest row unless the user scrolled it up: session id -> the
+  // scrollTop they left it at. A timeline that gets narrower (more lines) keeps following.
+  const scrolledBack = new Map();
+  const atBottom = (list) => list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  const pin = (id, list) => {
+    const top = scrolledBack.get(id);
+    list.scrollTop = top == null ? list.scrollHeight : top;
+  };
+  const resized = typeof ResizeObserver === "function"
+    ? new ResizeObserver((entries) => {
+      for (const { target } of entries) if (target.isConnected) pin(target.dataset.session, target);
+    })
+    : null;
+
   function render() {
     const root = document.getElementById("sessions");
-    // keep each timeline's scroll position unless it was at the bottom (then follow)
-    const follow = new Map();
-    for (const old of root.querySelectorAll(".session")) {
-      const tl = old.querySelector(".timeline");
-      follow.set(old.dataset.session,
-        !tl || tl.scrollTop + tl.clientHeight >= tl.scrollHeight - 4 ? null : tl.scrollTop);
-    }
     const cards = [];
     const ordered = [...state.sessions.values()].sort((a, b) =>
       (a.status === "online" ? 0 : 1) - (b.status === "online" ? 0 : 1) || a.id.localeCompare(b.id));
     for (const s of ordered) {
       const { card, list } = sessionCard(s);
-      cards.push([card, list, follow.get(s.id)]);
+      list.dataset.session = s.id;
+      cards.push([card, list, s.id]);
     }
+    if (resized) resized.disconnect();
     root.replaceChildren(...cards.map(([card]) => card));
-    for (const [, list, top] of cards) list.scrollTop = top == null ? list.scrollHeight : top;
+    for (const [, list, id] of cards) {
+      pin(id, list);
+      list.addEventListener("scroll", () => {
+        if (atBottom(list)) scrolledBack.delete(id);
+        else scrolledBack.set(id, list.scrollTop);
+      }, { passive: true });
+      if (resized) resized.observe(list);
+    }
     document.getElementById("empty").hidden = state.sessions.size > 0;
   }
 

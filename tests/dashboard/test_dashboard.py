@@ -135,3 +135,59 @@ def test_dashboard_renders_retained_state_live_events_and_reconnects(
     assert pixels.shape[0] > 400 and pixels.shape[1] >= 1200
     assert pixels.std() > 0.05  # not blank
     assert len({tuple(p) for p in (pixels[::8, ::8].reshape(-1, 3) * 255).astype(int)}) > 20
+
+
+def _boxes_intersect(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def test_timeline_scrolls_in_its_own_area_below_the_speaker_cards(mosquitto, browser_page):
+    """Many utterances of three speakers: at a wide and at a narrow viewport, the timeline
+    scrolls inside its own box, which never intersects a speaker card."""
+    page = browser_page
+    pubs = BackgroundPublishers(mosquitto.url)
+    labels = ["joy", "anger", "sadness", "neutral"]
+    try:
+        pubs.send("lay-1", _status("lay-1", "online"))
+        with DashboardServer(mosquitto.ws_url) as server:
+            page.goto(server.url)
+            page.wait_for_selector('#connection[data-state="connected"]', timeout=10_000)
+            for i in range(40):
+                doc = _emotion("lay-1", i, "ABC"[i % 3], labels[i % 4])
+                if i % 7 == 0:  # a long utterance: the card's quote must not grow the card
+                    doc["text"] = " ".join([f"{labels[i % 4]} words"] * 40)
+                pubs.send("lay-1", doc, wait=i == 39)
+            page.locator('[data-session="lay-1"] li[data-utterance="39"]').wait_for(timeout=10_000)
+            for width in (1200, 700, 420):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(200)
+                timeline = page.locator('[data-session="lay-1"] .timeline')
+                box = timeline.bounding_box()
+                cards = page.locator('[data-session="lay-1"] .speaker')
+                assert cards.count() == 3
+                for i in range(3):
+                    card = cards.nth(i).bounding_box()
+                    assert not _boxes_intersect(box, card), (width, box, card)
+                    assert card["y"] + card["height"] <= box["y"], (width, box, card)
+                # its own scrolling area, following the newest row
+                scroll = timeline.evaluate(
+                    "e => [e.scrollHeight, e.clientHeight, e.scrollTop, "
+                    "getComputedStyle(e).overflowY]"
+                )
+                assert scroll[0] > scroll[1] and scroll[3] == "auto", (width, scroll)
+                last = page.locator('[data-session="lay-1"] li[data-utterance="39"]')
+                last_box = last.bounding_box()
+                assert box["y"] <= last_box["y"] and (
+                    last_box["y"] + last_box["height"] <= box["y"] + box["height"] + 1
+                ), (width, box, last_box)
+                # nothing wider than the page
+                assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), (
+                    width
+                )
+    finally:
+        pubs.close()
