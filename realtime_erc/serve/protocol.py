@@ -13,7 +13,7 @@ import struct
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from realtime_erc.config import ServeOptions
 
@@ -26,6 +26,9 @@ TOO_BIG = 1009
 TRY_LATER = 1013
 INTERNAL = 1011
 NORMAL = 1000
+
+MAX_FRAME_PIXELS = 3840 * 2160
+"""Largest decoded video frame (pixels): a small JPEG can declare a huge image."""
 
 
 class ProtocolError(Exception):
@@ -67,6 +70,14 @@ class Start(BaseModel):
     video: VideoFormat | None = None
     pace: Literal["realtime", "max"] = "realtime"
 
+    @field_validator("session_id")
+    @classmethod
+    def _not_dots(cls, value: str | None) -> str | None:
+        # the id names the session's recording directory (serve.record_dir): never "." or ".."
+        if value is not None and not value.strip("."):
+            raise ValueError("must not be only dots")
+        return value
+
 
 def limits_document(limits: ServeOptions) -> dict[str, Any]:
     """The limits a ``ready`` message announces."""
@@ -75,13 +86,16 @@ def limits_document(limits: ServeOptions) -> dict[str, Any]:
         "sample_rates": list(limits.sample_rates),
         "max_channels": limits.max_channels,
         "max_frame_bytes": limits.max_frame_bytes,
+        "max_frame_pixels": MAX_FRAME_PIXELS,
         "max_fps": limits.max_fps,
         "max_session_s": limits.max_session_s,
     }
 
 
-def text_message(raw: str) -> dict[str, Any]:
-    """A text message as a JSON object with a ``type``."""
+def text_message(raw: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """A text message as a JSON object with a ``type`` (at most ``max_bytes`` of UTF-8)."""
+    if max_bytes is not None and len(raw) > max_bytes // 4 and len(raw.encode()) > max_bytes:
+        raise ProtocolError(TOO_BIG, "too_big", f"a message is larger than {max_bytes} bytes")
     try:
         message = json.loads(raw)
     except (json.JSONDecodeError, RecursionError):
@@ -120,18 +134,17 @@ def parse_start(message: dict[str, Any], limits: ServeOptions) -> Start:
 
 
 def audio_samples(payload: bytes, audio: AudioFormat) -> np.ndarray:
-    """PCM s16le → mono float32 in [-1, 1] at the declared rate (channels averaged)."""
+    """PCM s16le → ``[n, channels]`` float32 in [-1, 1] at the declared rate."""
     frame = 2 * audio.channels
     if len(payload) % frame:
         raise ProtocolError(
             POLICY,
             "bad_audio",
-            f"{len(payload)} audio bytes are not whole {audio.channels}-channel 16-bit frames",
+            f"{len(payload)} audio bytes are not whole frames of audio.encoding pcm_s16le with "
+            f"audio.channels {audio.channels} ({frame} bytes a frame)",
         )
     samples = np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
-    if audio.channels > 1:
-        samples = samples.reshape(-1, audio.channels).mean(axis=1)
-    return samples
+    return samples.reshape(-1, audio.channels)
 
 
 def video_frame(payload: bytes, limits: ServeOptions) -> tuple[float, bytes]:
@@ -145,4 +158,40 @@ def video_frame(payload: bytes, limits: ServeOptions) -> tuple[float, bytes]:
         raise ProtocolError(
             TOO_BIG, "too_big", f"a video frame is larger than {limits.max_frame_bytes} bytes"
         )
-    return at, payload[8:]
+    jpeg = payload[8:]
+    size = jpeg_size(jpeg)
+    if size is None:
+        raise ProtocolError(POLICY, "bad_video", "a video frame is not a JPEG image")
+    if size[0] * size[1] > MAX_FRAME_PIXELS or 0 in size:
+        raise ProtocolError(
+            POLICY, "bad_video",
+            f"a {size[0]}x{size[1]} video frame: send at most {MAX_FRAME_PIXELS} pixels",
+        )  # fmt: skip
+    return at, jpeg
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding it; None: not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or scan data before any frame header
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None

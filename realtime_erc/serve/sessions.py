@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -39,14 +40,40 @@ class IngestSource:
 
     A bounded queue sits between the socket and the pipeline: when the pipeline falls behind,
     the reader waits, and so does the client's socket (nothing is dropped). Under ``"pace":
-    "realtime"`` the session's overload policy sheds work as for live capture."""
+    "realtime"`` the session's overload policy sheds work as for live capture.
 
-    def __init__(self, start: Start, limits: ServeOptions, queue_size: int = 256) -> None:
+    ``record``: a directory to record the session's media in, as received (the recording
+    format: its declared rate and channels, every decoded frame at its capture time)."""
+
+    def __init__(
+        self,
+        start: Start,
+        limits: ServeOptions,
+        queue_size: int = 256,
+        *,
+        session_id: str = "",
+        record: Path | None = None,
+    ) -> None:
         self.start = start
         self.limits = limits
         self.audio_s = 0.0
         self.frames = 0
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
+        self._ended = False
+        self._last_frame_at = 0.0
+        self.recorder: Any = None  # RecordingTee
+        if record is not None:
+            from realtime_erc.sources.live import RecordingTee
+            from realtime_erc.sources.recording import RecordingWriter
+
+            audio = start.audio
+            writer = RecordingWriter(
+                record, session_id or record.name, sample_rate=audio.sample_rate,
+                channels=audio.channels,
+                source=f"realtime-erc serve: {audio.encoding} at {audio.sample_rate} Hz x "
+                f"{audio.channels}" + (", JPEG video" if start.video is not None else ""),
+            )  # fmt: skip
+            self.recorder = RecordingTee(writer)
         rate = start.audio.sample_rate
         self._resampler = (
             soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
@@ -61,8 +88,8 @@ class IngestSource:
         return self._queue.qsize()
 
     async def push_audio(self, payload: bytes) -> None:
-        samples = audio_samples(payload, self.start.audio)
-        self.audio_s += len(samples) / self.start.audio.sample_rate
+        frames = audio_samples(payload, self.start.audio)
+        self.audio_s += len(frames) / self.start.audio.sample_rate
         if self.audio_s > self.limits.max_session_s:
             raise ProtocolError(
                 POLICY,
@@ -70,6 +97,9 @@ class IngestSource:
                 f"the session is longer than {self.limits.max_session_s:g} s of audio: "
                 "start a new one",
             )
+        if self.recorder is not None:
+            self.recorder.audio(frames)
+        samples = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
         if len(samples):
@@ -80,17 +110,30 @@ class IngestSource:
         if self.start.video is None:
             raise ProtocolError(POLICY, "no_video", 'video sent, but "start" declared none')
         at, jpeg = video_frame(payload, self.limits)
+        if at < self._last_frame_at:
+            raise ProtocolError(
+                POLICY, "bad_video", f"video capture time {at:g} s is before the previous "
+                f"frame's {self._last_frame_at:g} s: send frames in capture order",
+            )  # fmt: skip
         recent = self._recent_frames
         recent.append(at)
         while recent and recent[0] < at - 1.0:
             recent.popleft()
-        if len(recent) > self.limits.max_fps + 1:
+        # max_fps frames per second of capture time, and per second of audio received (plus
+        # two seconds of slack for a camera that starts before the microphone)
+        budget = self.limits.max_fps * (self.audio_s + 2.0)
+        if len(recent) > self.limits.max_fps + 1 or self.frames + 1 > budget:
             raise ProtocolError(
-                POLICY, "too_fast", f"more than {self.limits.max_fps:g} video frames a second"
-            )
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                POLICY, "too_fast", f"more than {self.limits.max_fps:g} video frames a second "
+                "(serve.max_fps)",
+            )  # fmt: skip
+        image = await asyncio.to_thread(cv2.imdecode, np.frombuffer(jpeg, np.uint8),
+                                        cv2.IMREAD_COLOR)  # fmt: skip
         if image is None:
             raise ProtocolError(POLICY, "bad_video", "a video frame is not a JPEG image")
+        self._last_frame_at = at
+        if self.recorder is not None:
+            self.recorder.frame(image, at)
         await self._queue.put(VideoFrame(image, self.frames, at))
         self.frames += 1
 
@@ -104,12 +147,26 @@ class IngestSource:
         await self._queue.put(_END)
 
     def end_now(self) -> None:
-        """End without waiting for room in the queue (the client is gone)."""
-        with contextlib.suppress(asyncio.QueueFull):
+        """End without waiting for room in the queue (the client is gone): what is queued is
+        still processed, then the session ends."""
+        self._ended = True
+        with contextlib.suppress(asyncio.QueueFull):  # full: the flag ends it once drained
             self._queue.put_nowait(_END)
 
+    def close_recording(self) -> None:
+        """Finish the recording (blocks while the writer catches up; idempotent)."""
+        if self.recorder is not None:
+            try:
+                self.recorder.close()
+            except Exception as e:
+                log.warning("%s: finishing the recording failed: %s", self.recorder.path, e)
+            if self.recorder.error is not None:
+                log.warning("%s", self.recorder.error)
+
     async def __aiter__(self) -> AsyncIterator[Event]:
-        while (event := await self._queue.get()) is not _END:
+        while not (self._ended and self._queue.empty()):
+            if (event := await self._queue.get()) is _END:
+                return
             yield event
 
 
