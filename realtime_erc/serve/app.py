@@ -198,10 +198,12 @@ class Server:
         try:
             await self._run(ws, start, session_id, source)
         finally:
-            del self.sessions[session_id]
-            if self.models.engine is not None:
-                self.models.engine.end_session(session_id)
-            await asyncio.to_thread(source.close_recording)
+            try:  # the recording is complete before the session counts as closed
+                await asyncio.to_thread(source.close_recording)
+            finally:
+                del self.sessions[session_id]
+                if self.models.engine is not None:
+                    self.models.engine.end_session(session_id)
 
     def _record_path(self, session_id: str) -> Path | None:
         """record_dir/<session id> (suffixed when a past session of that id is there); None:
