@@ -153,9 +153,10 @@ async def stream_recording(
 
     rec = read_recording(recording)
     audio = rec.read_audio()
-    frames = [(t, img) for _, t, img in rec.iter_frames()]
+    frames = ((t, img) for _, t, img in rec.iter_frames())  # decoded as they are sent
+    frame = next(frames, None)
     session = await connect(
-        url, session_id=session_id, video=bool(frames), pace=pace, token=token,
+        url, session_id=session_id, video=frame is not None, pace=pace, token=token,
         sample_rate=SAMPLE_RATE,
     )  # fmt: skip
     documents: list[dict[str, Any]] = []
@@ -169,15 +170,14 @@ async def stream_recording(
     receiver = asyncio.create_task(receive())
     step = SAMPLE_RATE * chunk_ms // 1000
     began = time.perf_counter()
-    f = 0
     try:
         for i in range(0, len(audio), step):
             at = i / SAMPLE_RATE
-            while f < len(frames) and frames[f][0] <= at:
-                ok, jpeg = cv2.imencode(".jpg", frames[f][1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+            while frame is not None and frame[0] <= at:
+                ok, jpeg = cv2.imencode(".jpg", frame[1], [cv2.IMWRITE_JPEG_QUALITY, 85])
                 if ok:
-                    await session.send_frame(jpeg.tobytes(), frames[f][0])
-                f += 1
+                    await session.send_frame(jpeg.tobytes(), frame[0])
+                frame = next(frames, None)
             await session.send_audio(audio[i : i + step])
             if pace == "realtime":
                 ahead = began + (i + step) / SAMPLE_RATE - time.perf_counter()

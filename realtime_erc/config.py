@@ -412,6 +412,9 @@ class ServeOptions(Section):
     max_frame_bytes: int = Field(512 * 1024, ge=1024, description="Largest JPEG frame.")
     max_fps: float = Field(15.0, gt=0, description="Most video frames per second of audio.")
     max_session_s: float = Field(4 * 3600.0, gt=0, description="Longest session (audio seconds).")
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="A started session that sends nothing this long is ended (1008)."
+    )
     sample_rates: tuple[int, ...] = Field(
         (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
     )

@@ -16,7 +16,9 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -106,7 +108,9 @@ class Server:
 
         def load() -> Any:
             models = load_models(self.config)
-            models.transcriber = Transcriber(self.config.asr)
+            # one transcription per core at once: sessions' segments do not queue behind
+            # each other inside CTranslate2
+            models.transcriber = Transcriber(self.config.asr, workers=os.cpu_count() or 1)
             if self.config.speakers.enabled:
                 models.voice_encoder = load_voice_encoder()
             if models.engine is not None:
@@ -118,8 +122,17 @@ class Server:
                     return text.encode_batch([t for t, _ in items], [c for _, c in items])
 
                 models.text_batcher = MicroBatcher(encode, on_batch=self.metrics.text_batch)
+                text.encode("warm up")  # loads the encoder now, not in the first session
+            for head in (models.speech_head, models.scores_head):
+                if head is not None:
+                    _ = head.extractor  # its Whisper encoder, shared by the sessions' views
             return models
 
+        # Every session's blocking work (VAD, features, ASR, encoders) runs in the loop's
+        # default executor: size it for the sessions, not for one.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(min(64, 8 + 4 * self.options.max_sessions), "erc-work")
+        )
         self.models = await asyncio.to_thread(load)
         own_mqtt = self.config.with_values({"output.mqtt.enabled": False})
         for publisher in build_publishers(own_mqtt, session_id="server"):
@@ -295,7 +308,12 @@ class Server:
         """Media into the session until ``end`` (or the client goes: the same flush)."""
         try:
             while True:
-                message = await ws.receive()
+                try:
+                    message = await asyncio.wait_for(ws.receive(), self.options.idle_timeout_s)
+                except TimeoutError:
+                    raise ProtocolError(POLICY, "idle", "nothing received for "
+                                        f"{self.options.idle_timeout_s:g} s: send media, or "
+                                        '"end" the session') from None  # fmt: skip
                 if message["type"] == "websocket.disconnect":
                     source.end_now()
                     return None

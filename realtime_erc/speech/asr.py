@@ -97,10 +97,14 @@ class Transcriber:
         *,
         word_timestamps: bool = False,
         model_dir: Path | None = None,
+        workers: int = 1,
     ) -> None:
+        """``workers``: transcriptions that may run at once (CTranslate2 serialises calls
+        beyond them); a server sharing one model across sessions wants one per core."""
         from realtime_erc.features.assets import whisper_model_dir
 
         self.config = config or AsrConfig()
+        self.workers = workers
         self.word_timestamps = word_timestamps
         if model_dir is None:
             model_dir = (
@@ -128,6 +132,7 @@ class Transcriber:
                 device=self.device,
                 compute_type=self.compute_type,
                 cpu_threads=self.config.cpu_threads,
+                num_workers=self.workers,
             )
         except (RuntimeError, ValueError, OSError) as e:
             if self.device != "cuda":
@@ -139,6 +144,7 @@ class Transcriber:
             device="cpu",
             compute_type="int8",
             cpu_threads=self.config.cpu_threads,
+            num_workers=self.workers,
         )
 
     def transcribe(self, samples: np.ndarray, offset: float = 0.0) -> TranscriptResult:

@@ -52,7 +52,7 @@ def server(mosquitto):
     """A server publishing on mosquitto; yields (sessions URL, broker host and port)."""
     proc = popen_cli(
         "serve", "--port", "0", "--no-zmq", "--mqtt", mosquitto.url,
-        "--set", "serve.max_sessions=2",
+        "--set", "serve.max_sessions=2", "--set", "serve.idle_timeout_s=8",
     )  # fmt: skip
     lines: list[str] = []
     found = threading.Event()
@@ -140,3 +140,16 @@ def test_a_session_beyond_the_limit_is_told_to_try_later(server):
                 assert documents[-1]["state"] == "offline" and session.close_code == 1000
 
     asyncio.run(go())
+
+
+def test_a_started_session_that_sends_nothing_is_ended(server):
+    url, _, _ = server
+
+    async def go() -> tuple[list[dict], dict | None, int | None]:
+        session = await connect(url, session_id="quiet")
+        documents = [d async for d in session]  # nothing sent: the server ends it
+        return documents, session.error, session.close_code
+
+    documents, error, code = asyncio.run(asyncio.wait_for(go(), 60))
+    assert code == 1008 and error["code"] == "idle" and "8 s" in error["message"]
+    assert documents[-1]["state"] == "offline"
