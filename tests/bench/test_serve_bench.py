@@ -78,11 +78,9 @@ def test_summary_finds_the_largest_n_held_per_mode():
 def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
     recording = short_recording(demo_dir, tmp_path / "short")
     annotated = len(read_recording(recording).annotations)
-    options = ServeBenchOptions(sessions=[1, 2], recording=recording, timeout_s=240.0)
+    options = ServeBenchOptions(sessions=[2], recording=recording, timeout_s=240.0)
     report = run_serve_benchmark(options)
-    assert [(r["sessions"], r["mode"]) for r in report.rows] == [
-        (1, "server"), (1, "processes"), (2, "server"), (2, "processes"),
-    ]  # fmt: skip
+    assert [(r["sessions"], r["mode"]) for r in report.rows] == [(2, "server"), (2, "processes")]
     for row in report.rows:
         assert not row["errors"], row["errors"]
         assert len(row["per_session"]) == row["sessions"]
@@ -93,10 +91,10 @@ def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
         assert row["final_p50_ms"] <= row["final_p95_ms"]
         assert row["rss_peak_mb"] > 100  # models are resident
     server = {r["sessions"]: r for r in report.rows if r["mode"] == "server"}
-    assert server[1]["rss_idle_mb"] > 100 and server[1]["client_cpu_s"] >= 0
+    assert server[2]["rss_idle_mb"] > 100 and server[2]["client_cpu_s"] >= 0
     assert report.meta["cpus"] >= 1 and report.meta["utterances_per_session"] == annotated
     paths = report.write(tmp_path / "out")
     data = json.loads(paths[0].read_text())
-    assert data["benchmark"] == "serve" and len(data["rows"]) == 4
+    assert data["benchmark"] == "serve" and len(data["rows"]) == 2
     markdown = paths[1].read_text()
     assert "EoS→final p95" in markdown and "processes" in markdown and "server" in markdown

@@ -61,6 +61,10 @@ def test_metrics_parse_and_count_the_sessions_utterances_and_latencies(server, t
                                         "schema": "erc.ingest/1"}))  # fmt: skip
         await held.end()
         assert [d async for d in held][-1]["state"] == "offline"
+        for _ in range(100):  # the server lets the session go just after its close frame
+            if server.metrics()["erc_sessions_open"] == 0:
+                break
+            await asyncio.sleep(0.05)
         protocol = await refused_close_code(server.url, b"\x01\x00\x00")  # media before start
         assert (full, protocol) == (1013, 1008)
         return await stream_recording(server.url, recording, session_id="streamed")

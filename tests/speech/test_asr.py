@@ -83,7 +83,9 @@ def test_cuda_failure_falls_back_to_cpu_int8(
     calls: list[tuple[str, str]] = []
 
     class FakeWhisperModel:
-        def __init__(self, path: str, device: str, compute_type: str, cpu_threads: int) -> None:
+        def __init__(
+            self, path: str, device: str, compute_type: str, cpu_threads: int, num_workers: int
+        ) -> None:
             calls.append((device, compute_type))
             if device == "cuda":
                 raise RuntimeError("CUDA failed with error no CUDA-capable device is detected")
