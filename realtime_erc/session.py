@@ -347,7 +347,8 @@ async def run_with_services(
     """A session as the commands run it: first the services ``config`` asks for (the embedded
     broker and dashboard), then the plan, built by ``make_plan`` for the configuration that
     publishes to them and off the event loop (models load meanwhile without stalling the
-    broker), then the run. ``on_plan`` sees the plan before it runs; its source is closed after.
+    broker), then the run. ``on_plan`` sees the plan before it runs; a live source is the
+    caller's to close once the loop has ended (its devices stop off the loop).
     """
     from realtime_erc.dashboard.server import embedded_services
 
@@ -355,9 +356,4 @@ async def run_with_services(
         plan = await asyncio.to_thread(make_plan, services.config)
         if on_plan is not None:
             on_plan(plan)
-        try:
-            return await run_session(plan, services.config)
-        finally:
-            close = getattr(plan.source, "close", None)
-            if close is not None:
-                close()
+        return await run_session(plan, services.config)

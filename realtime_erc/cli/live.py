@@ -236,6 +236,7 @@ def run(
         asyncio.run(run_with_services(config, make_plan, console.print, started))
     finally:
         for plan in plans:
+            plan.source.close()
             capture_summary(plan.source)
     if plans and plans[0].source.lost:
         fail(plans[0].source.lost, code=1)
