@@ -22,7 +22,6 @@ from realtime_erc.events import (
     Inference,
     SegmentAnalysis,
     StatusEvent,
-    Utterance,
     now,
     utc_timestamp,
 )
@@ -31,19 +30,34 @@ from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
 
 
-def utterance_latency_ms(utterance: Utterance, emitted_at: float) -> dict[str, float]:
-    """Per-stage latency of one utterance, in milliseconds.
+def utterance_latency_ms(inference: Inference, emitted_at: float) -> dict[str, float]:
+    """Per-stage latency of one final event, in milliseconds.
 
     ``segment``: last speech sample in → segment closed (the end-of-speech hangover);
-    ``asr``: segment closed → transcript ready (the analysis ran meanwhile);
-    ``total``: last speech sample in → event emitted.
+    ``asr``: segment closed → transcript ready; ``analysis``: segment closed → speaker, audio,
+    visual and heads ready (beside the transcription; absent when nothing was analysed);
+    ``features``: transcript ready → features assembled (waiting for the analysis, encoding
+    the text); ``model``: features → the model's decision; ``total``: last speech sample in →
+    event emitted.
     """
-    seg = utterance.segment
-    return {
-        "segment": round((seg.closed_at - seg.last_audio_at) * 1000, 1),
-        "asr": round((utterance.transcribed_at - seg.closed_at) * 1000, 1),
-        "total": round((emitted_at - seg.last_audio_at) * 1000, 1),
+    features = inference.features
+    utt, analysis = features.utterance, features.analysis
+    assert utt is not None, "the assembler joins every final with its utterance"
+    seg = utt.segment
+
+    def ms(seconds: float) -> float:
+        return round(seconds * 1000, 1)
+
+    latency = {
+        "segment": ms(seg.closed_at - seg.last_audio_at),
+        "asr": ms(utt.transcribed_at - seg.closed_at),
     }
+    if analysis is not None:
+        latency["analysis"] = ms(analysis.analysed_at - seg.closed_at)
+    latency["features"] = ms(features.extracted_at - utt.transcribed_at)
+    latency["model"] = ms(inference.decided_at - features.extracted_at)
+    latency["total"] = ms(emitted_at - seg.last_audio_at)
+    return latency
 
 
 class EventStage(Stage):
@@ -150,7 +164,7 @@ class EventStage(Stage):
             modalities=inference.modalities,
             provisional=False,
             model=self.model,
-            latency_ms=utterance_latency_ms(utt, emitted_at),
+            latency_ms=utterance_latency_ms(inference, emitted_at),
             emitted_at=utc_timestamp(),
             faults=faults,
             heads=inference.heads,

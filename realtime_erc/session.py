@@ -115,6 +115,13 @@ class SessionModels:
     transcriber: Any = None  # Transcriber | None (None: each session's ASR loads its own)
     text_batcher: Any = None  # MicroBatcher over text.encode_batch, shared by sessions
     voice_encoder: Any = None  # resemblyzer VoiceEncoder shared by the speaker trackers
+    asr_batcher: Any = None  # MicroBatcher over transcriber.transcribe_batch
+    voice_batcher: Any = None  # MicroBatcher over speakers.embed_voices (voice_encoder)
+
+    def batchers(self) -> list[Any]:
+        """The batchers shared by sessions (to close with the server)."""
+        found = (self.batcher, self.text_batcher, self.asr_batcher, self.voice_batcher)
+        return [b for b in found if b is not None]
 
     @property
     def label_set(self) -> str | None:
@@ -215,8 +222,15 @@ def build_stages(
                 face_head=models.face_head,
                 scores_speech_head=own(models.scores_head),
                 load=load,
+                voices=models.voice_batcher,
             ),
-            AsrStage(config.asr, keep_empty=True, load=load, transcriber=models.transcriber),
+            AsrStage(
+                config.asr,
+                keep_empty=True,
+                load=load,
+                transcriber=models.transcriber,
+                batcher=models.asr_batcher,
+            ),  # fmt: skip
             queue_size=config.pipeline.queue_size,
         ),
         UtteranceAssembler(

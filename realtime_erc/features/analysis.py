@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from realtime_erc.batching import MicroBatcher
 from realtime_erc.events import (
     SAMPLE_RATE,
     Event,
@@ -41,6 +42,7 @@ from realtime_erc.features.head_scores import HEAD_CLASSES, with_scores
 from realtime_erc.features.visual import FaceFeatures, FrameFaces, VisualResult
 from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
+from realtime_erc.speech.speakers import Attribution
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class AnalysisStage(Stage):
     :func:`~realtime_erc.features.head_scores.scores_speech_head`; None = ``speech_head``'s).
     Both heads share one feature extraction when their feature options agree. Extractors
     may be injected (tests, benchmarks); by default they are built from ``config``.
+    ``voices``: a :class:`~realtime_erc.batching.MicroBatcher` over
+    :func:`~realtime_erc.speech.speakers.embed_voices` shared by a server's sessions (their
+    utterances embed as one batch; the speakers stay this session's).
     """
 
     name = "analysis"
@@ -83,6 +88,7 @@ class AnalysisStage(Stage):
         audio: AudioFeatures | None = None,
         visual: FaceFeatures | None = None,
         max_pending_frames: int = 8,
+        voices: MicroBatcher[np.ndarray, np.ndarray | None] | None = None,
     ) -> None:
         self.config = config
         self.audio = audio or AudioFeatures(config.audio)
@@ -97,6 +103,7 @@ class AnalysisStage(Stage):
         self.face_head = face_head
         self.scores_speech_head = scores_speech_head if speech_head is not None else None
         self.load = load
+        self.voices = voices
         self.faults = 0
 
     async def start(self) -> None:
@@ -188,7 +195,7 @@ class AnalysisStage(Stage):
                 return fallback
 
         speaker_job = (
-            guarded("speakers", asyncio.to_thread(self.speakers.assign, seg.samples), None)
+            guarded("speakers", self.attribute(seg.samples), None)
             if self.speakers is not None
             else _value(None)
         )
@@ -224,6 +231,16 @@ class AnalysisStage(Stage):
             faults=tuple(faults),
             shed=("features",) if shed else (),
         )
+
+    async def attribute(self, samples: np.ndarray) -> Attribution:
+        """The segment's speaker: its voice embedded (in a shared batch when ``voices`` is
+        given), then this session's clustering step."""
+        if self.voices is None:
+            return await asyncio.to_thread(self.speakers.assign, samples)
+        embedding = await self.voices.submit(samples)
+        if embedding is None:
+            return Attribution(None, None, False)
+        return await asyncio.to_thread(self.speakers.assign_embedding, embedding)
 
     def _with_head_scores(
         self, audio: ModalityFeatures, visual: ModalityFeatures, scores: dict[str, dict[str, float]]

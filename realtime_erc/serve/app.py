@@ -16,18 +16,19 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from realtime_erc.config import Config, ServeOptions
 from realtime_erc.errors import UserError
+from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.serve.metrics import Metrics
 from realtime_erc.serve.protocol import (
     AUDIO,
@@ -104,24 +105,36 @@ class Server:
         from realtime_erc.engine import AsyncEngine
         from realtime_erc.session import build_publishers, load_models
         from realtime_erc.speech.asr import Transcriber
-        from realtime_erc.speech.speakers import load_voice_encoder
+        from realtime_erc.speech.speakers import embed_voices, load_voice_encoder
 
         def load() -> Any:
             models = load_models(self.config)
-            # one transcription per core at once: sessions' segments do not queue behind
-            # each other inside CTranslate2
-            models.transcriber = Transcriber(self.config.asr, workers=os.cpu_count() or 1)
+            batch = self.metrics.batch
+            # Each shared model runs the sessions' requests that are ready together as one
+            # batch (see docs/benchmarks/serve.md for what that gains per model).
+            transcriber = models.transcriber = Transcriber(self.config.asr)
+            warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)
+            transcriber.transcribe(warm_up)  # first-call allocations now, not in a session
+            models.asr_batcher = MicroBatcher(
+                lambda items: transcriber.transcribe_batch(*zip(*items, strict=True)),
+                on_batch=batch("asr"),
+            )
             if self.config.speakers.enabled:
-                models.voice_encoder = load_voice_encoder()
+                encoder = models.voice_encoder = load_voice_encoder()
+                shortest = self.config.speakers.min_speech_s
+                embed_voices(encoder, [warm_up], 0.0)
+                models.voice_batcher = MicroBatcher(
+                    lambda clips: embed_voices(encoder, clips, shortest), on_batch=batch("voices")
+                )
             if models.engine is not None:
-                models.batcher = AsyncEngine(models.engine, on_batch=self.metrics.batch)
+                models.batcher = AsyncEngine(models.engine, on_batch=batch("engine"))
             if models.text is not None:
                 text = models.text
 
                 def encode(items: list[tuple[str, str]]) -> list[Any]:
                     return text.encode_batch([t for t, _ in items], [c for _, c in items])
 
-                models.text_batcher = MicroBatcher(encode, on_batch=self.metrics.text_batch)
+                models.text_batcher = MicroBatcher(encode, on_batch=batch("text"))
                 text.encode("warm up")  # loads the encoder now, not in the first session
             for head in (models.speech_head, models.scores_head):
                 if head is not None:
@@ -145,9 +158,8 @@ class Server:
         for publisher in self._shared:
             with contextlib.suppress(Exception):
                 await publisher.close()
-        for batcher in (self.models.batcher, self.models.text_batcher) if self.models else ():
-            if batcher is not None:
-                await batcher.close()
+        for batcher in self.models.batchers() if self.models else ():
+            await batcher.close()
 
     def _queue_depth(self) -> int:
         return sum(source.depth for source in self.sessions.values())

@@ -3,7 +3,7 @@
 Counted from what the sessions publish (every document passes :meth:`Metrics.observe`), so
 the figures are the stream's own: end-of-speech → final and segment → provisional latencies,
 utterances, the overload policy's shed work; plus sessions open and refused, queued media and
-the engine's batch sizes.
+the shared models' batch sizes.
 """
 
 from __future__ import annotations
@@ -64,13 +64,9 @@ class Metrics:
     def refused(self, why: str) -> None:
         self.sessions.labels(f"refused_{why}").inc()
 
-    def batch(self, size: int) -> None:
-        """A batch of the ERC engine's steps."""
-        self.batch_size.labels("engine").observe(size)
-
-    def text_batch(self, size: int) -> None:
-        """A batch of the sentence encoder's transcripts."""
-        self.batch_size.labels("text").observe(size)
+    def batch(self, model: str) -> Callable[[int], None]:
+        """What counts one batch of ``model`` (engine, text, asr, voices) by its size."""
+        return self.batch_size.labels(model).observe
 
     def observe(self, document: dict[str, Any]) -> None:
         """Count one published document."""

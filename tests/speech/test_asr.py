@@ -155,8 +155,18 @@ def test_fitted_window_falls_back_when_it_repeats(
     tiny: Transcriber, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for loop in ("the window " * 30, "Really, you never told me that... " * 3):
-        monkeypatch.setattr(tiny, "_transcribe_fitted", lambda audio, lang, t=loop: t)
+        monkeypatch.setattr(tiny, "_transcribe_fitted", lambda audios, lang, t=loop: [t])
         assert word_error_rate(SENTENCE, tiny.transcribe(speech).text) <= 0.15
+
+
+def test_a_batch_transcribes_as_one_by_one(tiny: Transcriber, speech: np.ndarray) -> None:
+    """Segments of several sessions, padded to the longest and decoded together, read the
+    same as each alone (silence stays silent; a segment too long to fit goes alone)."""
+    clips = [speech, np.zeros(SAMPLE_RATE, np.float32), speech[: len(speech) // 2], speech]
+    alone = [tiny.transcribe(c).text for c in clips]
+    together = [r.text for r in tiny.transcribe_batch(clips)]
+    assert together == alone
+    assert word_error_rate(SENTENCE, together[0]) <= 0.15 and together[1] == ""
 
 
 def test_long_audio_uses_the_full_window(tiny: Transcriber) -> None:

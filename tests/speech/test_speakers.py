@@ -13,6 +13,8 @@ from realtime_erc.speech.speakers import (
     SpeakerError,
     SpeakerOptions,
     SpeakerTracker,
+    embed_voices,
+    load_voice_encoder,
 )
 
 pytestmark = pytest.mark.slow
@@ -49,6 +51,18 @@ def test_embeddings_are_unit_vectors_and_silence_is_unattributed(voices) -> None
     assert t.assign(np.zeros(32000, np.float32)).speaker is None
     assert t.assign(voices["ana"][0][:1600]).speaker is None  # 0.1 s < min_speech_s
     assert t.speakers == []
+
+
+def test_a_batch_of_clips_embeds_as_each_alone(voices) -> None:
+    """A server's concurrent utterances go through the LSTM as one batch: same embeddings."""
+    t = tracker()
+    clips = [voices["ana"][0], np.zeros(16000, np.float32), voices["ben"][1], voices["ana"][2]]
+    together = embed_voices(load_voice_encoder(), clips, t.options.min_speech_s)
+    alone = [t.embed(c) for c in clips]
+    assert together[1] is None and alone[1] is None
+    for a, b in zip(alone, together, strict=True):
+        if a is not None:
+            np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_two_espeak_voices_are_separated_and_each_voice_merged(voices) -> None:
