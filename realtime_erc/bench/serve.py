@@ -33,7 +33,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ import numpy as np
 
 from realtime_erc.bench.report import BenchReport, percentile
 from realtime_erc.errors import UserError
-from realtime_erc.sources.recording import read_recording
+from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.sources.recording import Recording, RecordingWriter, read_recording
 
 MODES = ("server", "processes")
 P95_TARGET_MS = 1500.0
@@ -56,6 +57,8 @@ class ServeBenchOptions:
     """``sessions``: the Ns; ``modes``: ``server`` and/or ``processes``; ``overrides``:
     ``section.key=value`` settings passed to every server and replay (``--set``);
     ``config_file``: a TOML file passed likewise; ``stagger_s``: delay between client starts;
+    ``arrival``: ``aligned`` (every session streams the recording from its start, so their
+    utterances end together: the worst case) or ``spread`` (see :func:`session_recordings`);
     ``sample_every_s``: CPU/RSS sampling period; ``timeout_s``: longest a run may take beyond
     the recording's length (None = 4 × its length + 10 minutes)."""
 
@@ -65,8 +68,66 @@ class ServeBenchOptions:
     overrides: list[str] = field(default_factory=list)
     config_file: Path | None = None
     stagger_s: float = 0.25
+    arrival: str = "aligned"
     sample_every_s: float = 0.5
     timeout_s: float | None = None
+
+
+ARRIVALS = ("aligned", "spread")
+
+
+def rotate_recording(rec: Recording, first: int, out: Path) -> Path:
+    """``rec`` played from the pause before utterance ``first`` to its end, then from its start
+    up to that pause; the annotations and video frames move with their audio. Written to ``out``
+    (``rec``'s own path when ``first`` is 0)."""
+    if first == 0:
+        return rec.path
+    before, after = rec.annotations[first - 1], rec.annotations[first]
+    cut = (before.end + after.start) / 2
+    audio = rec.read_audio()
+    k = int(round(cut * SAMPLE_RATE))
+    tail_s = (len(audio) - k) / SAMPLE_RATE
+
+    def moved(t: float) -> float:
+        return t - cut if t >= cut else t + tail_s
+
+    with RecordingWriter(
+        out, f"{rec.session_id}-from-{first}", fps=rec.fps, speakers=rec.speakers,
+        label_set=rec.label_set, source=f"{rec.source} (rotated to start at utterance {first})",
+    ) as writer:  # fmt: skip
+        writer.write_audio(np.concatenate([audio[k:], audio[:k]]))
+        if rec.has_video:
+            frames = [(moved(t), image) for _, t, image in rec.iter_frames()]
+            for t, image in sorted(frames, key=lambda f: f[0]):
+                writer.write_frame(image, t)
+        order = sorted(rec.annotations, key=lambda a: moved(a.start))
+        for i, a in enumerate(order):
+            shift = moved(a.start) - a.start
+            writer.write_annotation(
+                replace(a, utterance_id=i, start=a.start + shift, end=a.end + shift)
+            )
+    return out
+
+
+def session_recordings(options: ServeBenchOptions, n: int, workdir: Path) -> list[Path]:
+    """The recording each of ``n`` sessions streams. ``spread``: session *i* starts at
+    utterance ⌊i·U/n⌋ of the U (the recording rotated), so the sessions talk at the same time
+    but finish their utterances at different moments, as independent conversations do."""
+    if options.arrival == "aligned":
+        return [options.recording] * n
+    rec = read_recording(options.recording)
+    firsts = [i * len(rec.annotations) // n for i in range(n)]
+    paths = []
+    for first in firsts:  # each rotation is written once per benchmark
+        out = workdir / f"recording-from-{first}"
+        paths.append(out if out.exists() else rotate_recording(rec, first, out))
+    return paths
+
+
+def parse_arrival(text: str) -> str:
+    if text not in ARRIVALS:
+        raise UserError(f"--arrival {text!r}: use one of {', '.join(ARRIVALS)}")
+    return text
 
 
 def parse_sessions(text: str) -> list[int]:
@@ -196,6 +257,7 @@ class RunFigures:
     client_cpu_s: float | None = None
     startup_s: float | None = None
     load_average: float | None = None
+    batch_means: dict[str, float] = field(default_factory=dict)  # server: per shared model
 
     def row(self) -> dict[str, Any]:
         finals = [x for o in self.outcomes for x in o.finals]
@@ -226,6 +288,9 @@ class RunFigures:
             "client_cpu_s": _round(self.client_cpu_s, 1),
             "startup_s": _round(self.startup_s, 1),
             "load_average_1m": _round(self.load_average, 2),
+            "batch_means": self.batch_means,
+            "mean_batch": ", ".join(f"{k} {v:.2f}" for k, v in sorted(self.batch_means.items()))
+            or "–",
             "errors": errors,
             "per_session": [
                 {
@@ -335,13 +400,32 @@ class ServerProcess:
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
         return found[0]
 
+    def batch_means(self) -> dict[str, float]:
+        """Mean batch size per shared model so far, from ``/metrics``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.http + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "erc_model_batch_size":
+                continue
+            for sample in family.samples:
+                model = sample.labels.get("model", "")
+                if sample.name.endswith("_sum"):
+                    sums[model] = sample.value
+                elif sample.name.endswith("_count"):
+                    counts[model] = sample.value
+        return {m: round(sums[m] / c, 2) for m, c in counts.items() if c and m in sums}
+
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc)
 
 
 async def _stream_clients(
-    url: str, recording: Path, sessions: int, stagger_s: float, annotated: int, timeout_s: float
+    url: str, recordings: list[Path], stagger_s: float, annotated: int, timeout_s: float
 ) -> list[SessionOutcome]:
     from realtime_erc.client import stream_recording
 
@@ -349,19 +433,20 @@ async def _stream_clients(
         await asyncio.sleep(i * stagger_s)
         try:
             documents = await asyncio.wait_for(
-                stream_recording(url, recording, pace="realtime", session_id=f"bench-{i}"),
+                stream_recording(url, recordings[i], pace="realtime", session_id=f"bench-{i}"),
                 timeout_s,
             )
         except Exception as e:  # noqa: BLE001 - one refused or failed session is a result
             return SessionOutcome(annotated, error=f"{type(e).__name__}: {e}")
         return SessionOutcome.from_documents(documents, annotated)
 
-    return list(await asyncio.gather(*(one(i) for i in range(sessions))))
+    return list(await asyncio.gather(*(one(i) for i in range(len(recordings)))))
 
 
 def run_server_mode(
     options: ServeBenchOptions, sessions: int, workdir: Path, annotated: int, timeout_s: float
 ) -> RunFigures:
+    recordings = session_recordings(options, sessions, workdir)
     server = ServerProcess(options, sessions, workdir)
     try:
         startup = server.start()
@@ -373,13 +458,11 @@ def run_server_mode(
             idle = sampler.sample()
             client0 = _self_cpu_s()
             outcomes = asyncio.run(
-                _stream_clients(
-                    server.url, options.recording, sessions, options.stagger_s, annotated,
-                    timeout_s,
-                )
+                _stream_clients(server.url, recordings, options.stagger_s, annotated, timeout_s)
             )  # fmt: skip
             client_cpu = _self_cpu_s() - client0
             end = sampler.sample()
+            batches = server.batch_means()
         running = sampler.between(idle[0], end[0])
         return RunFigures(
             mode="server",
@@ -392,6 +475,7 @@ def run_server_mode(
             client_cpu_s=client_cpu,
             startup_s=startup,
             load_average=load,
+            batch_means=batches,
         )
     finally:
         server.stop()
@@ -402,15 +486,16 @@ def run_processes_mode(
 ) -> RunFigures:
     """N ``replay`` processes at once; CPU counted from each one's first published document
     (its models loaded) to its exit, via the kernel's accounting of the waited-for child."""
+    recordings = session_recordings(options, sessions, workdir)
     load = os.getloadavg()[0]
     procs: list[subprocess.Popen] = []
     outs = [workdir / f"replay-{sessions}-{i}.jsonl" for i in range(sessions)]
     logs = [workdir / f"replay-{sessions}-{i}.log" for i in range(sessions)]
     began = time.perf_counter()
     try:
-        for out, log_path in zip(outs, logs, strict=True):
+        for out, log_path, recording in zip(outs, logs, recordings, strict=True):
             out.unlink(missing_ok=True)
-            args = _cli("replay", str(options.recording), "--speed", "realtime", "--no-zmq",
+            args = _cli("replay", str(recording), "--speed", "realtime", "--no-zmq",
                         "-q", "--jsonl", str(out), *_settings(options))  # fmt: skip
             with log_path.open("w") as err:
                 procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err))
@@ -507,6 +592,7 @@ COLUMNS = [
     ("rss_peak_mb", "peak RSS (MB)"),
     ("shed", "shed"),
     ("client_cpu_s", "client CPU s"),
+    ("mean_batch", "mean batch per model"),
     ("load_average_1m", "load avg at start"),
 ]
 
@@ -548,8 +634,9 @@ def run_serve_benchmark(options: ServeBenchOptions) -> BenchReport:
     annotated = len(rec.annotations)
     timeout_s = options.timeout_s or (4 * rec.duration + 600.0)
     report = BenchReport(
-        name="serve",
-        title=f"Concurrent real-time sessions: one server vs separate processes ({rec.session_id})",
+        name="serve" if options.arrival == "aligned" else f"serve-{options.arrival}",
+        title="Concurrent real-time sessions: one server vs separate processes "
+        f"({rec.session_id}, {options.arrival})",
         columns=COLUMNS,
         meta={
             "recording": str(options.recording),
@@ -563,6 +650,7 @@ def run_serve_benchmark(options: ServeBenchOptions) -> BenchReport:
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "client_stagger_s": options.stagger_s,
+            "arrival": options.arrival,
             "overrides": " ".join(options.overrides) or "none",
             "latency": "end-of-speech → publish (latency_ms.total), pooled over the sessions",
             "cpu": "process trees while the sessions stream (model loading excluded); client "

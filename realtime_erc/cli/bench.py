@@ -143,9 +143,17 @@ def bench_serve(
     stagger: Annotated[
         float, typer.Option(min=0.0, help="Seconds between the clients' starts.")
     ] = 0.25,
-    out: Annotated[Path, typer.Option(help="Directory for serve.json and serve.md.")] = Path(
-        "bench-results"
-    ),
+    arrival: Annotated[
+        str,
+        typer.Option(
+            help="aligned: every session streams the recording from its start (utterances end "
+            "together, the worst case); spread: session i starts at utterance i·U/N (the "
+            "recording rotated), as independent conversations."
+        ),
+    ] = "aligned",
+    out: Annotated[
+        Path, typer.Option(help="Directory for serve.json / serve-spread.json and .md.")
+    ] = Path("bench-results"),
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -154,6 +162,7 @@ def bench_serve(
     load(config_file, overrides)  # refuses a bad configuration before anything starts
     from realtime_erc.bench.serve import (
         ServeBenchOptions,
+        parse_arrival,
         parse_modes,
         parse_sessions,
         run_serve_benchmark,
@@ -162,6 +171,7 @@ def bench_serve(
     options = ServeBenchOptions(
         sessions=parse_sessions(sessions), recording=recording, modes=parse_modes(modes),
         overrides=list(overrides or []), config_file=config_file, stagger_s=stagger,
+        arrival=parse_arrival(arrival),
     )  # fmt: skip
     report = run_serve_benchmark(options)
     show_report(report, out)

@@ -6,13 +6,16 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from realtime_erc.bench.serve import (
     ServeBenchOptions,
     SessionOutcome,
+    parse_arrival,
     parse_modes,
     parse_sessions,
+    rotate_recording,
     run_serve_benchmark,
     summarize,
 )
@@ -33,6 +36,27 @@ def short_recording(source: Path, directory: Path, utterances: int = 3) -> Path:
         for a in kept:
             writer.write_annotation(a)
     return directory
+
+
+def test_a_rotated_recording_moves_utterances_frames_and_audio_together(demo_dir, tmp_path):
+    demo = read_recording(demo_dir)
+    rotated = read_recording(rotate_recording(demo, 5, tmp_path / "from-5"))
+    assert rotated.duration == pytest.approx(demo.duration, abs=1e-3)
+    assert [a.text for a in rotated.annotations] == [
+        a.text for a in demo.annotations[5:] + demo.annotations[:5]
+    ]
+    assert [a.utterance_id for a in rotated.annotations] == list(range(len(demo.annotations)))
+    original, moved = demo.read_audio(), rotated.read_audio()
+    for before, after in ((demo.annotations[5], rotated.annotations[0]),
+                          (demo.annotations[0], rotated.annotations[-5])):  # fmt: skip
+        assert after.end - after.start == pytest.approx(before.end - before.start, abs=1e-6)
+        a = original[int(before.start * 16_000) :][:16_000]
+        b = moved[int(round(after.start * 16_000)) :][:16_000]
+        assert np.corrcoef(a, b)[0, 1] > 0.99  # the same speech (to a sample of rounding)
+    assert rotated.has_video and len(rotated.frame_times) == len(demo.frame_times)
+    assert np.all(np.diff(rotated.frame_times) > 0)
+    with pytest.raises(UserError):
+        parse_arrival("random")
 
 
 def test_sessions_and_modes_are_parsed():
@@ -78,7 +102,9 @@ def test_summary_finds_the_largest_n_held_per_mode():
 def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
     recording = short_recording(demo_dir, tmp_path / "short")
     annotated = len(read_recording(recording).annotations)
-    options = ServeBenchOptions(sessions=[2], recording=recording, timeout_s=240.0)
+    options = ServeBenchOptions(
+        sessions=[2], recording=recording, timeout_s=240.0, arrival="spread"
+    )
     report = run_serve_benchmark(options)
     assert [(r["sessions"], r["mode"]) for r in report.rows] == [(2, "server"), (2, "processes")]
     for row in report.rows:
@@ -92,9 +118,12 @@ def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
         assert row["rss_peak_mb"] > 100  # models are resident
     server = {r["sessions"]: r for r in report.rows if r["mode"] == "server"}
     assert server[2]["rss_idle_mb"] > 100 and server[2]["client_cpu_s"] >= 0
+    # every shared model ran the sessions' requests through its batcher
+    assert set(server[2]["batch_means"]) == {"asr", "voices", "text", "engine"}
+    assert all(1.0 <= m <= 2.0 for m in server[2]["batch_means"].values())
     assert report.meta["cpus"] >= 1 and report.meta["utterances_per_session"] == annotated
     paths = report.write(tmp_path / "out")
     data = json.loads(paths[0].read_text())
-    assert data["benchmark"] == "serve" and len(data["rows"]) == 2
+    assert data["benchmark"] == "serve-spread" and len(data["rows"]) == 2
     markdown = paths[1].read_text()
     assert "EoS→final p95" in markdown and "processes" in markdown and "server" in markdown
