@@ -108,7 +108,10 @@ async def connect(
     """Open a session: connect, send ``start``, wait for ``ready`` (models warm up first)."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        ws = await ws_connect(url, additional_headers=headers, max_size=None, open_timeout=10)
+        ws = await ws_connect(
+            url, additional_headers=headers, max_size=None, open_timeout=10,
+            compression=None,  # PCM and JPEG hardly deflate; the server declines it anyway
+        )  # fmt: skip
     except (OSError, TimeoutError) as e:
         raise ClientError(f"cannot reach {url}: {e}: is `realtime-erc serve` running?") from None
     except Exception as e:  # a refused handshake (wrong token, origin)

@@ -130,14 +130,14 @@ def parse_arrival(text: str) -> str:
     return text
 
 
-def parse_sessions(text: str) -> list[int]:
+def parse_sessions(text: str, option: str = "--sessions") -> list[int]:
     """``"1,2,4,8"`` → ``[1, 2, 4, 8]`` (positive, in the given order, no repeats)."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--sessions {text!r}: expected integers such as 1,2,4,8") from None
+        raise UserError(f"{option} {text!r}: expected integers such as 1,2,4,8") from None
     if not values or min(values) < 1:
-        raise UserError(f"--sessions {text!r}: expected positive integers such as 1,2,4,8")
+        raise UserError(f"{option} {text!r}: expected positive integers such as 1,2,4,8")
     return list(dict.fromkeys(values))
 
 

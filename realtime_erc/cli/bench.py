@@ -183,6 +183,32 @@ DataOpt = Annotated[
 ]
 
 
+@app.command("batching")
+def bench_batching(
+    recording: Annotated[Path, typer.Option(help="Recording whose utterances are used.")] = Path(
+        "recordings/demo"
+    ),
+    sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,2,4,8",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed passes per batch size.")] = 3,
+    out: Annotated[Path, typer.Option(help="Directory for batching.json and batching.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """What batching concurrent sessions' requests gains per shared model (CPU per utterance
+    at each batch size)."""
+    load(config_file, overrides)
+    from realtime_erc.bench.batching import BatchingOptions, run_batching_benchmark
+    from realtime_erc.bench.serve import parse_sessions
+
+    options = BatchingOptions(
+        recording=recording, sizes=tuple(parse_sessions(sizes, "--sizes")), repeats=repeats,
+        overrides=tuple(overrides or ()), config_file=config_file,
+    )  # fmt: skip
+    show_report(run_batching_benchmark(options), out)
+
+
 @app.command("features")
 def bench_features(
     runs: Annotated[int, typer.Option(min=3, help="Timed repetitions per part.")] = 20,

@@ -23,6 +23,8 @@ async def run_server(config: Config, announce: Callable[[str], None] | None = No
             uvicorn.Config(
                 app, host=options.host, port=options.port, log_level="warning",
                 ws_max_size=2 * options.max_message_bytes + 1024, lifespan="on",
+                # PCM and JPEG hardly deflate: compressing them costs both ends CPU for nothing
+                ws_per_message_deflate=False,
             )
         )  # fmt: skip
         task = asyncio.create_task(server.serve())
