@@ -63,6 +63,29 @@ class Session:
         """One JPEG image captured at ``at`` seconds on the session clock."""
         await self.ws.send(VIDEO + struct.pack("<d", at) + jpeg)
 
+    async def send_image(self, image: np.ndarray, at: float, quality: int = 85) -> None:
+        """One ``[H, W, 3]`` uint8 BGR image captured at ``at`` s, sent as JPEG."""
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            await self.send_frame(jpeg.tobytes(), at)
+
+    def collect(
+        self, on_document: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[list[dict[str, Any]], asyncio.Task]:
+        """Start receiving in the background: the list the documents are appended to as they
+        arrive (``on_document`` sees each too) and the task, done when the server closes."""
+        documents: list[dict[str, Any]] = []
+
+        async def receive() -> None:
+            async for document in self:
+                documents.append(document)
+                if on_document is not None:
+                    on_document(document)
+
+        return documents, asyncio.create_task(receive())
+
     async def end(self) -> None:
         """No more media: the server sends the last events and ``offline``, then closes."""
         await self.ws.send(json.dumps({"type": "end"}))
@@ -149,8 +172,6 @@ async def stream_recording(
 ) -> list[dict[str, Any]]:
     """Stream ``recording`` (audio, and its video as JPEG frames) and return every document that
     came back; ``on_document`` sees each as it arrives."""
-    import cv2
-
     from realtime_erc.events import SAMPLE_RATE
     from realtime_erc.sources.recording import read_recording
 
@@ -162,24 +183,14 @@ async def stream_recording(
         url, session_id=session_id, video=frame is not None, pace=pace, token=token,
         sample_rate=SAMPLE_RATE,
     )  # fmt: skip
-    documents: list[dict[str, Any]] = []
-
-    async def receive() -> None:
-        async for document in session:
-            documents.append(document)
-            if on_document is not None:
-                on_document(document)
-
-    receiver = asyncio.create_task(receive())
+    documents, receiver = session.collect(on_document)
     step = SAMPLE_RATE * chunk_ms // 1000
     began = time.perf_counter()
     try:
         for i in range(0, len(audio), step):
             at = i / SAMPLE_RATE
             while frame is not None and frame[0] <= at:
-                ok, jpeg = cv2.imencode(".jpg", frame[1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-                if ok:
-                    await session.send_frame(jpeg.tobytes(), frame[0])
+                await session.send_image(frame[1], frame[0])
                 frame = next(frames, None)
             await session.send_audio(audio[i : i + step])
             if pace == "realtime":
@@ -205,29 +216,17 @@ async def stream_live(
 ) -> list[dict[str, Any]]:
     """Stream live capture (:func:`~realtime_erc.sources.live.open_live`) until it ends or is
     stopped (Ctrl-C stops the capture; the server then finishes the session)."""
-    import cv2
-
     from realtime_erc.events import SAMPLE_RATE, AudioChunk
 
     session = await connect(url, video=source.camera is not None, token=token,
                             sample_rate=SAMPLE_RATE)  # fmt: skip
-    documents: list[dict[str, Any]] = []
-
-    async def receive() -> None:
-        async for document in session:
-            documents.append(document)
-            if on_document is not None:
-                on_document(document)
-
-    receiver = asyncio.create_task(receive())
+    documents, receiver = session.collect(on_document)
     try:
         async for event in source:
             if isinstance(event, AudioChunk):
                 await session.send_audio(event.samples)
             else:
-                ok, jpeg = cv2.imencode(".jpg", event.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-                if ok:
-                    await session.send_frame(jpeg.tobytes(), event.time)
+                await session.send_image(event.image, event.time, quality=80)
         await session.end()
         await receiver
     finally:

@@ -5,14 +5,12 @@ sessions at once stay separate."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 
-import paho.mqtt.client as paho
 import pytest
 from cli_support import DEMO, popen_cli
-from mqtt_fixtures import mosquitto_fixture  # noqa: F401 - the "mosquitto" fixture
+from mqtt_fixtures import Subscriber, mosquitto_fixture  # noqa: F401 - the "mosquitto" fixture
 
 from realtime_erc.client import ClientError, connect, stream_recording
 from realtime_erc.outputs.schema import validate_document
@@ -23,28 +21,6 @@ pytestmark = pytest.mark.slow
 
 def overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
     return max(0.0, min(a_end, b_end) - max(a_start, b_start))
-
-
-class Subscriber:
-    """paho on ``erc/#``: the documents the broker hands on."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.documents: list[dict] = []
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
-        # an empty payload clears a retained topic
-        self.client.on_message = lambda c, u, m: (
-            m.payload and self.documents.append(json.loads(m.payload))
-        )
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe("erc/#", qos=1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
@@ -80,7 +56,7 @@ def finals(documents: list[dict]) -> list[dict]:
 
 def test_two_clients_stream_the_demo_at_once_and_every_utterance_comes_back(server):
     url, host, port = server
-    subscriber = Subscriber(host, port)
+    subscriber = Subscriber(f"mqtt://{host}:{port}")
     annotations = read_recording(DEMO).annotations
 
     async def both() -> list[list[dict]]:

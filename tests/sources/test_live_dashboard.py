@@ -11,9 +11,9 @@ import subprocess
 import threading
 import time
 
-import paho.mqtt.client as paho
 import pytest
 import soundfile as sf
+from mqtt_fixtures import Subscriber
 from pulse_server import PulseServer, pulse_fixture, write_wav  # noqa: F401
 from test_live_run import CAPTURING, StderrWatch
 
@@ -46,29 +46,6 @@ class StdoutLines:
         with self._seen:
             assert self._seen.wait_for(seen, timeout=timeout), "".join(self.lines)
         return found[0]
-
-
-class Subscriber:
-    """A paho MQTT client subscribed to ``erc/#``, collecting the documents it receives."""
-
-    def __init__(self, url: str) -> None:
-        host, port = re.match(r"mqtt://([^:]+):(\d+)", url).groups()
-        self.documents: list[dict] = []
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
-        # an empty payload clears a retained topic
-        self.client.on_message = lambda c, u, m: (
-            m.payload and self.documents.append(json.loads(m.payload))
-        )
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe("erc/#", qos=1)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK from the embedded broker"
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.mark.parametrize("camera", ["none", "demo video"])
