@@ -30,6 +30,11 @@ from realtime_erc.load import LoadMonitor
 from realtime_erc.pipeline import Stage
 
 
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds, to 0.1 ms (the events' latencies)."""
+    return round(seconds * 1000, 1)
+
+
 def utterance_latency_ms(inference: Inference, emitted_at: float) -> dict[str, float]:
     """Per-stage latency of one final event, in milliseconds.
 
@@ -44,10 +49,6 @@ def utterance_latency_ms(inference: Inference, emitted_at: float) -> dict[str, f
     utt, analysis = features.utterance, features.analysis
     assert utt is not None, "the assembler joins every final with its utterance"
     seg = utt.segment
-
-    def ms(seconds: float) -> float:
-        return round(seconds * 1000, 1)
-
     latency = {
         "segment": ms(seg.closed_at - seg.last_audio_at),
         "asr": ms(utt.transcribed_at - seg.closed_at),
@@ -129,9 +130,9 @@ class EventStage(Stage):
             provisional=True,
             model=f"emotion-heads/{'+'.join(sorted(analysis.head_scores))}",  # not the ERC model
             latency_ms={
-                "segment": round((seg.closed_at - seg.last_audio_at) * 1000, 1),
-                "analysis": round((analysis.analysed_at - seg.closed_at) * 1000, 1),
-                "total": round((emitted_at - seg.last_audio_at) * 1000, 1),
+                "segment": ms(seg.closed_at - seg.last_audio_at),
+                "analysis": ms(analysis.analysed_at - seg.closed_at),
+                "total": ms(emitted_at - seg.last_audio_at),
             },
             emitted_at=utc_timestamp(),
             faults=analysis.faults,

@@ -230,7 +230,7 @@ def build_stages(
                 load=load,
                 transcriber=models.transcriber,
                 batcher=models.asr_batcher,
-            ),  # fmt: skip
+            ),
             queue_size=config.pipeline.queue_size,
         ),
         UtteranceAssembler(
