@@ -221,6 +221,7 @@ class SessionOutcome:
 
     annotated: int
     finals: list[float] = field(default_factory=list)  # latency_ms.total of final events
+    stages: dict[str, list[float]] = field(default_factory=dict)  # the finals' other latencies
     provisionals: list[float] = field(default_factory=list)
     shed: dict[str, int] = field(default_factory=dict)
     error: str | None = None
@@ -233,7 +234,13 @@ class SessionOutcome:
                 total = (d.get("latency_ms") or {}).get("total")
                 if total is None:
                     continue
-                (out.provisionals if d.get("provisional") else out.finals).append(float(total))
+                if d.get("provisional"):
+                    out.provisionals.append(float(total))
+                    continue
+                out.finals.append(float(total))
+                for stage, value in d["latency_ms"].items():
+                    if stage != "total":
+                        out.stages.setdefault(stage, []).append(float(value))
             elif d.get("schema") == "erc.status/1" and "load" in d:
                 out.shed = dict(d["load"].get("shed_counts") or {})  # the last one wins
         return out
@@ -268,6 +275,11 @@ class RunFigures:
         received = sum(o.received for o in self.outcomes)
         annotated = sum(o.annotated for o in self.outcomes)
         errors = [o.error for o in self.outcomes if o.error]
+        stages: dict[str, list[float]] = {}
+        for o in self.outcomes:
+            for stage, values in o.stages.items():
+                stages.setdefault(stage, []).extend(values)
+        stage_p95 = {k: _round(percentile(v, 95)) for k, v in stages.items()}
         return {
             "sessions": self.sessions,
             "mode": self.mode,
@@ -278,6 +290,9 @@ class RunFigures:
             "final_p95_ms": _round(percentile(finals, 95)),
             "final_max_ms": _round(max(finals) if finals else None),
             "provisional_p50_ms": _round(percentile(early, 50)),
+            "stage_p95_ms": stage_p95,
+            "stages_p95": ", ".join(f"{k} {v:.0f}" for k, v in stage_p95.items() if v is not None)
+            or "–",
             "cpu_s": round(self.cpu_s, 1),
             "cpu_pct": round(100.0 * self.cpu_s / self.wall_s, 0) if self.wall_s > 0 else None,
             "wall_s": round(self.wall_s, 1),
@@ -587,6 +602,7 @@ COLUMNS = [
     ("final_p50_ms", "EoS→final p50 (ms)"),
     ("final_p95_ms", "EoS→final p95 (ms)"),
     ("provisional_p50_ms", "EoS→provisional p50 (ms)"),
+    ("stages_p95", "p95 per stage (ms)"),
     ("cpu_s", "CPU s"),
     ("cpu_pct", "CPU %"),
     ("rss_peak_mb", "peak RSS (MB)"),

@@ -4,7 +4,8 @@ Two backends, chosen by ``features.audio.backend``:
 
 - ``egemaps``: openSMILE eGeMAPSv02 — the 88 functionals as the pooled vector and the 25
   low-level descriptors per 10 ms frame as the sequence ``[T, 25]``. Both come from ONE openSMILE
-  run (its multi-sink output), not two. openSMILE's licence is research/non-commercial.
+  run (``assets/opensmile_sinks.conf.inc``: the descriptors through an HTK file in memory, the
+  functionals through one callback), not two. openSMILE's licence is research/non-commercial.
 - ``librosa``: a permissive path — per 10 ms frame (25 ms window) 20 MFCCs, log-RMS energy (dB),
   spectral centroid and 85 % roll-off (kHz), spectral flatness and zero-crossing rate: the
   sequence ``[T, 25]``; pooled ``[75]`` = per-feature mean, standard deviation and the standard
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +41,10 @@ MIN_SAMPLES = SAMPLE_RATE // 10
 
 LIBROSA_N_MFCC = 20
 
-_MULTI_SINK = "standard_external_data_output_multi.conf.inc"  # LLDs and functionals, one run
+SINKS = Path(__file__).resolve().parent.parent / "assets" / "opensmile_sinks.conf.inc"
+"""openSMILE output config: descriptors to an HTK file, functionals to a callback."""
+
+_SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None  # the HTK file never touches disk
 
 
 class AudioFeatures:
@@ -66,7 +72,7 @@ class AudioFeatures:
             root = smile.default_config_root
             options = {
                 "source": os.path.join(root, smile_config.EXTERNAL_INPUT_CONFIG),
-                "sink": os.path.join(root, "shared", _MULTI_SINK),
+                "sink": str(SINKS),
                 "sampleRate": SAMPLE_RATE,
                 "nBits": 16,
             }
@@ -95,24 +101,40 @@ class AudioFeatures:
 
         assert self._smile_paths is not None
         config_path, options = self._smile_paths
-        lld: list[np.ndarray] = []
         func: list[np.ndarray] = []
-        smile = OpenSMILE()
-        smile.initialize(config_file=config_path, options=options, loglevel=0, debug=False)
-        try:
-            smile.external_sink_set_callback("extsinklld", lambda d: lld.append(d.copy()))
-            smile.external_sink_set_callback("extsinkfunc", lambda d: func.append(d.copy()))
-            # int16 as opensmile.Smile converts it (scale by 32768, truncate), clipped
-            pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-            smile.external_audio_source_write_data("extsource", pcm.tobytes())
-            smile.external_audio_source_set_eoi("extsource")
-            smile.run()
-        finally:
-            smile.free()
+        with tempfile.NamedTemporaryFile(suffix=".htk", dir=_SCRATCH) as lld_file:
+            smile = OpenSMILE()
+            smile.initialize(
+                config_file=config_path,
+                options={**options, "lldHtkOutput": lld_file.name},
+                loglevel=0,
+                debug=False,
+            )
+            try:
+                smile.external_sink_set_callback("extsinkfunc", lambda d: func.append(d.copy()))
+                # int16 as opensmile.Smile converts it (scale by 32768, truncate), clipped
+                pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+                smile.external_audio_source_write_data("extsource", pcm.tobytes())
+                smile.external_audio_source_set_eoi("extsource")
+                smile.run()
+            finally:
+                smile.free()
+            seq = read_htk(Path(lld_file.name).read_bytes())
         if not func:
             return np.zeros(88, np.float32), np.zeros((1, 25), np.float32)
-        seq = np.stack(lld).reshape(-1, 25) if lld else np.zeros((1, 25), np.float32)
+        if len(seq) == 0:
+            seq = np.zeros((1, 25), np.float32)
         return np.asarray(func[-1], np.float32).reshape(-1), seq
+
+
+def read_htk(data: bytes) -> np.ndarray:
+    """Frames ``[T, D]`` float32 of an HTK feature file (big-endian: a 12-byte header — frames,
+    period, bytes per frame, kind — then the frames)."""
+    if len(data) < 12:
+        return np.zeros((0, 0), np.float32)
+    frames, _, frame_bytes, _ = np.frombuffer(data[:12], ">i4,>i4,>i2,>i2")[0]
+    values = np.frombuffer(data, ">f4", count=frames * (frame_bytes // 4), offset=12)
+    return values.reshape(frames, frame_bytes // 4).astype(np.float32)
 
 
 def rms_dbfs(x: np.ndarray) -> float:

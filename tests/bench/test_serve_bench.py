@@ -73,12 +73,14 @@ def test_outcome_reads_finals_provisionals_and_the_last_shed_counts():
     docs = [
         {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 1}}},
         {"schema": "erc.emotion/1", "provisional": True, "latency_ms": {"total": 300.0}},
-        {"schema": "erc.emotion/1", "provisional": False, "latency_ms": {"total": 900.0}},
+        {"schema": "erc.emotion/1", "provisional": False,
+         "latency_ms": {"segment": 400.0, "asr": 300.0, "total": 900.0}},  # fmt: skip
         {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 3}}},
         {"schema": "erc.status/1", "state": "offline"},
     ]
     o = SessionOutcome.from_documents(docs, annotated=2)
     assert o.finals == [900.0] and o.provisionals == [300.0] and o.shed == {"video": 3}
+    assert o.stages == {"segment": [400.0], "asr": [300.0]}
     assert o.received == 1
 
 

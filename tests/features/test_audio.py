@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from feature_media import espeak, ravdess_clips
 
-from realtime_erc.features.audio import AUDIO_DIMS, AudioFeatures, AudioOptions
+from realtime_erc.features.audio import AUDIO_DIMS, AudioFeatures, AudioOptions, read_htk
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,27 @@ def test_egemaps_matches_opensmiles_own_functionals(speech) -> None:
     ours = AudioFeatures(AudioOptions(backend="egemaps")).extract(speech).pooled
     reference = smile.process_signal(speech, 16000).to_numpy()[0]
     np.testing.assert_allclose(ours, np.nan_to_num(reference), rtol=1e-4, atol=1e-4)
+
+
+def test_egemaps_descriptors_match_opensmiles_own_low_level_descriptors(speech) -> None:
+    """The descriptors read back from the HTK sink are openSMILE's LLDs, frame for frame."""
+    import opensmile
+
+    smile = opensmile.Smile(
+        feature_set=opensmile.FeatureSet.eGeMAPSv02,
+        feature_level=opensmile.FeatureLevel.LowLevelDescriptors,
+    )
+    ours = AudioFeatures(AudioOptions(backend="egemaps")).extract(speech).sequence
+    reference = smile.process_signal(speech, 16000).to_numpy()
+    assert ours is not None and ours.shape == reference.shape
+    np.testing.assert_allclose(ours, np.nan_to_num(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_read_htk_reads_frames_back() -> None:
+    frames = np.arange(12, dtype=np.float32).reshape(3, 4)
+    header = np.array([(3, 100000, 16, 9)], ">i4,>i4,>i2,>i2").tobytes()
+    np.testing.assert_array_equal(read_htk(header + frames.astype(">f4").tobytes()), frames)
+    assert read_htk(b"").shape[0] == 0
 
 
 @pytest.mark.parametrize("backend", ["egemaps", "librosa"])
