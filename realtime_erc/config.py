@@ -419,6 +419,13 @@ class ServeOptions(Section):
         (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
     )
     max_channels: int = Field(2, ge=1, le=8, description="Most audio channels accepted.")
+    model_threads: int = Field(
+        1,
+        ge=0,
+        description="CPU threads of one model call (torch, and Whisper unless asr.cpu_threads "
+        "is set): the sessions' concurrent calls fill the cores; every call with a team of "
+        "its own oversubscribes them. 0 = the libraries' defaults.",
+    )
 
 
 class Config(Section):

@@ -73,8 +73,11 @@ def test_outcome_reads_finals_provisionals_and_the_last_shed_counts():
     docs = [
         {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 1}}},
         {"schema": "erc.emotion/1", "provisional": True, "latency_ms": {"total": 300.0}},
-        {"schema": "erc.emotion/1", "provisional": False,
-         "latency_ms": {"segment": 400.0, "asr": 300.0, "total": 900.0}},  # fmt: skip
+        {
+            "schema": "erc.emotion/1",
+            "provisional": False,
+            "latency_ms": {"segment": 400.0, "asr": 300.0, "total": 900.0},
+        },  # fmt: skip
         {"schema": "erc.status/1", "state": "online", "load": {"shed_counts": {"video": 3}}},
         {"schema": "erc.status/1", "state": "offline"},
     ]
