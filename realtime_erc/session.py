@@ -260,14 +260,21 @@ def build_stages(
 
 
 def plan_replay(
-    recording_dir: Path, config: Config, extra_publishers: list[Publisher] | None = None
+    recording_dir: Path,
+    config: Config,
+    extra_publishers: list[Publisher] | None = None,
+    *,
+    models: SessionModels | None = None,
 ) -> SessionPlan:
-    """Validate a recording and build the pipeline that replays it."""
+    """Validate a recording and build the pipeline that replays it (over ``models`` when
+    given, else over models loaded for it)."""
     recording = read_recording(recording_dir)
     session_id = config.session.id or recording.session_id
     speed = parse_speed(config.replay.speed)
     source = ReplaySource(recording, speed=speed, chunk_ms=config.replay.chunk_ms)
-    stages = build_stages(config, session_id, extra_publishers, paced=speed is not None)
+    stages = build_stages(
+        config, session_id, extra_publishers, paced=speed is not None, models=models
+    )
     return SessionPlan(session_id, source, "replay", stages)
 
 

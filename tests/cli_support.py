@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import soundfile as sf
+
+from realtime_erc.sources.recording import read_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recordings" / "demo"
@@ -40,3 +45,20 @@ def popen_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subpro
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         **kwargs,
     )
+
+
+def short_recording(directory: Path, utterances: int = 3) -> Path:
+    """The demo's first ``utterances`` utterances (and a second of what follows the last) as
+    an audio-only recording."""
+    demo = read_recording(DEMO)
+    end = demo.annotations[utterances - 1].end + 1.0
+    audio = demo.read_audio()[: int(end * 16_000)]
+    directory.mkdir(parents=True, exist_ok=True)
+    sf.write(directory / "audio.flac", audio, 16_000)
+    meta = {
+        "format": "realtime-erc.recording/1",
+        "session_id": "short",
+        "audio": {"file": "audio.flac"},
+    }
+    (directory / "session.json").write_text(json.dumps(meta))
+    return directory

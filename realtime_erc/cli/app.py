@@ -1,11 +1,12 @@
-"""The ``realtime-erc`` application: the commands of :mod:`.live`, :mod:`.train` and
-:mod:`.bench` under one Typer app, each wrapped so that a user error ends it in one line."""
+"""The ``realtime-erc`` application: the commands of :mod:`.live`, :mod:`.train`,
+:mod:`.serve`, :mod:`.batch` and :mod:`.bench` under one Typer app, each wrapped so that a user
+error ends it in one line."""
 
 from __future__ import annotations
 
 import typer
 
-from realtime_erc.cli import bench, live, serve, train
+from realtime_erc.cli import batch, bench, live, serve, train
 from realtime_erc.cli.options import handles_errors
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(live.app)
 app.add_typer(train.app)
 app.add_typer(serve.app)
+app.add_typer(batch.app)
 app.add_typer(live.config_app, name="config")
 app.add_typer(bench.app, name="bench")
 

@@ -13,11 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile as sf
-from cli_support import DEMO, cli, popen_cli
+from cli_support import DEMO, cli, popen_cli, short_recording
 from prometheus_client.parser import text_string_to_metric_families
-
-from realtime_erc.sources.recording import read_recording
 
 
 @dataclass
@@ -94,23 +91,6 @@ def parse_metrics(text: str) -> dict[str, float]:
 def metric_sum(samples: dict[str, float], name: str) -> float:
     """The sum of ``name``'s samples over all label values (0 when absent)."""
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
-
-
-def short_recording(directory: Path, utterances: int = 3) -> Path:
-    """The demo's first ``utterances`` utterances (and a second of what follows the last) as
-    an audio-only recording."""
-    demo = read_recording(DEMO)
-    end = demo.annotations[utterances - 1].end + 1.0
-    audio = demo.read_audio()[: int(end * 16_000)]
-    directory.mkdir(parents=True, exist_ok=True)
-    sf.write(directory / "audio.flac", audio, 16_000)
-    meta = {
-        "format": "realtime-erc.recording/1",
-        "session_id": "short",
-        "audio": {"file": "audio.flac"},
-    }
-    (directory / "session.json").write_text(json.dumps(meta))
-    return directory
 
 
 def finals(documents: list[dict]) -> list[dict]:

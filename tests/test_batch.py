@@ -1,0 +1,139 @@
+"""``realtime-erc batch``: many recordings through the pipeline, resumable, bad ones reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import cli, short_recording
+
+from realtime_erc.batch import (
+    BatchError,
+    BatchSummary,
+    RecordingReport,
+    find_recordings,
+    output_names,
+    stream_figures,
+)
+
+# Wall-clock fields: when a document was made and how long its stages took.
+VOLATILE = {"at", "emitted_at", "latency_ms", "load"}
+
+
+def stable(documents: list[dict]) -> list[str]:
+    """The status documents and final events without their wall-clock fields. (A provisional
+    event goes out only when an utterance's analysis is ready before its transcript: a race,
+    in replay as in batch.)"""
+    return [
+        json.dumps({k: v for k, v in d.items() if k not in VOLATILE}, sort_keys=True)
+        for d in documents
+        if not d.get("provisional")
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def corrupt_recording(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "session.json").write_text('{"format": "realtime-erc.recording/1", "sess')
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Logic
+
+
+def test_recordings_are_found_in_folders_and_globs(tmp_path: Path) -> None:
+    for name in ("b", "a"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        (tmp_path / "set" / name / "session.json").write_text("{}")
+    (tmp_path / "set" / "notes").mkdir()
+    a, b = tmp_path / "set" / "a", tmp_path / "set" / "b"
+    assert find_recordings([tmp_path / "set"]) == [a, b]
+    assert find_recordings([str(tmp_path / "set" / "*")]) == [a, b]  # "notes" is no recording
+    assert find_recordings([b, a, b]) == [b, a]
+    with pytest.raises(BatchError, match="no recordings in"):
+        find_recordings([tmp_path / "set" / "notes"])
+
+
+def test_output_names_tell_apart_recordings_of_the_same_name() -> None:
+    names = output_names([Path("/x/demo"), Path("/y/demo"), Path("/y/other")])
+    assert names[2] == "other" and names[0] != names[1] and all(n.startswith("demo-") for n in names[:2])
+
+
+def test_stream_figures_count_final_labels_per_speaker(tmp_path: Path) -> None:
+    docs = [
+        {"schema": "erc.status/1", "state": "online"},
+        {"schema": "erc.emotion/1", "provisional": True, "speaker": "S1", "label": "anger"},
+        {"schema": "erc.emotion/1", "provisional": False, "speaker": "S1", "label": "joy"},
+        {"schema": "erc.emotion/1", "provisional": False, "speaker": "S2", "label": "joy"},
+        {"schema": "erc.emotion/1", "provisional": False, "speaker": "S1", "label": "joy"},
+    ]
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert stream_figures(path) == {
+        "utterances": 3, "labels_per_speaker": {"S1": {"joy": 2}, "S2": {"joy": 1}}
+    }  # fmt: skip
+
+
+def test_summary_names_the_failed_recording_and_its_error() -> None:
+    ok = RecordingReport("/r/a", "a", 10.0, 2.0, 3, {"S1": {"joy": 3}})
+    bad = RecordingReport("/r/b", "b", error="recording b: audio.flac is not audio | fix it")
+    summary = BatchSummary([ok, bad], wall_s=2.5, workers=2, engine="processes")
+    s = summary.to_json()
+    assert (s["analysed"], s["failed"], s["x_realtime"]) == (1, 1, 4.0)
+    md = summary.markdown()
+    assert "| a | 3 | S1: joy 3 | 5.0 | ok |" in md
+    assert "| b | – | – | – | failed: recording b: audio.flac is not audio \\| fix it |" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The command, on real recordings
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("batch")
+    short_recording(root / "set" / "two", utterances=2)
+    short_recording(root / "set" / "three", utterances=3)
+    corrupt_recording(root / "set" / "broken")
+    for name in ("two", "three"):  # what replay --speed max gives, to compare with
+        out = root / f"replay-{name}.jsonl"
+        r = cli("replay", str(root / "set" / name), "--speed", "max", "--no-zmq", "--quiet",
+                "--jsonl", str(out))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_batch_equals_replay_reports_the_corrupt_one_and_resumes(recordings: Path) -> None:
+    out = recordings / "out"
+    r = cli("batch", str(recordings / "set"), "--out", str(out), "--workers", "2")
+    assert r.returncode == 1, r.stdout + r.stderr  # one recording failed
+    for name in ("two", "three"):
+        ours = read_jsonl(out / name / "events.jsonl")
+        assert stable(ours) == stable(read_jsonl(recordings / f"replay-{name}.jsonl"))
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["utterances"] == {"two": 2, "three": 3}[name] and report["error"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["analysed"], summary["failed"]) == (2, 1)
+    broken = next(x for x in summary["reports"] if x["name"] == "broken")
+    assert "session.json" in broken["error"]
+    assert "broken" in (out / "summary.md").read_text() and "broken" in r.stdout
+
+    # a rerun redoes only what is not finished: the broken one, now repaired
+    shutil.rmtree(recordings / "set" / "broken")
+    short_recording(recordings / "set" / "broken", utterances=2)
+    before = (out / "two" / "events.jsonl").stat().st_mtime_ns
+    r = cli("batch", str(recordings / "set"), "--out", str(out), "--workers", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["analysed"], summary["skipped"], summary["failed"]) == (1, 2, 0)
+    assert (out / "two" / "events.jsonl").stat().st_mtime_ns == before
+    assert stable(read_jsonl(out / "broken" / "events.jsonl")) == stable(
+        read_jsonl(out / "two" / "events.jsonl")
+    )
