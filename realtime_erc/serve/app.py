@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from realtime_erc.config import Config, ServeOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.serve.memory import limit_arenas, trimmed_heap
 from realtime_erc.serve.metrics import Metrics
 from realtime_erc.serve.protocol import (
     AUDIO,
@@ -373,6 +374,13 @@ async def _close(ws: WebSocket, error: ProtocolError) -> None:
         await ws.close(code=error.code, reason=str(error)[:120])
 
 
+MALLOC_ARENAS = 4
+"""malloc arenas the server's threads share (glibc's default: 8 per core)."""
+
+TRIM_EVERY_S = 30.0
+"""How often freed heap pages go back to the OS."""
+
+
 def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
     """The application; ``dashboard_broker``: the MQTT-over-WebSockets address the dashboard
     page subscribes to (the embedded broker's)."""
@@ -380,9 +388,11 @@ def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        limit_arenas(MALLOC_ARENAS)  # before the worker threads exist
         await server.start()
         try:
-            yield
+            async with trimmed_heap(TRIM_EVERY_S):
+                yield
         finally:
             await server.close()
 
