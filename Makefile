@@ -11,6 +11,8 @@ APT_PACKAGES += libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 APT_PACKAGES += mosquitto chromium
 # the security tests' self-signed CA and broker certificate
 APT_PACKAGES += openssl
+# the Ray tests' private network namespaces (ip; unshare is in util-linux)
+APT_PACKAGES += iproute2
 PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint bench clean
@@ -33,7 +35,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt requirements-nodeps.txt $(VENV)/.system
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,ray]'
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	@touch $@
 

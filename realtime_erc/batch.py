@@ -2,10 +2,11 @@
 
 Each recording is replayed as ``replay --speed max`` replays it, with the models loaded once
 per worker, not once per recording: the same final events and status documents (provisional
-events, as in a replay, only for utterances whose analysis beats their transcript). Per recording, ``OUT/<name>/events.jsonl`` is the stream
-(what ``replay --jsonl`` writes) and ``OUT/<name>/report.json`` what it held (utterances, the
-labels per speaker, processing × real time); ``OUT/summary.json`` and ``OUT/summary.md`` list
-every recording, the ones that failed with their error.
+events, as in a replay, only for utterances whose analysis beats their transcript). Per
+recording, ``OUT/<name>/events.jsonl`` is the stream (what ``replay --jsonl`` writes) and
+``OUT/<name>/report.json`` what it held (utterances, the labels per speaker, processing × real
+time); ``OUT/summary.json`` and ``OUT/summary.md`` list every recording, the ones that failed
+with their error.
 
 - Resumable: a recording whose ``report.json`` exists is not redone (the stream is written to
   ``events.jsonl.part`` and the report last, so an interrupted one is redone).

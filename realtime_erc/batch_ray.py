@@ -79,10 +79,15 @@ def run_on_ray(
     ray = import_ray()
     started = start_ray(address)
     try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = context.print_on_execution_start = False
         rows = [{"recording": str(r), "out": str(o)} for r, o in todo]
         data = ray.data.from_items(rows, override_num_blocks=len(rows))
         results = data.map(
-            _Analyser, fn_constructor_kwargs={"config": config}, concurrency=workers, num_cpus=1
+            _Analyser,
+            fn_constructor_kwargs={"config": config},
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
         )
         for row in results.iter_rows():
             on_done(RecordingReport.from_json(json.loads(row["report"])))

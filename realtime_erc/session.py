@@ -344,7 +344,8 @@ async def run_session(
 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # not on the main thread (a Ray actor's method): the caller owns the signals
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal, sig.name)
             installed.append(sig)
     try:

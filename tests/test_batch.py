@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
-from cli_support import cli, short_recording
+from cli_support import ROOT, cli, short_recording
 
 from realtime_erc.batch import (
     BatchError,
@@ -62,7 +66,8 @@ def test_recordings_are_found_in_folders_and_globs(tmp_path: Path) -> None:
 
 def test_output_names_tell_apart_recordings_of_the_same_name() -> None:
     names = output_names([Path("/x/demo"), Path("/y/demo"), Path("/y/other")])
-    assert names[2] == "other" and names[0] != names[1] and all(n.startswith("demo-") for n in names[:2])
+    assert names[2] == "other" and names[0] != names[1]
+    assert all(n.startswith("demo-") for n in names[:2])
 
 
 def test_stream_figures_count_final_labels_per_speaker(tmp_path: Path) -> None:
@@ -98,9 +103,10 @@ def test_summary_names_the_failed_recording_and_its_error() -> None:
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("batch")
-    short_recording(root / "set" / "two", utterances=2)
-    short_recording(root / "set" / "three", utterances=3)
-    corrupt_recording(root / "set" / "broken")
+    for folder in ("set", "ray-set"):
+        short_recording(root / folder / "two", utterances=2)
+        short_recording(root / folder / "three", utterances=3)
+        corrupt_recording(root / folder / "broken")
     for name in ("two", "three"):  # what replay --speed max gives, to compare with
         out = root / f"replay-{name}.jsonl"
         r = cli("replay", str(root / "set" / name), "--speed", "max", "--no-zmq", "--quiet",
@@ -137,3 +143,30 @@ def test_batch_equals_replay_reports_the_corrupt_one_and_resumes(recordings: Pat
     assert stable(read_jsonl(out / "broken" / "events.jsonl")) == stable(
         read_jsonl(out / "two" / "events.jsonl")
     )
+
+
+@pytest.mark.slow
+def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -> None:
+    """A local Ray, started by the command inside a network namespace of its own (loopback
+    only: nothing Ray opens is reachable from outside), stopped with the batch."""
+    out, ray_tmp = recordings / "ray-out", tmp_path_factory.mktemp("ray")
+    command = [sys.executable, "-m", "realtime_erc", "batch", str(recordings / "ray-set"),
+               "--out", str(out), "--ray", "--workers", "2"]  # fmt: skip
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr  # the broken one
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["engine"], summary["analysed"], summary["failed"]) == ("ray", 2, 1)
+    for name in ("two", "three"):
+        ours = stable(read_jsonl(out / name / "events.jsonl"))
+        assert ours == stable(read_jsonl(recordings / f"replay-{name}.jsonl"))
+    assert (ray_tmp / "ray").is_dir()  # Ray ran under the test's temp dir ...
+    leftovers = [
+        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+        if any(str(ray_tmp) in part for part in p.info["cmdline"] or ())
+    ]  # fmt: skip
+    assert not leftovers  # ... and is gone with the batch
