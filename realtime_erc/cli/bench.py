@@ -177,6 +177,41 @@ def bench_serve(
     show_report(report, out)
 
 
+@app.command("batch")
+def bench_batch(
+    recordings: Annotated[int, typer.Option(min=1, help="Recordings in the batch.")] = 20,
+    source: Annotated[Path, typer.Option(help="Recording the excerpts are cut from.")] = Path(
+        "recordings/demo"
+    ),
+    utterances: Annotated[int, typer.Option(min=1, help="Utterances per recording.")] = 5,
+    workers: Annotated[int, typer.Option(min=1, help="Workers of the pool and of Ray.")] = 2,
+    modes: Annotated[
+        str, typer.Option(help="one (one process), processes (a pool), ray (Ray Data).")
+    ] = "one,processes,ray",
+    repeats: Annotated[int, typer.Option(min=1, help="Runs per mode (medians).")] = 3,
+    private_network: Annotated[
+        bool,
+        typer.Option(help="Run the Ray mode in a network namespace of its own (loopback only)."),
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Directory for batch.json and batch.md.")] = Path(
+        "bench-results"
+    ),
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """`realtime-erc batch` throughput: one process vs a process pool vs Ray Data, with each
+    mode's CPU, memory, and whether its events equal one process's."""
+    load(config_file, overrides)
+    from realtime_erc.bench.batch import BatchBenchOptions, parse_batch_modes, run_batch_benchmark
+
+    options = BatchBenchOptions(
+        recordings=recordings, source=source, utterances=utterances, workers=workers,
+        modes=parse_batch_modes(modes), repeats=repeats, private_network=private_network,
+        overrides=tuple(overrides or ()), config_file=config_file,
+    )  # fmt: skip
+    show_report(run_batch_benchmark(options), out)
+
+
 DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="Dataset directory (default: $REALTIME_ERC_DATA, else data.dir)."),
