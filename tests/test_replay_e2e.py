@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 import zmq
-from cli_support import DEMO, popen_cli
+from cli_support import DEMO, popen_cli, short_recording
 
 from realtime_erc.outputs.schema import validate_document
 from realtime_erc.sources.recording import read_recording
@@ -193,21 +193,8 @@ def test_8khz_stereo_audio_only_session_replays(tmp_path: Path, run_cli, demo_di
     assert all(e["session_id"] == "narrow-band" and e["text"] for e in emotions)
 
 
-def short_recording(directory: Path, seconds: float = 8.0) -> Path:
-    """The first ``seconds`` of the demo as an audio-only recording (two utterances)."""
-    audio = read_recording(DEMO).read_audio()[: int(seconds * 16_000)]
-    sf.write(directory / "audio.flac", audio, 16_000)
-    meta = {
-        "format": "realtime-erc.recording/1",
-        "session_id": "short",
-        "audio": {"file": "audio.flac"},
-    }
-    (directory / "session.json").write_text(json.dumps(meta))
-    return directory
-
-
 def test_watch_shows_and_saves_what_replay_publishes(tmp_path: Path, start_cli, free_port: int):
-    recording = short_recording(tmp_path)
+    recording = short_recording(tmp_path, utterances=2)
     endpoint = f"tcp://127.0.0.1:{free_port}"
     watched, published = tmp_path / "watched.jsonl", tmp_path / "published.jsonl"
     watcher = start_cli("watch", "--zmq", endpoint, "--jsonl", str(watched), "--until-offline")
@@ -228,7 +215,7 @@ def test_watch_shows_and_saves_what_replay_publishes(tmp_path: Path, start_cli, 
 
 
 def test_sigterm_ends_the_session_cleanly(tmp_path: Path, start_cli):
-    recording = short_recording(tmp_path)
+    recording = short_recording(tmp_path, utterances=2)
     out = tmp_path / "stream.jsonl"
     proc = start_cli("replay", str(recording), "--speed", "realtime", "--no-zmq", "--quiet",
                      "--jsonl", str(out))  # fmt: skip
