@@ -21,24 +21,7 @@ from realtime_erc.batch import (
     output_names,
     stream_figures,
 )
-
-# Wall-clock fields: when a document was made and how long its stages took.
-VOLATILE = {"at", "emitted_at", "latency_ms", "load"}
-
-
-def stable(documents: list[dict]) -> list[str]:
-    """The status documents and final events without their wall-clock fields. (A provisional
-    event goes out only when an utterance's analysis is ready before its transcript: a race,
-    in replay as in batch.)"""
-    return [
-        json.dumps({k: v for k, v in d.items() if k not in VOLATILE}, sort_keys=True)
-        for d in documents
-        if not d.get("provisional")
-    ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from realtime_erc.bench.batch import final_events, same_events
 
 
 def corrupt_recording(directory: Path) -> Path:
@@ -121,8 +104,8 @@ def test_batch_equals_replay_reports_the_corrupt_one_and_resumes(recordings: Pat
     r = cli("batch", str(recordings / "set"), "--out", str(out), "--workers", "2")
     assert r.returncode == 1, r.stdout + r.stderr  # one recording failed
     for name in ("two", "three"):
-        ours = read_jsonl(out / name / "events.jsonl")
-        assert stable(ours) == stable(read_jsonl(recordings / f"replay-{name}.jsonl"))
+        ours = final_events(out / name / "events.jsonl")
+        assert same_events(ours, final_events(recordings / f"replay-{name}.jsonl"))
         report = json.loads((out / name / "report.json").read_text())
         assert report["utterances"] == {"two": 2, "three": 3}[name] and report["error"] is None
     summary = json.loads((out / "summary.json").read_text())
@@ -140,8 +123,8 @@ def test_batch_equals_replay_reports_the_corrupt_one_and_resumes(recordings: Pat
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["analysed"], summary["skipped"], summary["failed"]) == (1, 2, 0)
     assert (out / "two" / "events.jsonl").stat().st_mtime_ns == before
-    assert stable(read_jsonl(out / "broken" / "events.jsonl")) == stable(
-        read_jsonl(out / "two" / "events.jsonl")
+    assert same_events(
+        final_events(out / "broken" / "events.jsonl"), final_events(out / "two" / "events.jsonl")
     )
 
 
@@ -162,11 +145,20 @@ def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["engine"], summary["analysed"], summary["failed"]) == ("ray", 2, 1)
     for name in ("two", "three"):
-        ours = stable(read_jsonl(out / name / "events.jsonl"))
-        assert ours == stable(read_jsonl(recordings / f"replay-{name}.jsonl"))
+        ours = final_events(out / name / "events.jsonl")
+        assert same_events(ours, final_events(recordings / f"replay-{name}.jsonl"))
     assert (ray_tmp / "ray").is_dir()  # Ray ran under the test's temp dir ...
     leftovers = [
         p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
         if any(str(ray_tmp) in part for part in p.info["cmdline"] or ())
     ]  # fmt: skip
     assert not leftovers  # ... and is gone with the batch
+
+
+def test_events_match_within_the_score_tolerance_only() -> None:
+    a = [{"schema": "erc.emotion/1", "label": "joy", "scores": {"joy": 0.348973, "anger": 0.1}}]
+    b = [{"schema": "erc.emotion/1", "label": "joy", "scores": {"joy": 0.348972, "anger": 0.1}}]
+    assert same_events(a, b)
+    assert not same_events(a, [{**b[0], "label": "anger"}])
+    assert not same_events(a, [{**b[0], "scores": {"joy": 0.3489, "anger": 0.1}}])
+    assert not same_events(a, a + a)
