@@ -29,7 +29,6 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from realtime_erc.config import Config, ServeOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
-from realtime_erc.serve.memory import limit_arenas, trimmed_heap
 from realtime_erc.serve.metrics import Metrics
 from realtime_erc.serve.protocol import (
     AUDIO,
@@ -116,7 +115,7 @@ class Server:
 
                 # One thread per call: with a team per call (OpenBLAS, OpenMP, Whisper's) the
                 # teams spin waiting on each other's preempted threads. At 10 sessions on 2
-                # cores p95 end-of-speech→final went 1.54 s → 1.07 s, CPU 131 % → 103 %.
+                # cores p95 end-of-speech→final went 1.54 s → 1.15 s, CPU 131 % → 105 %.
                 threadpool_limits(self.options.model_threads)
                 torch.set_num_threads(self.options.model_threads)
                 if not asr.cpu_threads:
@@ -374,13 +373,6 @@ async def _close(ws: WebSocket, error: ProtocolError) -> None:
         await ws.close(code=error.code, reason=str(error)[:120])
 
 
-MALLOC_ARENAS = 4
-"""malloc arenas the server's threads share (glibc's default: 8 per core)."""
-
-TRIM_EVERY_S = 30.0
-"""How often freed heap pages go back to the OS."""
-
-
 def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
     """The application; ``dashboard_broker``: the MQTT-over-WebSockets address the dashboard
     page subscribes to (the embedded broker's)."""
@@ -388,11 +380,9 @@ def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        limit_arenas(MALLOC_ARENAS)  # before the worker threads exist
         await server.start()
         try:
-            async with trimmed_heap(TRIM_EVERY_S):
-                yield
+            yield
         finally:
             await server.close()
 
