@@ -76,7 +76,7 @@ class UtteranceAssembler(Stage):
         """(speaker, transcript) of the latest utterances: the text encoder's context."""
 
     async def start(self) -> None:
-        if self.text is not None:
+        if self.text is not None and self.batcher is None:  # a batcher's model is loaded
             await asyncio.to_thread(self.text.load)
             await asyncio.to_thread(self.text.encode, "warm up")
 

@@ -35,17 +35,30 @@ def serve(
     jsonl: JsonlOpt = None,
     mqtt: MqttOpt = None,
     broker: BrokerOpt = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve.")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="An existing Ray cluster (default: RAY_ADDRESS, else a local Ray)."),
+    ] = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Serve many conversations streamed in over WebSockets (ws://HOST:PORT/v1/sessions), with
-    the models loaded once and shared; plus /healthz, /metrics and the dashboard."""
+    the models loaded once and shared; plus /healthz, /metrics and the dashboard. With --ray:
+    the same app as a Ray Serve ingress over model deployments that batch for every replica."""
     config = load(
         config_file,
         overrides,
         **{"serve.host": host, "serve.port": port,
            **output_options(None, no_zmq, jsonl, mqtt, broker)},
     )  # fmt: skip
+    if ray_address and not ray:
+        raise UserError("--ray-address needs --ray")
+    if ray:
+        from realtime_erc.serve.on_ray import run_server_on_ray
+
+        run_server_on_ray(config, ray_address, console.print)
+        return
     from realtime_erc.serve.runner import run_server
 
     asyncio.run(run_server(config, console.print))

@@ -88,9 +88,13 @@ def check_bind(options: ServeOptions) -> None:
 class Server:
     """The state behind the app: shared models and outputs, open sessions, metrics."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, remote: Any = None) -> None:
+        """``remote``: the model deployments of ``serve --ray``
+        (:class:`~realtime_erc.serve.on_ray.RemoteModels`) that transcribe, encode the text and
+        step the engine instead of models loaded here."""
         check_bind(config.serve)
         self.config = config
+        self.remote = remote
         self.options = config.serve
         self.tokens = access_tokens(config.serve)
         self.metrics = Metrics(lambda: len(self.sessions), self._queue_depth)
@@ -122,15 +126,18 @@ class Server:
                     asr = asr.with_values({"cpu_threads": self.options.model_threads})
             models = load_models(self.config)
             batch = self.metrics.batch
-            # Each shared model runs the sessions' requests that are ready together as one
-            # batch (see docs/benchmarks/serve.md for what that gains per model).
-            transcriber = models.transcriber = Transcriber(asr)
-            warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)
-            transcriber.transcribe(warm_up)  # first-call allocations now, not in a session
-            models.asr_batcher = MicroBatcher(
-                lambda items: transcriber.transcribe_batch(*zip(*items, strict=True)),
-                on_batch=batch("asr"),
-            )
+            if self.remote is not None:
+                models.asr_batcher = self.remote.asr
+            else:
+                # Each shared model runs the sessions' requests that are ready together as
+                # one batch (see docs/benchmarks/serve.md for what that gains per model).
+                transcriber = models.transcriber = Transcriber(asr)
+                warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE)
+                transcriber.transcribe(warm_up.astype(np.float32))  # first-call allocations
+                models.asr_batcher = MicroBatcher(
+                    lambda items: transcriber.transcribe_batch(*zip(*items, strict=True)),
+                    on_batch=batch("asr"),
+                )
             if self.config.speakers.enabled:
                 encoder = models.voice_encoder = load_voice_encoder()
                 shortest = self.config.speakers.min_speech_s
@@ -139,8 +146,14 @@ class Server:
                     lambda clips: embed_voices(encoder, clips, shortest), on_batch=batch("voices")
                 )
             if models.engine is not None:
-                models.batcher = AsyncEngine(models.engine, on_batch=batch("engine"))
-            if models.text is not None:
+                models.batcher = (
+                    self.remote.engine
+                    if self.remote is not None
+                    else AsyncEngine(models.engine, on_batch=batch("engine"))
+                )
+            if models.text is not None and self.remote is not None:
+                models.text_batcher = self.remote.text
+            elif models.text is not None:
                 text = models.text
 
                 def encode(items: list[tuple[str, str]]) -> list[Any]:
@@ -239,7 +252,9 @@ class Server:
                 await asyncio.to_thread(source.close_recording)
             finally:
                 del self.sessions[session_id]
-                if self.models.engine is not None:
+                if self.remote is not None:
+                    await self.remote.engine.end_session(session_id)
+                elif self.models.engine is not None:
                     self.models.engine.end_session(session_id)
 
     def _record_path(self, session_id: str) -> Path | None:
@@ -373,10 +388,10 @@ async def _close(ws: WebSocket, error: ProtocolError) -> None:
         await ws.close(code=error.code, reason=str(error)[:120])
 
 
-def create_app(config: Config, dashboard_broker: str | None = None) -> FastAPI:
+def create_app(config: Config, dashboard_broker: str | None = None, remote: Any = None) -> FastAPI:
     """The application; ``dashboard_broker``: the MQTT-over-WebSockets address the dashboard
-    page subscribes to (the embedded broker's)."""
-    server = Server(config)
+    page subscribes to (the embedded broker's); ``remote``: the model deployments on Ray."""
+    server = Server(config, remote)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

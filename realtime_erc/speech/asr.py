@@ -324,7 +324,7 @@ class AsrStage(Stage):
         self._next_id = 0
 
     async def start(self) -> None:
-        if self.transcriber is None:
+        if self.transcriber is None and self.batcher is None:
             self.transcriber = await asyncio.to_thread(
                 Transcriber, self.config, word_timestamps=self.word_timestamps
             )
@@ -367,12 +367,12 @@ class AsrStage(Stage):
 
     async def transcribe(self, segment: SpeechSegment) -> Utterance | None:
         """The segment's :class:`Utterance`, or None if nothing was said."""
-        if self.transcriber is None:
-            await self.start()
-        assert self.transcriber is not None
         if self.batcher is not None:
             result = await self.batcher.submit((segment.samples, segment.audio_start))
         else:
+            if self.transcriber is None:
+                await self.start()
+            assert self.transcriber is not None
             result = await asyncio.to_thread(
                 self.transcriber.transcribe, segment.samples, segment.audio_start
             )

@@ -1,0 +1,223 @@
+"""``realtime-erc serve --ray``: the same server as ``serve``, on Ray Serve.
+
+One Serve application, ``realtime-erc``:
+
+- ``ingress``: the FastAPI app of :func:`~realtime_erc.serve.app.create_app` on each replica. A
+  WebSocket stays on the replica that accepted it for its whole life, so each session's stages
+  (segmenter, analysis, assembler, events, outputs) run there; replicas autoscale on open
+  sessions (``max_ongoing_requests`` = ``serve.max_sessions``).
+- ``asr``, ``text``: the shared models (Whisper, the sentence encoder), each batching the
+  requests of every ingress replica with ``@serve.batch``; on a GPU when the cluster has one.
+- ``engine``: the ERC engine's steps, batched. One replica: it holds every session's
+  conversation state under the session's id, so a session whose ingress replica was lost goes
+  on where it was when its client reconnects with the same id.
+
+The analysis (voice encoder, openSMILE, face landmarks, the emotion heads) runs on the ingress
+replica, batched across its sessions as in ``serve``: the heads' per-speaker statistics and the
+speaker tracker are the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from realtime_erc.config import Config
+from realtime_erc.events import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "realtime-erc"
+BATCH_WAIT_S = 0.005
+"""How long a deployment's first request waits for others to join its batch."""
+
+
+def _batch(max_batch_size: int):
+    from ray import serve
+
+    return serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=BATCH_WAIT_S)
+
+
+class AsrModel:
+    """Whisper for every session: closed segments ``(samples, offset)`` → transcripts."""
+
+    def __init__(self, config: Config) -> None:
+        from realtime_erc.speech.asr import Transcriber
+
+        self.transcriber = Transcriber(config.asr)
+        self.transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))  # first-call buffers
+
+    @_batch(16)
+    async def __call__(self, items: list[tuple[np.ndarray, float]]) -> list[Any]:
+        samples, offsets = zip(*items, strict=True)
+        return await asyncio.to_thread(self.transcriber.transcribe_batch, samples, offsets)
+
+
+class TextModel:
+    """The sentence encoder the served model reads: ``(transcript, context)`` → features."""
+
+    def __init__(self, config: Config) -> None:
+        from realtime_erc.session import load_models
+
+        self.text = load_models(config).text
+        if self.text is not None:
+            self.text.encode("warm up")
+
+    @_batch(32)
+    async def __call__(self, items: list[tuple[str, str]]) -> list[Any]:
+        assert self.text is not None, "only deployed for a model that reads text"
+        texts, contexts = zip(*items, strict=True)
+        return await asyncio.to_thread(self.text.encode_batch, list(texts), list(contexts))
+
+
+class EngineModel:
+    """The ERC engine: ``(session_id, features)`` → the session's next prediction."""
+
+    def __init__(self, config: Config) -> None:
+        from realtime_erc.session import load_engine
+
+        self.engine = load_engine(config)
+
+    @_batch(64)
+    async def step(self, items: list[tuple[str, Any]]) -> list[Any]:
+        return await asyncio.to_thread(self.engine.step_many, items)
+
+    def end_session(self, session_id: str) -> None:
+        self.engine.end_session(session_id)
+
+    def sessions(self) -> list[str]:
+        return self.engine.sessions
+
+
+# ---------------------------------------------------------------------------------------------
+# The ingress side: the MicroBatcher / AsyncEngine interfaces over deployment handles
+
+
+class RemoteBatcher:
+    """``await submit(item)`` on a deployment's batched ``__call__`` (what a
+    :class:`~realtime_erc.batching.MicroBatcher` offers locally)."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def submit(self, item: Any) -> Any:
+        return await self.handle.remote(item)
+
+    async def close(self) -> None:
+        pass
+
+
+class RemoteEngine:
+    """``await step(session_id, features)`` on the engine deployment (what
+    :class:`~realtime_erc.engine.AsyncEngine` offers locally)."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def step(self, session_id: str, features: Any) -> Any:
+        return await self.handle.step.remote((session_id, features))
+
+    async def end_session(self, session_id: str) -> None:
+        await self.handle.end_session.remote(session_id)
+
+    async def close(self) -> None:
+        pass
+
+
+class RemoteModels:
+    """The deployments an ingress replica calls instead of loading the models itself."""
+
+    def __init__(self, asr, text, engine) -> None:
+        self.asr, self.text, self.engine = (
+            RemoteBatcher(asr),
+            RemoteBatcher(text),
+            RemoteEngine(engine),
+        )
+
+
+class Ingress:
+    """The FastAPI app of ``serve`` over the model deployments (Serve builds it per replica)."""
+
+    def __init__(self, config: Config, asr, text, engine) -> None:
+        self.config = config
+        self.remote = RemoteModels(asr, text, engine)
+
+    def __serve_build_asgi_app__(self):
+        from realtime_erc.serve.app import create_app
+
+        return create_app(self.config, remote=self.remote)
+
+
+# ---------------------------------------------------------------------------------------------
+# The application
+
+
+def build_application(config: Config, gpus: float = 0.0):
+    """The Serve application: the ingress bound to the model deployments; ``gpus`` per model
+    replica (0: CPU)."""
+    from ray import serve
+
+    on_device = {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
+
+    def model(cls, name: str):
+        return serve.deployment(
+            cls, name=name, ray_actor_options=on_device, max_ongoing_requests=256
+        )
+
+    ingress = serve.deployment(
+        serve.ingress(None)(Ingress),
+        name="ingress",
+        max_ongoing_requests=config.serve.max_sessions,
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": 4,
+            "target_ongoing_requests": max(1, config.serve.max_sessions // 2),
+        },
+        ray_actor_options={"num_cpus": 1},
+    )
+    engine = serve.deployment(EngineModel, name="engine", num_replicas=1, max_ongoing_requests=1024)
+    return ingress.bind(
+        config,
+        model(AsrModel, "asr").bind(config),
+        model(TextModel, "text").bind(config),
+        engine.bind(config),
+    )
+
+
+def run_server_on_ray(
+    config: Config, address: str | None, announce: Callable[[str], None] | None = None
+) -> None:
+    """Deploy on Ray (joined or started, see :func:`realtime_erc.batch_ray.start_ray`) and serve
+    until Ctrl-C / SIGTERM; then the application is deleted and a Ray started here stops."""
+    import ray
+    from ray import serve
+
+    from realtime_erc.batch_ray import start_ray
+    from realtime_erc.serve.app import check_bind
+
+    check_bind(config.serve)
+    started = start_ray(address)
+    try:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+        serve.run(build_application(config, gpus), name=APP_NAME, route_prefix="/")
+        if announce is not None:
+            host, port = config.serve.host, config.serve.port
+            announce(
+                f"serving on Ray: http://{host}:{port}/  sessions: ws://{host}:{port}/v1/sessions"
+            )
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        serve.delete(APP_NAME)
+        serve.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
