@@ -126,14 +126,14 @@ class Server:
                     asr = asr.with_values({"cpu_threads": self.options.model_threads})
             models = load_models(self.config)
             batch = self.metrics.batch
+            warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)
             if self.remote is not None:
                 models.asr_batcher = self.remote.asr
             else:
                 # Each shared model runs the sessions' requests that are ready together as
                 # one batch (see docs/benchmarks/serve.md for what that gains per model).
                 transcriber = models.transcriber = Transcriber(asr)
-                warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE)
-                transcriber.transcribe(warm_up.astype(np.float32))  # first-call allocations
+                transcriber.transcribe(warm_up)  # first-call allocations now, not in a session
                 models.asr_batcher = MicroBatcher(
                     lambda items: transcriber.transcribe_batch(*zip(*items, strict=True)),
                     on_batch=batch("asr"),

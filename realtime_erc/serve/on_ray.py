@@ -34,6 +34,9 @@ from realtime_erc.events import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 APP_NAME = "realtime-erc"
+MODEL_CPUS = 0.25
+"""Logical CPUs a model deployment's replica reserves."""
+
 BATCH_WAIT_S = 0.005
 """How long a deployment's first request waits for others to join its batch."""
 
@@ -163,7 +166,9 @@ def build_application(config: Config, gpus: float = 0.0):
     replica (0: CPU)."""
     from ray import serve
 
-    on_device = {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
+    # Ray's CPUs are logical: a model replica mostly waits for its next batch, so it reserves
+    # a quarter; an ingress replica runs its sessions' pipelines and reserves one.
+    on_device = {"num_cpus": MODEL_CPUS, "num_gpus": gpus} if gpus else {"num_cpus": MODEL_CPUS}
 
     def model(cls, name: str):
         return serve.deployment(
@@ -181,7 +186,10 @@ def build_application(config: Config, gpus: float = 0.0):
         },
         ray_actor_options={"num_cpus": 1},
     )
-    engine = serve.deployment(EngineModel, name="engine", num_replicas=1, max_ongoing_requests=1024)
+    engine = serve.deployment(
+        EngineModel, name="engine", num_replicas=1, max_ongoing_requests=1024,
+        ray_actor_options={"num_cpus": MODEL_CPUS},
+    )  # fmt: skip
     return ingress.bind(
         config,
         model(AsrModel, "asr").bind(config),
