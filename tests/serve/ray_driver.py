@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ def main(result_path: str, recording: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtime_erc", "serve", "--ray", "--port", "8765", "--no-zmq"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "250"},  # the announcement on one line
     )  # fmt: skip
     lines: list[str] = []
     ready = threading.Event()
@@ -42,7 +44,7 @@ def main(result_path: str, recording: str) -> None:
             result["url"] = url
             result["documents"] = documents
     finally:
-        proc.send_signal(2)  # Ctrl-C: the application is deleted, the local Ray shut down
+        proc.terminate()  # SIGTERM: the application is deleted, the local Ray shut down
         try:
             result["exit_code"] = proc.wait(120)
         except subprocess.TimeoutExpired:
