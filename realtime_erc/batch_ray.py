@@ -5,55 +5,20 @@ One row per recording; a pool of ``workers`` actors, each a
 recording per row. Rows carry paths, not audio: every node must see the recordings and the
 output folder at the same paths (a shared file system on a cluster).
 
-Ray is an optional extra (``pip install 'realtime-erc[ray]'``). Without an address, Ray's
-``RAY_ADDRESS`` is joined when set, else a local Ray is started for the batch and stopped
-after it (``ray.shutdown()``, never ``ray stop``, which kills every Ray on the machine).
+Without an address, Ray's ``RAY_ADDRESS`` is joined when set, else a local Ray is started for
+the batch and stopped after it (see :mod:`realtime_erc.ray_support`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from realtime_erc.batch import BatchError, RecordingAnalyser, RecordingReport
+from realtime_erc.batch import RecordingAnalyser, RecordingReport
 from realtime_erc.config import Config
-
-
-def import_ray():  # -> the ray module
-    """Ray, or one error that says how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise BatchError(
-            "--ray needs Ray: pip install 'realtime-erc[ray]' (or run without --ray for a "
-            "local process pool)"
-        ) from None
-    return ray
-
-
-def start_ray(address: str | None, **local: Any) -> bool:
-    """Connect to ``address`` (else ``RAY_ADDRESS``, else start a local Ray with ``local``
-    arguments of ``ray.init``); True if this call started Ray (the caller shuts it down)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": "warning", "log_to_driver": False}
-    if address is None:
-        kwargs |= {"include_dashboard": False, **local}
-    try:
-        ray.init(address=address, **kwargs)
-    except ConnectionError as e:
-        raise BatchError(
-            f"cannot reach the Ray cluster at {address}: {e}; check the address (ray status "
-            "on the head node), or drop --ray-address to start a local Ray"
-        ) from None
-    return True
+from realtime_erc.ray_support import import_ray, start_ray
 
 
 class _Analyser:

@@ -134,6 +134,9 @@ async def connect(
         ws = await ws_connect(
             url, additional_headers=headers, max_size=None, open_timeout=10,
             compression=None,  # PCM and JPEG hardly deflate; the server declines it anyway
+            # pushed as fast as the server takes it, the socket is paused while the server
+            # catches up, and the pongs wait behind the media
+            ping_timeout=None if pace == "max" else 20,
         )  # fmt: skip
     except (OSError, TimeoutError) as e:
         raise ClientError(f"cannot reach {url}: {e}: is `realtime-erc serve` running?") from None

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realtime_erc.assemble import UtteranceAssembler
 from realtime_erc.config import Config, parse_speed
@@ -27,6 +27,11 @@ from realtime_erc.pipeline import Parallel, Pipeline, PipelineStats, Stage
 from realtime_erc.sources.recording import ReplaySource, read_recording
 from realtime_erc.speech.asr import AsrStage
 from realtime_erc.speech.segmenter import Segmenter
+
+if TYPE_CHECKING:
+    from realtime_erc.config import FeaturesConfig
+    from realtime_erc.engine import Engine
+    from realtime_erc.features.text import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +137,40 @@ class SessionModels:
         return self.engine.model_id if self.engine is not None else None
 
 
+def live_features(config: Config, engine: Engine | None) -> FeaturesConfig:
+    """The configured features, with the heads and text encoder ``engine`` was trained on."""
+    from realtime_erc.features.head_scores import resolve_heads
+    from realtime_erc.features.text import resolve_encoder
+
+    spec = engine.info.features if engine is not None else None
+    heads = resolve_heads(config.features.heads, spec.heads if spec else None)
+    encoder = resolve_encoder(config.features.text.encoder, spec.text if spec else None)
+    return config.features.with_values({"heads": heads, "text.encoder": encoder})
+
+
+def text_encoder(config: Config, engine: Engine | None) -> TextEncoder | None:
+    """The sentence encoder (and adapter) ``engine`` reads; None when text is off."""
+    from realtime_erc.features.text import TextEncoder
+    from realtime_erc.features.text_adapter import resolve_adapter
+
+    if not config.features.text.enabled:
+        return None
+    spec = engine.info.features if engine is not None else None
+    adapter = resolve_adapter(config.features.text.adapter, spec.text if spec else None)
+    return TextEncoder(live_features(config, engine).text, adapter=adapter)
+
+
 def load_models(config: Config) -> SessionModels:
     """The configured model, and the text encoder and emotion heads the live features need,
     resolved against what the model was trained on (its :class:`FeatureSpec`); a live
     configuration it cannot take is refused here, before any session starts."""
     from realtime_erc.features.dims import feature_dims
-    from realtime_erc.features.head_scores import resolve_heads
-    from realtime_erc.features.text import TextEncoder, resolve_encoder
-    from realtime_erc.features.text_adapter import resolve_adapter
 
     engine = load_engine(config)
     spec = engine.info.features if engine is not None else None
-    # the live features are the ones the model was trained on
-    heads = resolve_heads(config.features.heads, spec.heads if spec else None)
-    text_identity = spec.text if spec else None
-    encoder = resolve_encoder(config.features.text.encoder, text_identity)
-    features = config.features.with_values({"heads": heads, "text.encoder": encoder})
-    adapter = resolve_adapter(config.features.text.adapter, text_identity)
-    text = TextEncoder(features.text, adapter=adapter) if config.features.text.enabled else None
+    features = live_features(config, engine)
+    heads = features.heads
+    text = text_encoder(config, engine)
     if spec is not None:
         live = feature_dims(features, text.dim if text is not None else None)
         spec.check_live(config.features, live, engine.model_id)

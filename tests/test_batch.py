@@ -22,6 +22,7 @@ from realtime_erc.batch import (
     stream_figures,
 )
 from realtime_erc.bench.batch import final_events, same_events
+from realtime_erc.ray_support import in_private_network
 
 
 def corrupt_recording(directory: Path) -> Path:
@@ -138,7 +139,7 @@ def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(
-        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command],
+        in_private_network(command),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr  # the broken one

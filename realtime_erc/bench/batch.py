@@ -37,6 +37,7 @@ from realtime_erc.bench.report import BenchReport
 from realtime_erc.bench.serve import TreeSampler
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.ray_support import in_private_network
 from realtime_erc.sources.recording import Recording, RecordingWriter, read_recording
 
 MODES = ("one", "processes", "ray")
@@ -122,9 +123,7 @@ def _command(options: BatchBenchOptions, mode: str, folder: Path, out: Path) -> 
     for item in options.overrides:
         cmd += ["--set", item]
     if mode == "ray" and options.private_network:
-        # a network namespace with loopback only; --map-root-user lets a non-root user make it
-        wrap = ["unshare", "--map-root-user", "--net", "sh", "-c", 'ip link set lo up && exec "$@"']
-        cmd = [*wrap, "sh", *cmd]
+        cmd = in_private_network(cmd)
     return cmd
 
 

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from realtime_erc.cli.options import ConfigOpt, ModelOpt, SetOpt, console, fail, load, model_option
+from realtime_erc.cli.options import (
+    ConfigOpt,
+    ModelOpt,
+    RayAddressOpt,
+    RayOpt,
+    SetOpt,
+    console,
+    fail,
+    load,
+    model_option,
+)
 
 app = typer.Typer()
 
@@ -22,11 +32,8 @@ def batch(
     workers: Annotated[
         int, typer.Option(min=0, help="Recordings analysed at once (0 = one per CPU).")
     ] = 0,
-    ray: Annotated[bool, typer.Option("--ray", help="Run the workers on Ray Data.")] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="An existing Ray cluster (default: RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
     model: ModelOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,

@@ -46,6 +46,11 @@ ModelOpt = Annotated[
         "--model", help="A packaged model by name (see `realtime-erc models`): model.checkpoint."
     ),
 ]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (the [ray] extra).")]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(help="An existing Ray cluster (default: RAY_ADDRESS, else a local Ray)."),
+]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Dataset directory (default: $REALTIME_ERC_DATA, else data.dir)."),

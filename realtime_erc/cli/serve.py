@@ -16,6 +16,8 @@ from realtime_erc.cli.options import (
     JsonlOpt,
     MqttOpt,
     NoZmqOpt,
+    RayAddressOpt,
+    RayOpt,
     SetOpt,
     console,
     err_console,
@@ -35,11 +37,8 @@ def serve(
     jsonl: JsonlOpt = None,
     mqtt: MqttOpt = None,
     broker: BrokerOpt = None,
-    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve.")] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="An existing Ray cluster (default: RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:

@@ -66,9 +66,9 @@ class TextModel:
     """The sentence encoder the served model reads: ``(transcript, context)`` → features."""
 
     def __init__(self, config: Config) -> None:
-        from realtime_erc.session import load_models
+        from realtime_erc.session import load_engine, text_encoder
 
-        self.text = load_models(config).text
+        self.text = text_encoder(config, load_engine(config))
         if self.text is not None:
             self.text.encode("warm up")
 
@@ -201,15 +201,15 @@ def build_application(config: Config, gpus: float = 0.0):
 def run_server_on_ray(
     config: Config, address: str | None, announce: Callable[[str], None] | None = None
 ) -> None:
-    """Deploy on Ray (joined or started, see :func:`realtime_erc.batch_ray.start_ray`) and serve
+    """Deploy on Ray (joined or started, see :func:`realtime_erc.ray_support.start_ray`) and serve
     until Ctrl-C / SIGTERM; then the application is deleted and a Ray started here stops."""
-    import ray
-    from ray import serve
-
-    from realtime_erc.batch_ray import start_ray
+    from realtime_erc.ray_support import import_ray, start_ray
     from realtime_erc.serve.app import check_bind
 
     check_bind(config.serve)
+    ray = import_ray()
+    from ray import serve
+
     started = start_ray(address)
     try:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

@@ -25,6 +25,10 @@ async def run_server(config: Config, announce: Callable[[str], None] | None = No
                 ws_max_size=2 * options.max_message_bytes + 1024, lifespan="on",
                 # PCM and JPEG hardly deflate: compressing them costs both ends CPU for nothing
                 ws_per_message_deflate=False,
+                # a session whose pipeline is behind stops reading its socket (back-pressure),
+                # and with it the client's pongs: a ping timeout would end a healthy "max"
+                # session. A dead client is found by serve.idle_timeout_s instead.
+                ws_ping_timeout=None,
             )
         )  # fmt: skip
         task = asyncio.create_task(server.serve())

@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 from cli_support import ROOT, short_recording
 
+from realtime_erc.ray_support import in_private_network
+
 pytestmark = pytest.mark.slow
 
 DRIVER = Path(__file__).with_name("ray_driver.py")
 
 
-def in_private_network(tmp_path: Path, *command: str, timeout: float = 600) -> None:
+def run_in_private_network(tmp_path: Path, *command: str, timeout: float = 600) -> None:
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(
-        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command],
+        in_private_network(command),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -31,7 +33,7 @@ def test_the_client_streams_a_recording_through_serve_on_ray(tmp_path_factory) -
     recording = short_recording(tmp_path_factory.mktemp("rec") / "three", utterances=3)
     ray_tmp = tmp_path_factory.mktemp("ray")
     out = ray_tmp / "result.json"
-    in_private_network(ray_tmp, sys.executable, str(DRIVER), str(out), str(recording))
+    run_in_private_network(ray_tmp, sys.executable, str(DRIVER), str(out), str(recording))
     result = json.loads(out.read_text())
     assert result["ready"], result["output"]
     assert result["url"].startswith("ws://127.0.0.1:8765/")

@@ -1,0 +1,61 @@
+"""Ray for ``batch --ray`` and ``serve --ray``: importing it, joining or starting it, and the
+private network the tests and benchmarks run a local Ray in.
+
+Ray is an optional extra (``pip install 'realtime-erc[ray]'``). Without an address, Ray's
+``RAY_ADDRESS`` is joined when set, else a local Ray is started and the caller stops it with
+``ray.shutdown()`` — never ``ray stop``, which kills every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from realtime_erc.errors import UserError
+
+
+class RayError(UserError, RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+def import_ray():  # -> the ray module
+    """Ray, or one error that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayError(
+            "--ray needs Ray: pip install 'realtime-erc[ray]' (or run without --ray)"
+        ) from None
+    return ray
+
+
+def start_ray(address: str | None, **local: Any) -> bool:
+    """Connect to ``address`` (else ``RAY_ADDRESS``, else start a local Ray with ``local``
+    arguments of ``ray.init``); True if this call started Ray (the caller shuts it down)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"logging_level": "warning", "log_to_driver": False}
+    if address is None:
+        kwargs |= {"include_dashboard": False, **local}
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        raise RayError(
+            f"cannot reach the Ray cluster at {address}: {e}; check the address (ray status "
+            "on the head node), or drop --ray-address to start a local Ray"
+        ) from None
+    return True
+
+
+def in_private_network(command: Sequence[str]) -> list[str]:
+    """``command`` inside a network namespace of its own with loopback only: Ray's services
+    listen on every interface, and there nothing outside can reach them. A non-root user
+    gets the namespace through a user namespace (``--map-root-user``)."""
+    as_user = ["--map-root-user"] if os.geteuid() != 0 else []
+    return ["unshare", *as_user, "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+            *command]  # fmt: skip
