@@ -8,7 +8,11 @@
             ...
 
 :func:`stream_recording` streams a recording (the recording format) as a capture would, at real
-time or as fast as the server takes it, and returns every document that came back.
+time or as fast as the server takes it, and returns every document that came back. When the
+connection is lost mid-session (the server's replica went away: close code 1001, 1006, 1011,
+1012 or 1014), it reconnects with the same session id and sends again from where the session's
+``online`` status says it resumes (its ``context``), or from the start when the server kept
+nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +34,13 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime_erc.errors import UserError
 
+log = logging.getLogger(__name__)
+
 AUDIO, VIDEO = b"\x01", b"\x02"
+LOST = frozenset({1001, 1006, 1011, 1012, 1014})
+"""Close codes after which a session may go on over a new connection: going away, no close
+frame, internal error, service restart, bad gateway."""
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class ClientError(UserError):
@@ -45,13 +56,29 @@ class ClientError(UserError):
 class Session:
     """One streamed conversation; :attr:`ready` is the server's ``ready`` message."""
 
-    def __init__(self, ws: ClientConnection, ready: dict[str, Any], sample_rate: int) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        ready: dict[str, Any],
+        sample_rate: int,
+        online: dict[str, Any] | None = None,
+    ) -> None:
         self.ws = ws
         self.ready = ready
         self.session_id: str = ready["session_id"]
         self.sample_rate = sample_rate
+        self.online = online
+        """The message after ``ready``: a conforming server's ``online`` status, whose
+        ``context`` says where a resumed session goes on."""
         self.error: dict[str, Any] | None = None
         """The server's ``error`` message, if it ended the session with one."""
+
+    @property
+    def resumed_at(self) -> float | None:
+        """The session time a resumed session's audio goes on from (None: a new session)."""
+        online = self.online or {}
+        context = online.get("context") if online.get("schema") == "erc.status/1" else None
+        return float(context["resumed_at"]) if context else None
 
     async def send_audio(self, samples: np.ndarray) -> None:
         """Audio in capture order: float32 in [-1, 1] or int16, channels interleaved."""
@@ -77,14 +104,7 @@ class Session:
         """Start receiving in the background: the list the documents are appended to as they
         arrive (``on_document`` sees each too) and the task, done when the server closes."""
         documents: list[dict[str, Any]] = []
-
-        async def receive() -> None:
-            async for document in self:
-                documents.append(document)
-                if on_document is not None:
-                    on_document(document)
-
-        return documents, asyncio.create_task(receive())
+        return documents, asyncio.create_task(_receive(self, documents, on_document))
 
     async def end(self) -> None:
         """No more media: the server sends the last events and ``offline``, then closes."""
@@ -92,9 +112,15 @@ class Session:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         """The session's documents until the server closes the socket."""
-        try:
+
+        async def messages() -> AsyncIterator[dict[str, Any]]:
+            if self.online is not None:
+                yield self.online
             async for message in self.ws:
-                document = json.loads(message)
+                yield json.loads(message)
+
+        try:
+            async for document in messages():
                 if document.get("type") == "error":
                     self.error = document
                     continue
@@ -160,7 +186,11 @@ async def connect(
         raise ClientError(first.get("message", "refused"), ws.close_code, first.get("code", ""))
     if first.get("type") != "ready":
         raise ClientError(f"expected ready, got {first!r}")
-    return Session(ws, first, sample_rate)
+    try:  # a conforming server's next message: the session's online status
+        online = json.loads(await asyncio.wait_for(ws.recv(), open_timeout_s))
+    except (ConnectionClosed, TimeoutError):
+        online = None
+    return Session(ws, first, sample_rate, online)
 
 
 async def stream_recording(
@@ -172,27 +202,29 @@ async def stream_recording(
     session_id: str | None = None,
     token: str | None = None,
     on_document: Callable[[dict[str, Any]], None] | None = None,
+    reconnect: bool = True,
 ) -> list[dict[str, Any]]:
     """Stream ``recording`` (audio, and its video as JPEG frames) and return every document that
-    came back; ``on_document`` sees each as it arrives."""
+    came back; ``on_document`` sees each as it arrives. ``reconnect``: go on over a new
+    connection when this one is lost (see the module's docstring)."""
     from realtime_erc.events import SAMPLE_RATE
     from realtime_erc.sources.recording import read_recording
 
     rec = read_recording(recording)
     audio = rec.read_audio()
-    frames = ((t, img) for _, t, img in rec.iter_frames())  # decoded as they are sent
-    frame = next(frames, None)
-    session = await connect(
-        url, session_id=session_id, video=frame is not None, pace=pace, token=token,
-        sample_rate=SAMPLE_RATE,
-    )  # fmt: skip
-    documents, receiver = session.collect(on_document)
+    video = next(iter(rec.iter_frames()), None) is not None
+    documents: list[dict[str, Any]] = []
     step = SAMPLE_RATE * chunk_ms // 1000
     began = time.perf_counter()
-    try:
-        for i in range(0, len(audio), step):
-            at = i / SAMPLE_RATE
-            while frame is not None and frame[0] <= at:
+    delays = iter(RECONNECT_DELAYS_S if reconnect else ())
+
+    async def send_from(session: Session, at: float) -> None:
+        """The recording from session time ``at`` (paced on the first connection's clock)."""
+        frames = ((t, img) for _, t, img in rec.iter_frames() if t >= at)
+        frame = next(frames, None)
+        for i in range(int(round(at * SAMPLE_RATE)), len(audio), step):
+            now = i / SAMPLE_RATE
+            while frame is not None and frame[0] <= now:
                 await session.send_image(frame[1], frame[0])
                 frame = next(frames, None)
             await session.send_audio(audio[i : i + step])
@@ -201,13 +233,56 @@ async def stream_recording(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await session.end()
-        await receiver
-    finally:
-        receiver.cancel()
-        await session.close()
-    if session.error is not None:
-        raise ClientError(session.error["message"], session.close_code, session.error["code"])
-    return documents
+
+    while True:
+        try:
+            session = await connect(url, session_id=session_id, video=video, pace=pace,
+                                    token=token, sample_rate=SAMPLE_RATE)  # fmt: skip
+        except ClientError as e:
+            # reconnecting: the replica that takes the session may still be starting
+            if session_id is None or not documents or (delay := next(delays, None)) is None:
+                raise
+            log.info("reconnecting to %s: %s; again in %g s", url, e, delay)
+            await asyncio.sleep(delay)
+            continue
+        session_id = session.session_id
+        receiver = asyncio.create_task(_receive(session, documents, on_document))
+        try:
+            await send_from(session, session.resumed_at or 0.0)
+        except ConnectionClosed:
+            pass  # the receiver sees the close
+        finally:
+            try:
+                await receiver
+            finally:
+                receiver.cancel()
+                await session.close()
+        code = session.close_code
+        if session.error is not None:
+            raise ClientError(session.error["message"], code, session.error["code"])
+        if code not in LOST:
+            return documents
+        delay = next(delays, None)
+        if delay is None:
+            raise ClientError(
+                f"the connection to {url} was lost (close code {code}) and reconnecting did not "
+                "bring the session back: is the server running?",
+                code,
+            )
+        log.warning("session %s: connection lost (%s); reconnecting in %g s", session_id, code,
+                    delay)  # fmt: skip
+        await asyncio.sleep(delay)
+
+
+async def _receive(
+    session: Session,
+    documents: list[dict[str, Any]],
+    on_document: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    async for document in session:
+        documents.append(document)
+        if on_document is not None:
+            on_document(document)
 
 
 async def stream_live(

@@ -415,6 +415,12 @@ class ServeOptions(Section):
     idle_timeout_s: float = Field(
         60.0, gt=0, description="A started session that sends nothing this long is ended (1008)."
     )
+    resume_s: float = Field(
+        300.0,
+        gt=0,
+        description="serve --ray: how long a session whose server replica was lost keeps its "
+        "conversation context for a client that reconnects with the same session_id.",
+    )
     sample_rates: tuple[int, ...] = Field(
         (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
     )

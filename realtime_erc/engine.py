@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,6 +73,16 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     raise EngineError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
 
 
+@dataclass(frozen=True)
+class Progress:
+    """The last utterance a session's conversation state holds: its id and end (session
+    seconds); ``seen_at``: when the session was last stepped or touched (monotonic clock)."""
+
+    utterance_id: int
+    end: float
+    seen_at: float = field(default_factory=time.monotonic)
+
+
 class Engine:
     """A model with per-session streaming state (thread-safe: steps are serialised)."""
 
@@ -83,6 +94,7 @@ class Engine:
             self.model = load_checkpoint(model, self.device)
         self.info: CheckpointInfo = model_info(self.model)
         self._states: dict[str, ConversationState] = {}
+        self._progress: dict[str, Progress] = {}
         self._lock = threading.Lock()
 
     @property
@@ -106,6 +118,28 @@ class Engine:
         """Forget a session's state (its next utterance starts a new conversation)."""
         with self._lock:
             self._states.pop(session_id, None)
+            self._progress.pop(session_id, None)
+
+    def progress(self, session_id: str) -> Progress | None:
+        """How far a session's conversation state goes (None: no state)."""
+        return self._progress.get(session_id)
+
+    def touch(self, session_ids: Sequence[str]) -> None:
+        """The sessions are still open (see :meth:`expire`)."""
+        with self._lock:
+            for sid in session_ids:
+                if (p := self._progress.get(sid)) is not None:
+                    self._progress[sid] = Progress(p.utterance_id, p.end)
+
+    def expire(self, idle_s: float) -> list[str]:
+        """End the sessions neither stepped nor touched for ``idle_s`` seconds (a server that
+        lost them never ends them); their ids."""
+        cutoff = time.monotonic() - idle_s
+        with self._lock:
+            gone = [sid for sid, p in self._progress.items() if p.seen_at < cutoff]
+        for sid in gone:
+            self.end_session(sid)
+        return gone
 
     def step(self, session_id: str, utterance: UtteranceFeatures) -> EmotionPrediction:
         return self.step_many([(session_id, utterance)])[0]
@@ -121,7 +155,9 @@ class Engine:
                 states = [self._state(items[i][0]) for i in round_]
                 logits, states = self.model.step_many(states, [items[i][1] for i in round_])
                 for i, state, pred in zip(round_, states, self._predictions(logits), strict=True):
-                    self._states[items[i][0]] = state
+                    session_id, utt = items[i]
+                    self._states[session_id] = state
+                    self._progress[session_id] = Progress(utt.utterance_id, utt.end)
                     results[i] = pred
         return results  # type: ignore[return-value]
 

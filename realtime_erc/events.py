@@ -286,6 +286,7 @@ class StatusEvent:
     label_set: str
     at: str
     load: LoadReport | None = None
+    context: Resumption | None = None
 
     def to_document(self) -> dict:
         document = {
@@ -298,7 +299,29 @@ class StatusEvent:
         }
         if self.load is not None:
             document["load"] = self.load.to_document()
+        if self.context is not None:
+            document["context"] = self.context.to_document()
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """Where a session goes on after its server lost it: its audio resumes at session time
+    ``at`` and its next utterance is ``next_utterance_id``; ``kept`` / ``lost``: the parts of
+    its context that survived and those that start afresh."""
+
+    at: float
+    next_utterance_id: int
+    kept: tuple[str, ...]
+    lost: tuple[str, ...]
+
+    def to_document(self) -> dict:
+        return {
+            "resumed_at": round(self.at, 3),
+            "next_utterance_id": self.next_utterance_id,
+            "kept": list(self.kept),
+            "lost": list(self.lost),
+        }
 
 
 @dataclass(frozen=True, slots=True)

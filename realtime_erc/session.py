@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from realtime_erc.assemble import UtteranceAssembler
 from realtime_erc.config import Config, parse_speed
 from realtime_erc.emit import EventStage
-from realtime_erc.events import MODALITIES, Event
+from realtime_erc.events import MODALITIES, Event, Resumption
 from realtime_erc.inference import InferenceStage
 from realtime_erc.outputs.jsonl import JsonlWriter
 from realtime_erc.outputs.publisher import Publisher, PublishStage
@@ -202,6 +202,7 @@ def build_stages(
     *,
     paced: bool = True,
     models: SessionModels | None = None,
+    resumed: Resumption | None = None,
 ) -> list[Stage]:
     """The processing chain shared by live capture, replay and the server's sessions:
 
@@ -215,6 +216,8 @@ def build_stages(
     ``paced``: the source runs at (a multiple of) real time. An unpaced replay (``--speed max``)
     is always "behind" by design, so the overload policy is off for it: every utterance gets
     the full treatment. ``models``: shared models (default: loaded for this session alone).
+    ``resumed``: the session goes on after its server lost it (utterance ids go on from
+    there, and the online status says so).
     """
     from realtime_erc.features.analysis import AnalysisStage
     from realtime_erc.load import LoadMonitor
@@ -234,7 +237,7 @@ def build_stages(
     label_set = engine.label_set if engine is not None else config.session.label_set
     model = engine.model_id if engine is not None else None
     return [
-        Segmenter(config.vad),
+        Segmenter(config.vad, first_id=resumed.next_utterance_id if resumed else 0),
         Parallel(
             AnalysisStage(
                 models.features,
@@ -276,6 +279,7 @@ def build_stages(
             model=model,
             publishers=build_publishers(config, extra_publishers, session_id, label_set, model),
             topic_prefix=config.output.topic_prefix,
+            resumed=resumed,
         ),
     ]
 

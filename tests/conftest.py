@@ -74,3 +74,34 @@ def browser_page():
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict:
+    """The capture page's fake microphone and camera files (see capture_support)."""
+    from capture_support import make_media
+
+    return make_media(tmp_path_factory.mktemp("fake-media"))
+
+
+@pytest.fixture(scope="module")
+def fake_media_browser(media):
+    """Headless Chromium whose microphone plays speech.wav and whose camera shows camera.y4m."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "Debian's chromium is not installed: run `make setup` (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    args = [
+        *CHROMIUM_ARGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={media['wav']}",
+        f"--use-file-for-fake-video-capture={media['y4m']}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        yield browser
+        browser.close()

@@ -22,6 +22,7 @@ from realtime_erc.events import (
     EmotionEvent,
     Event,
     LoadReport,
+    Resumption,
     StatusEvent,
     StatusState,
     utc_timestamp,
@@ -71,8 +72,11 @@ class PublishStage(Stage):
         publishers: Sequence[Publisher],
         topic_prefix: str = "erc",
         validate: bool = True,
+        resumed: Resumption | None = None,
     ) -> None:
+        """``resumed``: the session goes on after its server lost it (said in ``online``)."""
         self.session_id = session_id
+        self.resumed = resumed
         self.label_set = label_set
         self.model = model
         self.publishers = list(publishers)
@@ -93,7 +97,7 @@ class PublishStage(Stage):
             for publisher in self.publishers:
                 await publisher.start()
                 self._started.append(publisher)
-            await self._publish(self._status("online"))
+            await self._publish(self._status("online", context=self.resumed))
             self._online_sent = True
         except BaseException:
             await self._close_publishers()
@@ -128,7 +132,9 @@ class PublishStage(Stage):
             self._offline_sent = True  # set first: never twice, even if a publisher fails
             await self._publish(self._status("offline"))
 
-    def _status(self, state: StatusState, load: LoadReport | None = None) -> dict[str, Any]:
+    def _status(
+        self, state: StatusState, load: LoadReport | None = None, context: Resumption | None = None
+    ) -> dict[str, Any]:
         return StatusEvent(
             session_id=self.session_id,
             state=state,
@@ -136,6 +142,7 @@ class PublishStage(Stage):
             label_set=self.label_set,
             at=utc_timestamp(),
             load=load,
+            context=context,
         ).to_document()
 
     async def _publish(self, document: dict[str, Any]) -> None:

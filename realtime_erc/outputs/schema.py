@@ -161,6 +161,21 @@ STATUS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "context": {
+            "type": "object",
+            "description": "Optional, on the online status of a session that goes on after "
+            "its server lost it (a client reconnected with the same session_id): the session "
+            "time its audio resumes from, its next utterance_id, and which parts of the "
+            "session's context were kept and which start afresh.",
+            "required": ["resumed_at", "next_utterance_id", "kept", "lost"],
+            "additionalProperties": False,
+            "properties": {
+                "resumed_at": {"type": "number", "minimum": 0},
+                "next_utterance_id": {"type": "integer", "minimum": 0},
+                "kept": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "lost": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
     },
 }
 

@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 
 from realtime_erc.config import Config, ServeOptions
 from realtime_erc.errors import UserError
-from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.events import SAMPLE_RATE, Resumption
 from realtime_erc.serve.metrics import Metrics
 from realtime_erc.serve.protocol import (
     AUDIO,
@@ -102,6 +102,7 @@ class Server:
         self.sessions: dict[str, IngestSource] = {}
         self._pending = 0  # accepted sockets that have not sent "start" yet
         self._shared: list[Any] = []
+        self._keeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Load the models once and start the outputs every session shares (ZeroMQ, JSONL)."""
@@ -172,12 +173,16 @@ class Server:
             ThreadPoolExecutor(min(64, 8 + 4 * self.options.max_sessions), "erc-work")
         )
         self.models = await asyncio.to_thread(load)
+        if self.remote is not None:
+            self._keeper = asyncio.create_task(self._keep_sessions(), name="keep sessions")
         own_mqtt = self.config.with_values({"output.mqtt.enabled": False})
         for publisher in build_publishers(own_mqtt, session_id="server"):
             await publisher.start()
             self._shared.append(publisher)
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         for source in list(self.sessions.values()):
             source.end_now()
         for publisher in self._shared:
@@ -185,6 +190,34 @@ class Server:
                 await publisher.close()
         for batcher in self.models.batchers() if self.models else ():
             await batcher.close()
+
+    async def _keep_sessions(self) -> None:
+        """Tell the engine deployment which sessions are open here, so that it forgets only
+        those of a lost replica (``serve.resume_s`` after their last word)."""
+        every = min(30.0, self.options.resume_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.remote.engine.touch(list(self.sessions))
+            except Exception:  # the engine replica restarts; the next round tells it
+                log.warning("the engine deployment did not answer", exc_info=True)
+
+    async def _resumption(self, session_id: str) -> Resumption | None:
+        """A session whose conversation state outlived the server replica that ran it (the
+        engine deployment of ``serve --ray`` keeps it): it goes on from the last utterance
+        that state holds. None: a new session."""
+        if self.remote is not None:
+            progress = await self.remote.engine.progress(session_id)
+        elif self.models.engine is not None:
+            progress = self.models.engine.progress(session_id)
+        else:
+            progress = None
+        if progress is None:
+            return None
+        return Resumption(
+            at=progress.end, next_utterance_id=progress.utterance_id + 1,
+            kept=("conversation",), lost=("speakers", "speaker_statistics"),
+        )  # fmt: skip
 
     def _queue_depth(self) -> int:
         return sum(source.depth for source in self.sessions.values())
@@ -237,16 +270,18 @@ class Server:
                          "is open: use another session_id"))  # fmt: skip
             return
         try:
+            resumed = await self._resumption(session_id)
             source = IngestSource(start, self.options, session_id=session_id,
-                                  record=self._record_path(session_id))  # fmt: skip
-        except Exception as e:  # the recording cannot be written
+                                  record=self._record_path(session_id),
+                                  clock_start=resumed.at if resumed else 0.0)  # fmt: skip
+        except Exception as e:  # the recording cannot be written, the engine is unreachable
             log.warning("session %s: %s", session_id, e)
             await _close(ws, ProtocolError(INTERNAL, "internal", f"the session failed: {e}"))
             return
         self.sessions[session_id] = source
         self.metrics.accepted()
         try:
-            await self._run(ws, start, session_id, source)
+            await self._run(ws, start, session_id, source, resumed)
         finally:
             try:  # the recording is complete before the session counts as closed
                 await asyncio.to_thread(source.close_recording)
@@ -289,7 +324,12 @@ class Server:
         return start
 
     async def _run(
-        self, ws: WebSocket, start: Start, session_id: str, source: IngestSource
+        self,
+        ws: WebSocket,
+        start: Start,
+        session_id: str,
+        source: IngestSource,
+        resumed: Resumption | None,
     ) -> None:
         from realtime_erc.pipeline import Pipeline
         from realtime_erc.session import build_stages
@@ -305,7 +345,7 @@ class Server:
         extra = [socket, *(SharedPublisher(p) for p in self._shared)]
         stages = await asyncio.to_thread(
             build_stages, config, session_id, extra, paced=start.pace == "realtime",
-            models=self.models,
+            models=self.models, resumed=resumed,
         )  # fmt: skip
         pipeline = Pipeline(
             source, stages, source_name="socket", queue_size=config.pipeline.queue_size,

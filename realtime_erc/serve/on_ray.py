@@ -80,12 +80,18 @@ class TextModel:
 
 
 class EngineModel:
-    """The ERC engine: ``(session_id, features)`` → the session's next prediction."""
+    """The ERC engine: ``(session_id, features)`` → the session's next prediction.
+
+    It keeps every session's conversation state, so a session whose ingress replica was lost
+    goes on from there when its client reconnects with the same id; the ingress replicas
+    :meth:`touch` their open sessions, and a session nobody touched for ``serve.resume_s`` is
+    forgotten."""
 
     def __init__(self, config: Config) -> None:
         from realtime_erc.session import load_engine
 
         self.engine = load_engine(config)
+        self.resume_s = config.serve.resume_s
 
     @_batch(64)
     async def step(self, items: list[tuple[str, Any]]) -> list[Any]:
@@ -93,6 +99,14 @@ class EngineModel:
 
     def end_session(self, session_id: str) -> None:
         self.engine.end_session(session_id)
+
+    def progress(self, session_id: str) -> Any:  # Progress | None
+        return self.engine.progress(session_id)
+
+    def touch(self, session_ids: list[str]) -> None:
+        self.engine.touch(session_ids)
+        for gone in self.engine.expire(self.resume_s):
+            log.info("session %s: not resumed within serve.resume_s; context dropped", gone)
 
     def sessions(self) -> list[str]:
         return self.engine.sessions
@@ -128,6 +142,12 @@ class RemoteEngine:
 
     async def end_session(self, session_id: str) -> None:
         await self.handle.end_session.remote(session_id)
+
+    async def progress(self, session_id: str) -> Any:  # Progress | None
+        return await self.handle.progress.remote(session_id)
+
+    async def touch(self, session_ids: list[str]) -> None:
+        await self.handle.touch.remote(session_ids)
 
     async def close(self) -> None:
         pass
@@ -196,6 +216,32 @@ def build_application(config: Config, gpus: float = 0.0):
         model(TextModel, "text").bind(config),
         engine.bind(config),
     )
+
+
+def app(args: dict[str, Any]):
+    """The application builder ``serve deploy`` and KubeRay's ``RayService`` import
+    (``import_path: realtime_erc.serve.on_ray:app``). ``args``: ``config``, a TOML file on
+    every node; ``set``, a list of ``section.key=value`` overrides; ``gpus``, GPUs per model
+    replica (default 0: CPU); ``host``, the address Serve's proxy listens on (its
+    ``http_options.host``, default 0.0.0.0): anything but loopback needs access tokens."""
+    from pathlib import Path
+
+    from realtime_erc.config import ConfigError, load_config
+    from realtime_erc.serve.app import check_bind
+
+    unknown = set(args) - {"config", "set", "gpus", "host"}
+    if unknown:
+        raise ConfigError(
+            f"unknown application argument(s) {sorted(unknown)}: use config, set, gpus or host"
+        )
+    path = args.get("config")
+    config = load_config(
+        Path(path) if path else None,
+        list(args.get("set") or []),
+        **{"serve.host": args.get("host", "0.0.0.0")},
+    )
+    check_bind(config.serve)
+    return build_application(config, float(args.get("gpus", 0.0)))
 
 
 def run_server_on_ray(

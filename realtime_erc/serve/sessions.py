@@ -43,7 +43,9 @@ class IngestSource:
     "realtime"`` the session's overload policy sheds work as for live capture.
 
     ``record``: a directory to record the session's media in, as received (the recording
-    format: its declared rate and channels, every decoded frame at its capture time)."""
+    format: its declared rate and channels, every decoded frame at its capture time).
+    ``clock_start``: the session time of the first sample (a resumed session goes on from
+    where its conversation state ends)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class IngestSource:
         *,
         session_id: str = "",
         record: Path | None = None,
+        clock_start: float = 0.0,
     ) -> None:
         self.start = start
         self.limits = limits
@@ -60,7 +63,7 @@ class IngestSource:
         self.frames = 0
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
         self._ended = False
-        self._last_frame_at = 0.0
+        self._last_frame_at = clock_start
         self.recorder: Any = None  # RecordingTee
         if record is not None:
             from realtime_erc.sources.live import RecordingTee
@@ -80,7 +83,7 @@ class IngestSource:
             if rate != SAMPLE_RATE
             else None
         )
-        self._clock = 0.0  # session seconds of the audio resampled so far
+        self._clock = clock_start  # session seconds of the audio resampled so far
         self._recent_frames: deque[float] = deque()
 
     @property

@@ -79,7 +79,7 @@ class SpeechTracker:
     ``split_pause_ms`` (or hard at the limit if it has none) and the rest stays open.
     """
 
-    def __init__(self, config: VadConfig, origin: float = 0.0) -> None:
+    def __init__(self, config: VadConfig, origin: float = 0.0, first_id: int = 0) -> None:
         ms = SAMPLE_RATE // 1000
         self.threshold = config.threshold
         self.neg_threshold = max(config.threshold - NEG_THRESHOLD_GAP, 0.01)
@@ -91,7 +91,7 @@ class SpeechTracker:
         self.tail = TAIL_MS * ms
         self.origin = origin
         self._buf = _AudioBuffer()
-        self._next_id = 0
+        self._next_id = first_id
         self._open = False
         self._seg_start = 0  # first sample of the open segment (onset minus pre-roll)
         self._onset = 0  # first speech sample of the open segment
@@ -224,8 +224,15 @@ class Segmenter(Stage):
 
     name = "segmenter"
 
-    def __init__(self, config: VadConfig | None = None, detector: SpeechDetector | None = None):
+    def __init__(
+        self,
+        config: VadConfig | None = None,
+        detector: SpeechDetector | None = None,
+        first_id: int = 0,
+    ) -> None:
+        """``first_id``: the first segment's id (a resumed session goes on numbering)."""
         self.config = config or VadConfig()
+        self.first_id = first_id
         self._detector = detector
         self._tracker: SpeechTracker | None = None
         self._pending = np.zeros(0, dtype=np.float32)
@@ -270,7 +277,7 @@ class Segmenter(Stage):
             await self.start()
         assert self._detector is not None
         if self._tracker is None:
-            self._tracker = SpeechTracker(self.config, origin=chunk.start)
+            self._tracker = SpeechTracker(self.config, chunk.start, self.first_id)
         samples = self._sanitize(np.asarray(chunk.samples, dtype=np.float32))
         audio = np.concatenate([self._pending, samples])
         n = len(audio) // WINDOW

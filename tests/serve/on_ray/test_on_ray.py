@@ -1,0 +1,154 @@
+"""``realtime-erc serve --ray`` on a local Ray (run inside a private network namespace by
+tests/serve/test_serve_ray.py): the Python client and the browser capture page stream through
+it, a killed ingress replica's session goes on over a new connection, and /metrics answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from capture_support import capture, check_session
+from cli_support import ROOT, short_recording
+
+from realtime_erc.client import stream_recording
+
+PORT = 8765
+
+
+@pytest.fixture(scope="module")
+def ray_server() -> Iterator[str]:
+    """``realtime-erc serve --ray`` (a local Ray of its own); its http:// address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime_erc", "serve", "--ray", "--port", str(PORT),
+         "--no-zmq"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "250"},  # the announcement on one line
+    )  # fmt: skip
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "sessions: ws://" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(300)
+        found = re.search(r"serving on Ray: (http://\S+)", "".join(lines))
+        if found is None:
+            pytest.fail("serve --ray did not start:\n" + "".join(lines)[-4000:])
+        yield found.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the application is deleted, the local Ray shut down
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+    assert code == 0, "".join(lines)[-4000:]
+
+
+def run_async(coroutine):
+    """``asyncio.run`` on a thread of its own: Playwright's sync API keeps a loop running on
+    this one once the browser fixture is up."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def sessions_url(http: str) -> str:
+    return http.replace("http://", "ws://").rstrip("/") + "/v1/sessions"
+
+
+def finals(documents: list[dict]) -> list[dict]:
+    return [d for d in documents if d.get("schema") == "erc.emotion/1" and not d["provisional"]]
+
+
+def test_the_client_streams_a_recording(ray_server, tmp_path) -> None:
+    recording = short_recording(tmp_path / "three", utterances=3)
+    documents = run_async(stream_recording(sessions_url(ray_server), recording, pace="max"))
+    assert ray_server.startswith(f"http://127.0.0.1:{PORT}/")
+    assert [d["utterance_id"] for d in finals(documents)] == [0, 1, 2]
+    assert all(d["text"] and d["label"] for d in finals(documents))
+    assert documents[-1]["state"] == "offline"
+
+
+def test_metrics(ray_server) -> None:
+    with urllib.request.urlopen(ray_server + "metrics", timeout=30) as r:
+        text = r.read().decode()
+    assert re.search(r"^erc_sessions_total\{result=\"accepted\"\} [1-9]", text, re.M), text
+
+
+def test_the_capture_page(ray_server, fake_media_browser, media) -> None:
+    page, state = capture(fake_media_browser, ray_server, media, camera=True)
+    check_session(page, state, media)
+    assert state["video"] is True and state["frames"] > 0, state
+    page.context.close()
+
+
+def kill_ingress_replica() -> str:
+    """``ray.kill`` of the (only) ingress replica's actor, from a driver joined to the server's
+    Ray; the actor's name."""
+    import ray
+
+    ray.init(address="auto", logging_level="warning", log_to_driver=False)
+    try:
+        names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                 if "ingress" in a["name"] and a["name"].startswith("SERVE_REPLICA")]  # fmt: skip
+        assert len(names) == 1, names
+        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]))
+        return names[0]["name"]
+    finally:
+        ray.shutdown()
+
+
+def test_a_session_goes_on_after_its_replica_is_killed(ray_server, tmp_path) -> None:
+    recording = short_recording(tmp_path / "six", utterances=6)
+    killed: list[str] = []
+    two_finals = threading.Event()
+
+    def on_document(document: dict) -> None:
+        if len(finals([document])) and document["utterance_id"] >= 1:
+            two_finals.set()
+
+    async def run() -> list[dict]:
+        streaming = asyncio.create_task(stream_recording(
+            sessions_url(ray_server), recording, pace="realtime", session_id="kept",
+            on_document=on_document,
+        ))  # fmt: skip
+        while not two_finals.is_set() and not streaming.done():
+            await asyncio.sleep(0.1)
+        killed.append(await asyncio.to_thread(kill_ingress_replica))
+        return await streaming
+
+    started = time.monotonic()
+    documents = run_async(run())
+    assert killed and time.monotonic() - started < 240
+    ids = [d["utterance_id"] for d in finals(documents)]
+    # every utterance once, in order: none lost, none published twice under another id
+    assert ids == sorted(set(ids)) and ids == list(range(len(ids))), ids
+    assert len(ids) >= 6, ids
+    onlines = [d for d in documents if d.get("schema") == "erc.status/1"
+               and d["state"] == "online"]  # fmt: skip
+    assert len(onlines) == 2, onlines
+    context = onlines[1]["context"]
+    assert context["kept"] == ["conversation"] and "speakers" in context["lost"]
+    # it goes on after the last utterance the engine had, on the same session clock
+    before = [d for d in finals(documents) if d["utterance_id"] < context["next_utterance_id"]]
+    after = [d for d in finals(documents) if d["utterance_id"] >= context["next_utterance_id"]]
+    assert before and after
+    assert context["resumed_at"] == pytest.approx(before[-1]["end"], abs=0.05)
+    assert all(d["start"] >= context["resumed_at"] - 0.5 for d in after)
+    assert documents[-1]["state"] == "offline"
