@@ -13,6 +13,8 @@ APT_PACKAGES += mosquitto chromium
 APT_PACKAGES += openssl
 # the Ray tests' private network namespaces (ip; unshare is in util-linux)
 APT_PACKAGES += iproute2
+# serve's memory allocator (glibc's malloc fragments under many sessions)
+APT_PACKAGES += libjemalloc2
 PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint bench clean

@@ -40,7 +40,9 @@ AUDIO, VIDEO = b"\x01", b"\x02"
 LOST = frozenset({1001, 1006, 1011, 1012, 1014})
 """Close codes after which a session may go on over a new connection: going away, no close
 frame, internal error, service restart, bad gateway."""
-RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+RECONNECT_S = 120.0
+"""How long a lost session keeps trying to reconnect (a lost replica's successor loads its
+models first)."""
 
 
 class ClientError(UserError):
@@ -202,11 +204,12 @@ async def stream_recording(
     session_id: str | None = None,
     token: str | None = None,
     on_document: Callable[[dict[str, Any]], None] | None = None,
-    reconnect: bool = True,
+    reconnect_s: float = RECONNECT_S,
 ) -> list[dict[str, Any]]:
     """Stream ``recording`` (audio, and its video as JPEG frames) and return every document that
-    came back; ``on_document`` sees each as it arrives. ``reconnect``: go on over a new
-    connection when this one is lost (see the module's docstring)."""
+    came back; ``on_document`` sees each as it arrives. ``reconnect_s``: how long to try to go
+    on over a new connection when this one is lost (0: not at all; see the module's
+    docstring)."""
     from realtime_erc.events import SAMPLE_RATE
     from realtime_erc.sources.recording import read_recording
 
@@ -216,7 +219,7 @@ async def stream_recording(
     documents: list[dict[str, Any]] = []
     step = SAMPLE_RATE * chunk_ms // 1000
     began = time.perf_counter()
-    delays = iter(RECONNECT_DELAYS_S if reconnect else ())
+    retry = _Backoff(reconnect_s)
 
     async def send_from(session: Session, at: float) -> None:
         """The recording from session time ``at`` (paced on the first connection's clock)."""
@@ -240,7 +243,7 @@ async def stream_recording(
                                     token=token, sample_rate=SAMPLE_RATE)  # fmt: skip
         except ClientError as e:
             # reconnecting: the replica that takes the session may still be starting
-            if session_id is None or not documents or (delay := next(delays, None)) is None:
+            if session_id is None or not documents or (delay := retry.next()) is None:
                 raise
             log.info("reconnecting to %s: %s; again in %g s", url, e, delay)
             await asyncio.sleep(delay)
@@ -262,7 +265,8 @@ async def stream_recording(
             raise ClientError(session.error["message"], code, session.error["code"])
         if code not in LOST:
             return documents
-        delay = next(delays, None)
+        retry.restart()
+        delay = retry.next()
         if delay is None:
             raise ClientError(
                 f"the connection to {url} was lost (close code {code}) and reconnecting did not "
@@ -272,6 +276,25 @@ async def stream_recording(
         log.warning("session %s: connection lost (%s); reconnecting in %g s", session_id, code,
                     delay)  # fmt: skip
         await asyncio.sleep(delay)
+
+
+class _Backoff:
+    """Delays between reconnection attempts: 0.5 s doubling to 5 s, for ``window_s`` after
+    the connection was lost."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.restart()
+
+    def restart(self) -> None:
+        self.lost_at = time.monotonic()
+        self.delay = 0.5
+
+    def next(self) -> float | None:
+        if time.monotonic() - self.lost_at >= self.window_s:
+            return None
+        delay, self.delay = self.delay, min(5.0, 2 * self.delay)
+        return delay
 
 
 async def _receive(

@@ -425,6 +425,12 @@ class ServeOptions(Section):
         (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
     )
     max_channels: int = Field(2, ge=1, le=8, description="Most audio channels accepted.")
+    allocator: Literal["jemalloc", "system"] = Field(
+        "jemalloc",
+        description="Memory allocator of `serve`: jemalloc keeps its resident memory flat "
+        "over hours; the system's malloc fragments under many sessions (see "
+        "docs/benchmarks/soak-serve.md). Without libjemalloc2 installed: the system's.",
+    )
     model_threads: int = Field(
         1,
         ge=0,

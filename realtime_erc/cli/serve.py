@@ -53,6 +53,10 @@ def serve(
     )  # fmt: skip
     if ray_address and not ray:
         raise UserError("--ray-address needs --ray")
+    if config.serve.allocator == "jemalloc" and not ray:
+        from realtime_erc.serve.allocator import use_jemalloc
+
+        use_jemalloc()  # re-executes this command with jemalloc preloaded
     if ray:
         from realtime_erc.serve.on_ray import run_server_on_ray
 

@@ -52,6 +52,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 _SERVED = {".html", ".js", ".css", ".md"}
 START_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 5.0
+KEEP_IN_TOUCH_S = 5.0
 
 
 class ServeError(UserError):
@@ -174,7 +175,7 @@ class Server:
         )
         self.models = await asyncio.to_thread(load)
         if self.remote is not None:
-            self._keeper = asyncio.create_task(self._keep_sessions(), name="keep sessions")
+            self._keeper = asyncio.create_task(self._keep_in_touch(), name="keep in touch")
         own_mqtt = self.config.with_values({"output.mqtt.enabled": False})
         for publisher in build_publishers(own_mqtt, session_id="server"):
             await publisher.start()
@@ -191,16 +192,24 @@ class Server:
         for batcher in self.models.batchers() if self.models else ():
             await batcher.close()
 
-    async def _keep_sessions(self) -> None:
-        """Tell the engine deployment which sessions are open here, so that it forgets only
-        those of a lost replica (``serve.resume_s`` after their last word)."""
-        every = min(30.0, self.options.resume_s / 4)
+    async def _keep_in_touch(self) -> None:
+        """``serve --ray``: report this replica's metrics to the hub, and tell the engine
+        deployment which sessions are open here, so that it forgets only those of a lost
+        replica (``serve.resume_s`` after their last word)."""
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(KEEP_IN_TOUCH_S)
             try:
                 await self.remote.engine.touch(list(self.sessions))
-            except Exception:  # the engine replica restarts; the next round tells it
-                log.warning("the engine deployment did not answer", exc_info=True)
+                await self.remote.metrics.report(self.metrics.text().decode())
+            except Exception:  # a deployment restarts; the next round tells it
+                log.warning("a deployment did not answer", exc_info=True)
+
+    async def metrics_text(self) -> bytes:
+        """``/metrics``: this server's; on Ray every replica's, labelled by replica."""
+        if self.remote is None:
+            return self.metrics.text()
+        await self.remote.metrics.report(self.metrics.text().decode())
+        return (await self.remote.metrics.merged()).encode()
 
     async def _resumption(self, session_id: str) -> Resumption | None:
         """A session whose conversation state outlived the server replica that ran it (the
@@ -458,7 +467,8 @@ def create_app(config: Config, dashboard_broker: str | None = None, remote: Any 
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return PlainTextResponse(server.metrics.text(), media_type=server.metrics.content_type)
+        text = await server.metrics_text()
+        return PlainTextResponse(text, media_type=server.metrics.content_type)
 
     @app.get("/config.json")
     async def dashboard_config() -> JSONResponse:

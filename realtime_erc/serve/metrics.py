@@ -93,3 +93,46 @@ class Metrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merge_replicas(texts: dict[str, str]) -> str:
+    """Several processes' metrics (Prometheus' text format) as one exposition, each sample
+    labelled with its ``replica``: what ``/metrics`` answers on Ray, where every replica
+    counts its own (``sum by (...)`` in a query adds them up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.utils import floatToGoString
+
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    for replica, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            if family.name.endswith("_created"):  # each process's start times: noise here
+                continue
+            # the text format names a counter's family as its samples: ..._total
+            name = family.name + "_total" if family.type == "counter" else family.name
+            _, _, lines = families.setdefault(name, (family.type, family.documentation, []))
+            for sample in family.samples:
+                labels = {"replica": replica, **sample.labels}
+                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                lines.append(f"{sample.name}{{{rendered}}} {floatToGoString(sample.value)}")
+    out: list[str] = []
+    for name, (kind, documentation, lines) in families.items():
+        out += [f"# HELP {name} {_escape(documentation)}", f"# TYPE {name} {kind}", *lines]
+    return "\n".join(out) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class ModelBatches:
+    """A model deployment's batch sizes on Ray, in its own registry (reported to the hub)."""
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        self.observe = Histogram(
+            "erc_model_batch_size", "Sessions' requests one model ran as one batch.", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
+        ).labels(model).observe  # fmt: skip
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()

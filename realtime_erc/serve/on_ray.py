@@ -23,6 +23,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,9 @@ APP_NAME = "realtime-erc"
 MODEL_CPUS = 0.25
 """Logical CPUs a model deployment's replica reserves."""
 
+HUB_CPUS = 0.05
+"""The metrics hub only files reports."""
+
 BATCH_WAIT_S = 0.005
 """How long a deployment's first request waits for others to join its batch."""
 
@@ -47,27 +51,81 @@ def _batch(max_batch_size: int):
     return serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=BATCH_WAIT_S)
 
 
-class AsrModel:
+def replica_id(fallback: str) -> str:
+    """This Serve replica's id (``fallback`` outside a replica)."""
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - not in a replica (a unit test)
+        return fallback
+
+
+class MetricsHub:
+    """Every replica's metrics, for the ingress's ``/metrics`` on Ray: each replica reports
+    its own exposition, and :meth:`merged` labels each sample with its ``replica``. A replica
+    that has not reported for :data:`STALE_S` (it was lost) is dropped."""
+
+    STALE_S = 120.0
+
+    def __init__(self) -> None:
+        self.reports: dict[str, tuple[float, str]] = {}
+
+    def report(self, replica: str, text: str) -> None:
+        self.reports[replica] = (time.monotonic(), text)
+
+    def merged(self) -> str:
+        from realtime_erc.serve.metrics import merge_replicas
+
+        now = time.monotonic()
+        self.reports = {r: v for r, v in self.reports.items() if now - v[0] < self.STALE_S}
+        return merge_replicas({r: text for r, (_, text) in self.reports.items()})
+
+
+class _Reporting:
+    """A model deployment that counts its batch sizes and reports them to the hub (in the
+    background: a batch does not wait for it)."""
+
+    def __init__(self, name: str, hub) -> None:
+        from realtime_erc.serve.metrics import ModelBatches
+
+        self.hub = hub
+        self.replica = f"{name}-{replica_id('local')}"
+        self.batches = ModelBatches(name)
+        self._reports: set[asyncio.Task] = set()
+
+    def batched(self, size: int) -> None:
+        self.batches.observe(size)
+        if self.hub is not None:
+            task = asyncio.ensure_future(self.hub.report.remote(self.replica, self.batches.text()))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
+
+
+class AsrModel(_Reporting):
     """Whisper for every session: closed segments ``(samples, offset)`` → transcripts."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, hub=None) -> None:
         from realtime_erc.speech.asr import Transcriber
 
+        super().__init__("asr", hub)
         self.transcriber = Transcriber(config.asr)
         self.transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))  # first-call buffers
 
     @_batch(16)
     async def __call__(self, items: list[tuple[np.ndarray, float]]) -> list[Any]:
+        self.batched(len(items))
         samples, offsets = zip(*items, strict=True)
         return await asyncio.to_thread(self.transcriber.transcribe_batch, samples, offsets)
 
 
-class TextModel:
+class TextModel(_Reporting):
     """The sentence encoder the served model reads: ``(transcript, context)`` → features."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, hub=None) -> None:
         from realtime_erc.session import load_engine, text_encoder
 
+        super().__init__("text", hub)
         self.text = text_encoder(config, load_engine(config))
         if self.text is not None:
             self.text.encode("warm up")
@@ -75,11 +133,12 @@ class TextModel:
     @_batch(32)
     async def __call__(self, items: list[tuple[str, str]]) -> list[Any]:
         assert self.text is not None, "only deployed for a model that reads text"
+        self.batched(len(items))
         texts, contexts = zip(*items, strict=True)
         return await asyncio.to_thread(self.text.encode_batch, list(texts), list(contexts))
 
 
-class EngineModel:
+class EngineModel(_Reporting):
     """The ERC engine: ``(session_id, features)`` → the session's next prediction.
 
     It keeps every session's conversation state, so a session whose ingress replica was lost
@@ -87,14 +146,16 @@ class EngineModel:
     :meth:`touch` their open sessions, and a session nobody touched for ``serve.resume_s`` is
     forgotten."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, hub=None) -> None:
         from realtime_erc.session import load_engine
 
+        super().__init__("engine", hub)
         self.engine = load_engine(config)
         self.resume_s = config.serve.resume_s
 
     @_batch(64)
     async def step(self, items: list[tuple[str, Any]]) -> list[Any]:
+        self.batched(len(items))
         return await asyncio.to_thread(self.engine.step_many, items)
 
     def end_session(self, session_id: str) -> None:
@@ -153,23 +214,38 @@ class RemoteEngine:
         pass
 
 
+class RemoteMetrics:
+    """The metrics hub, as an ingress replica reports to and reads it."""
+
+    def __init__(self, hub, replica: str) -> None:
+        self.hub = hub
+        self.replica = replica
+
+    async def report(self, text: str) -> None:
+        await self.hub.report.remote(self.replica, text)
+
+    async def merged(self) -> str:
+        return await self.hub.merged.remote()
+
+
 class RemoteModels:
     """The deployments an ingress replica calls instead of loading the models itself."""
 
-    def __init__(self, asr, text, engine) -> None:
+    def __init__(self, asr, text, engine, hub, replica: str) -> None:
         self.asr, self.text, self.engine = (
             RemoteBatcher(asr),
             RemoteBatcher(text),
             RemoteEngine(engine),
         )
+        self.metrics = RemoteMetrics(hub, replica)
 
 
 class Ingress:
     """The FastAPI app of ``serve`` over the model deployments (Serve builds it per replica)."""
 
-    def __init__(self, config: Config, asr, text, engine) -> None:
+    def __init__(self, config: Config, asr, text, engine, hub) -> None:
         self.config = config
-        self.remote = RemoteModels(asr, text, engine)
+        self.remote = RemoteModels(asr, text, engine, hub, f"ingress-{replica_id('local')}")
 
     def __serve_build_asgi_app__(self):
         from realtime_erc.serve.app import create_app
@@ -210,11 +286,15 @@ def build_application(config: Config, gpus: float = 0.0):
         EngineModel, name="engine", num_replicas=1, max_ongoing_requests=1024,
         ray_actor_options={"num_cpus": MODEL_CPUS},
     )  # fmt: skip
+    hub = serve.deployment(
+        MetricsHub, name="metrics", num_replicas=1, ray_actor_options={"num_cpus": HUB_CPUS}
+    ).bind()
     return ingress.bind(
         config,
-        model(AsrModel, "asr").bind(config),
-        model(TextModel, "text").bind(config),
-        engine.bind(config),
+        model(AsrModel, "asr").bind(config, hub),
+        model(TextModel, "text").bind(config, hub),
+        engine.bind(config, hub),
+        hub,
     )
 
 

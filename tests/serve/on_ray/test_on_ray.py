@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,10 +84,36 @@ def test_the_client_streams_a_recording(ray_server, tmp_path) -> None:
     assert documents[-1]["state"] == "offline"
 
 
-def test_metrics(ray_server) -> None:
-    with urllib.request.urlopen(ray_server + "metrics", timeout=30) as r:
+def scrape(http: str) -> dict[tuple[str, str], float]:
+    """``/metrics``: ``(sample name, replica) → value`` summed over the other labels, where
+    the labels say ``model`` (batch sizes) the model joins the name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(http + "metrics", timeout=30) as r:
         text = r.read().decode()
-    assert re.search(r"^erc_sessions_total\{result=\"accepted\"\} [1-9]", text, re.M), text
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name + (f":{sample.labels['model']}" if "model" in sample.labels else "")
+            key = (name, sample.labels["replica"])
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def by_replica(metrics: dict[tuple[str, str], float], name: str) -> dict[str, float]:
+    return {replica: v for (n, replica), v in metrics.items() if n == name}
+
+
+def test_metrics_of_every_deployment(ray_server) -> None:
+    metrics = scrape(ray_server)
+    accepted = by_replica(metrics, "erc_sessions_total")
+    assert len(accepted) == 1 and list(accepted.values()) == [1.0], accepted
+    assert list(by_replica(metrics, "erc_utterances_total").values()) == [3.0]
+    # the model deployments count their own batches: three utterances each went through
+    for model in ("asr", "text", "engine"):
+        sizes = by_replica(metrics, f"erc_model_batch_size_sum:{model}")
+        assert len(sizes) == 1 and next(iter(sizes)).startswith(f"{model}-"), metrics
+        assert list(sizes.values()) == [3.0], (model, sizes)
 
 
 def test_the_capture_page(ray_server, fake_media_browser, media) -> None:
@@ -133,9 +158,8 @@ def test_a_session_goes_on_after_its_replica_is_killed(ray_server, tmp_path) -> 
         killed.append(await asyncio.to_thread(kill_ingress_replica))
         return await streaming
 
-    started = time.monotonic()
     documents = run_async(run())
-    assert killed and time.monotonic() - started < 240
+    assert killed
     ids = [d["utterance_id"] for d in finals(documents)]
     # every utterance once, in order: none lost, none published twice under another id
     assert ids == sorted(set(ids)) and ids == list(range(len(ids))), ids
@@ -152,3 +176,11 @@ def test_a_session_goes_on_after_its_replica_is_killed(ray_server, tmp_path) -> 
     assert context["resumed_at"] == pytest.approx(before[-1]["end"], abs=0.05)
     assert all(d["start"] >= context["resumed_at"] - 0.5 for d in after)
     assert documents[-1]["state"] == "offline"
+
+
+def test_metrics_after_a_replica_was_lost(ray_server) -> None:
+    # the lost replica's last report stays (until it is stale) beside its successor's
+    accepted = by_replica(scrape(ray_server), "erc_sessions_total")
+    assert len(accepted) == 2, accepted
+    assert all(r.startswith("ingress-") for r in accepted)
+    assert sorted(accepted.values()) == [1.0, 3.0]  # 3 = client, capture page, "kept"
