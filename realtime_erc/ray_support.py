@@ -9,10 +9,16 @@ Ray is an optional extra (``pip install 'realtime-erc[ray]'``). Without an addre
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from realtime_erc.errors import UserError
+
+PRIVATE_NETWORK_ENV = "REALTIME_ERC_RAY_NETNS"
+"""Set to 1 inside the namespace :func:`rerun_in_private_network` runs a command in."""
 
 
 class RayError(UserError, RuntimeError):
@@ -59,3 +65,17 @@ def in_private_network(command: Sequence[str]) -> list[str]:
     as_user = ["--map-root-user"] if os.geteuid() != 0 else []
     return ["unshare", *as_user, "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
             *command]  # fmt: skip
+
+
+def inside_private_network() -> bool:
+    return os.environ.get(PRIVATE_NETWORK_ENV) == "1"
+
+
+def rerun_in_private_network() -> int:
+    """This command again (``python -m realtime_erc`` + its arguments) inside a private
+    network; its exit status."""
+    if not shutil.which("unshare"):
+        raise RayError("unshare not found (util-linux): install it, or pass --no-private-network")
+    env = {**os.environ, PRIVATE_NETWORK_ENV: "1"}
+    command = in_private_network([sys.executable, "-m", "realtime_erc", *sys.argv[1:]])
+    return subprocess.run(command, env=env).returncode

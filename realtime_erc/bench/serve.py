@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.sources.recording import Recording, RecordingWriter, read_recording
 
-MODES = ("server", "processes")
+MODES = ("server", "processes", "ray")
 P95_TARGET_MS = 1500.0
 RSS_PER_SESSION_TARGET_MB = 50.0
 SERVER_START_TIMEOUT_S = 300.0
@@ -64,7 +65,7 @@ class ServeBenchOptions:
 
     sessions: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     recording: Path = Path("recordings/demo")
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = ("server", "processes")
     overrides: list[str] = field(default_factory=list)
     config_file: Path | None = None
     stagger_s: float = 0.25
@@ -362,22 +363,34 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 class ServerProcess:
     """``realtime-erc serve --port 0 --no-zmq`` as a subprocess, ready once its models are
-    loaded (``/healthz`` 200)."""
+    loaded (``/healthz`` 200). ``ray``: ``serve --ray`` on a local Ray of its own (in a short
+    temporary ``RAY_TMPDIR``; Serve's proxy needs a fixed port: a free one)."""
 
-    def __init__(self, options: ServeBenchOptions, sessions: int, workdir: Path) -> None:
+    def __init__(
+        self, options: ServeBenchOptions, sessions: int, workdir: Path, ray: bool = False
+    ) -> None:
         extra = [f"serve.max_sessions={sessions + 1}"] if sessions + 1 > 16 else []
-        self.log = workdir / f"server-{sessions}.log"
-        self.args = _cli("serve", "--port", "0", "--no-zmq", *_settings(options, extra))
+        self.log = workdir / f"{'ray' if ray else 'server'}-{sessions}.log"
+        where = ["--ray", "--port", str(_free_port())] if ray else ["--port", "0"]
+        self.args = _cli("serve", *where, "--no-zmq", *_settings(options, extra))
+        self.ray = ray
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.http = ""
+        self._ray_tmp: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> float:
         """Start it and wait for its models; returns the seconds that took."""
         began = time.perf_counter()
+        env = dict(os.environ)
+        if self.ray:
+            self._ray_tmp = tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp")
+            env |= {"RAY_TMPDIR": self._ray_tmp.name, "RAY_USAGE_STATS_ENABLED": "0",
+                    "COLUMNS": "250"}  # fmt: skip
+            env.pop("RAY_ADDRESS", None)  # the benchmark's Ray is its own
         with self.log.open("w") as err:
             self.proc = subprocess.Popen(
-                self.args, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1
+                self.args, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, env=env
             )
         line = self._announcement(began + SERVER_START_TIMEOUT_S)
         self.url = _ANNOUNCE.search(line).group(1)  # type: ignore[union-attr]
@@ -426,17 +439,25 @@ class ServerProcess:
         for family in text_string_to_metric_families(text):
             if family.name != "erc_model_batch_size":
                 continue
-            for sample in family.samples:
+            for sample in family.samples:  # on Ray: one series per replica, added up
                 model = sample.labels.get("model", "")
                 if sample.name.endswith("_sum"):
-                    sums[model] = sample.value
+                    sums[model] = sums.get(model, 0.0) + sample.value
                 elif sample.name.endswith("_count"):
-                    counts[model] = sample.value
+                    counts[model] = counts.get(model, 0.0) + sample.value
         return {m: round(sums[m] / c, 2) for m, c in counts.items() if c and m in sums}
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            _stop(self.proc, 120.0 if self.ray else 30.0)
+        if self._ray_tmp is not None:
+            self._ray_tmp.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _stream_clients(
@@ -459,10 +480,15 @@ async def _stream_clients(
 
 
 def run_server_mode(
-    options: ServeBenchOptions, sessions: int, workdir: Path, annotated: int, timeout_s: float
+    options: ServeBenchOptions,
+    sessions: int,
+    workdir: Path,
+    annotated: int,
+    timeout_s: float,
+    ray: bool = False,
 ) -> RunFigures:
     recordings = session_recordings(options, sessions, workdir)
-    server = ServerProcess(options, sessions, workdir)
+    server = ServerProcess(options, sessions, workdir, ray)
     try:
         startup = server.start()
         assert server.proc is not None
@@ -480,7 +506,7 @@ def run_server_mode(
             batches = server.batch_means()
         running = sampler.between(idle[0], end[0])
         return RunFigures(
-            mode="server",
+            mode="ray" if ray else "server",
             sessions=sessions,
             outcomes=outcomes,
             wall_s=end[0] - idle[0],
@@ -639,6 +665,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["server_over_processes"] = (
             round(held["server"] / held["processes"], 2) if held["processes"] else None
         )
+    out |= ray_overhead(rows)
+    return out
+
+
+def ray_overhead(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Ray path against plain ``serve`` at each N both ran (issue 22's targets: ≤ 20 ms
+    more EoS→final p50 at 1 session; at 8, p95 within 1.5× and a mean ASR batch over 1)."""
+    out: dict[str, Any] = {}
+    plain = {r["sessions"]: r for r in rows if r["mode"] == "server"}
+    for r in (r for r in rows if r["mode"] == "ray" and r["sessions"] in plain):
+        n, base = r["sessions"], plain[r["sessions"]]
+        if r["final_p50_ms"] is not None and base["final_p50_ms"] is not None:
+            out[f"ray_p50_overhead_ms_at_{n}"] = r["final_p50_ms"] - base["final_p50_ms"]
+        if r["final_p95_ms"] and base["final_p95_ms"]:
+            out[f"ray_p95_ratio_at_{n}"] = round(r["final_p95_ms"] / base["final_p95_ms"], 2)
+        if "asr" in r["batch_means"]:
+            out[f"ray_mean_asr_batch_at_{n}"] = r["batch_means"]["asr"]
     return out
 
 
@@ -677,8 +720,12 @@ def run_serve_benchmark(options: ServeBenchOptions) -> BenchReport:
         workdir = Path(tmp)
         for n in options.sessions:
             for mode in options.modes:
-                run = run_server_mode if mode == "server" else run_processes_mode
-                figures = run(options, n, workdir, annotated, timeout_s)
+                if mode == "processes":
+                    figures = run_processes_mode(options, n, workdir, annotated, timeout_s)
+                else:
+                    figures = run_server_mode(
+                        options, n, workdir, annotated, timeout_s, ray=mode == "ray"
+                    )
                 report.rows.append(figures.row())
     report.meta |= summarize(report.rows)
     report.meta["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

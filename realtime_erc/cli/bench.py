@@ -138,7 +138,10 @@ def bench_serve(
         "recordings/demo"
     ),
     modes: Annotated[
-        str, typer.Option(help="server (one server, N clients) and/or processes (N replays).")
+        str,
+        typer.Option(
+            help="server (one server, N clients), processes (N replays), ray (serve --ray)."
+        ),
     ] = "server,processes",
     stagger: Annotated[
         float, typer.Option(min=0.0, help="Seconds between the clients' starts.")
@@ -151,14 +154,21 @@ def bench_serve(
             "recording rotated), as independent conversations."
         ),
     ] = "aligned",
+    private_network: Annotated[
+        bool,
+        typer.Option(
+            help="With the ray mode: run the whole benchmark (servers, Ray, clients) in a "
+            "network namespace of its own (loopback only)."
+        ),
+    ] = True,
     out: Annotated[
         Path, typer.Option(help="Directory for serve.json / serve-spread.json and .md.")
     ] = Path("bench-results"),
     config_file: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """N conversations at real-time pace: one `serve` with N clients vs N `replay` processes
-    (end-of-speech→final p50/p95, CPU, RSS, shed work per N)."""
+    """N conversations at real-time pace: one `serve` with N clients vs N `replay` processes,
+    and/or `serve --ray` (end-of-speech→final p50/p95, CPU, RSS, shed work, batches per N)."""
     load(config_file, overrides)  # refuses a bad configuration before anything starts
     from realtime_erc.bench.serve import (
         ServeBenchOptions,
@@ -167,7 +177,10 @@ def bench_serve(
         parse_sessions,
         run_serve_benchmark,
     )
+    from realtime_erc.ray_support import inside_private_network, rerun_in_private_network
 
+    if "ray" in parse_modes(modes) and private_network and not inside_private_network():
+        raise typer.Exit(rerun_in_private_network())
     options = ServeBenchOptions(
         sessions=parse_sessions(sessions), recording=recording, modes=parse_modes(modes),
         overrides=list(overrides or []), config_file=config_file, stagger_s=stagger,

@@ -103,6 +103,21 @@ def test_summary_finds_the_largest_n_held_per_mode():
     assert s["processes_rss_mb_per_session"] == pytest.approx(600.0, abs=0.5)
 
 
+def test_summary_compares_the_ray_path_with_plain_serve():
+    def row(mode, n, p50, p95, asr):
+        return {"mode": mode, "sessions": n, "final_p50_ms": p50, "final_p95_ms": p95,
+                "received": 3 * n, "annotated": 3 * n, "shed_total": 0, "errors": [],
+                "rss_peak_mb": 1000.0 * n, "batch_means": {"asr": asr}}  # fmt: skip
+
+    rows = [row("server", 1, 700, 750, 1.0), row("ray", 1, 712, 780, 1.0),
+            row("server", 8, 1200, 1800, 1.4), row("ray", 8, 1300, 2160, 1.6)]  # fmt: skip
+    s = summarize(rows)
+    assert s["ray_p50_overhead_ms_at_1"] == 12 and s["ray_p50_overhead_ms_at_8"] == 100
+    assert s["ray_p95_ratio_at_8"] == 1.2 and s["ray_mean_asr_batch_at_8"] == 1.6
+    assert s["ray_largest_n_held"] == 1 and s["server_largest_n_held"] == 1
+    assert parse_modes("server,ray") == ("server", "ray")
+
+
 @pytest.mark.slow
 def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
     recording = short_recording(demo_dir, tmp_path / "short")

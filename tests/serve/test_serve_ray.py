@@ -16,7 +16,7 @@ import psutil
 import pytest
 from cli_support import ROOT
 
-from realtime_erc.ray_support import in_private_network
+from realtime_erc.ray_support import PRIVATE_NETWORK_ENV, in_private_network
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_serve_on_ray_in_a_private_network(tmp_path: Path) -> None:
 
 def run_inner(tmp_path: Path, ray_tmp: Path) -> None:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
-           "REALTIME_ERC_RAY_NETNS": "1"}  # fmt: skip
+           PRIVATE_NETWORK_ENV: "1"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                "--basetemp", str(tmp_path / "inner"), str(INNER)]  # fmt: skip

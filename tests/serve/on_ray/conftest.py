@@ -4,8 +4,8 @@ run does not collect them."""
 
 from __future__ import annotations
 
-import os
+from realtime_erc.ray_support import inside_private_network
 
 
 def pytest_ignore_collect(collection_path, config) -> bool:
-    return os.environ.get("REALTIME_ERC_RAY_NETNS") != "1"
+    return not inside_private_network()
