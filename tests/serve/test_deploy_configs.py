@@ -26,7 +26,7 @@ from realtime_erc.serve.on_ray import app  # noqa: E402
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SERVE_CONFIG = DEPLOY / "serve-config.yaml"
 RAYSERVICE = DEPLOY / "rayservice.yaml"
-DEPLOYMENTS = {"ingress", "asr", "text", "engine"}
+DEPLOYMENTS = {"ingress", "asr", "text", "engine", "metrics"}
 PUBLIC_PORT = 8765
 
 
