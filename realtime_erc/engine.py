@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,7 +80,7 @@ class Progress:
 
     utterance_id: int
     end: float
-    seen_at: float = field(default_factory=time.monotonic)
+    seen_at: float
 
 
 class Engine:
@@ -129,7 +129,7 @@ class Engine:
         with self._lock:
             for sid in session_ids:
                 if (p := self._progress.get(sid)) is not None:
-                    self._progress[sid] = Progress(p.utterance_id, p.end)
+                    self._progress[sid] = Progress(p.utterance_id, p.end, time.monotonic())
 
     def expire(self, idle_s: float) -> list[str]:
         """End the sessions neither stepped nor touched for ``idle_s`` seconds (a server that
@@ -157,7 +157,9 @@ class Engine:
                 for i, state, pred in zip(round_, states, self._predictions(logits), strict=True):
                     session_id, utt = items[i]
                     self._states[session_id] = state
-                    self._progress[session_id] = Progress(utt.utterance_id, utt.end)
+                    self._progress[session_id] = Progress(
+                        utt.utterance_id, utt.end, time.monotonic()
+                    )
                     results[i] = pred
         return results  # type: ignore[return-value]
 

@@ -84,6 +84,25 @@ def test_step_many_keeps_the_order_of_one_sessions_utterances():
     assert np.allclose(preds[3].logits, expected[0], atol=1e-5)
 
 
+def test_progress_says_how_far_a_sessions_state_goes_until_it_ends_or_expires(monkeypatch):
+    engine = _engine()
+    d = _dialogue(5, n=3)
+    assert engine.progress("s") is None
+    engine.step_many([("s", d[0]), ("s", d[1]), ("t", d[0])])
+    assert (engine.progress("s").utterance_id, engine.progress("s").end) == (
+        d[1].utterance_id, d[1].end,
+    )  # fmt: skip
+    clock = [engine.progress("s").seen_at]
+    monkeypatch.setattr("realtime_erc.engine.time.monotonic", lambda: clock[0])
+    clock[0] += 100.0
+    engine.touch(["t"])  # "t" is still open somewhere; "s" was lost
+    clock[0] += 250.0
+    assert engine.expire(300.0) == ["s"]
+    assert engine.sessions == ["t"] and engine.progress("s") is None
+    engine.end_session("t")
+    assert engine.progress("t") is None and engine.expire(0.0) == []
+
+
 def test_wrong_dims_are_refused_before_any_state_changes():
     engine = _engine()
     d = _dialogue(4, n=2)

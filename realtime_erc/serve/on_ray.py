@@ -11,6 +11,8 @@ One Serve application, ``realtime-erc``:
 - ``engine``: the ERC engine's steps, batched. One replica: it holds every session's
   conversation state under the session's id, so a session whose ingress replica was lost goes
   on where it was when its client reconnects with the same id.
+- ``metrics``: files every replica's figures; the ingress's ``/metrics`` shows them all,
+  labelled by replica.
 
 The analysis (voice encoder, openSMILE, face landmarks, the emotion heads) runs on the ingress
 replica, batched across its sessions as in ``serve``: the heads' per-speaker statistics and the

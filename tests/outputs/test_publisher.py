@@ -122,6 +122,24 @@ async def test_status_events_from_upstream_are_published_with_their_load() -> No
     assert rec.sent[1][1]["model"] == "m@1"  # the stage's own identity, not the event's
 
 
+async def test_a_resumed_session_says_what_it_kept_in_its_online_status() -> None:
+    from realtime_erc.events import Resumption
+
+    rec = Recorder()
+    resumed = Resumption(41.2049, 13, ("conversation",), ("speakers", "speaker_statistics"))
+    stage = PublishStage("s", "meld7", "m@1", [rec], resumed=resumed)
+    await stage.start()
+    await stage.close()
+    online, offline = (doc for _, doc in rec.sent)
+    assert online["context"] == {"resumed_at": 41.205, "next_utterance_id": 13,
+                                 "kept": ["conversation"],
+                                 "lost": ["speakers", "speaker_statistics"]}  # fmt: skip
+    assert "context" not in offline
+    validate_document(online)
+    with pytest.raises(SchemaError, match="context"):
+        validate_document({**online, "context": {**online["context"], "next_utterance_id": -1}})
+
+
 async def test_other_events_pass_through_untouched() -> None:
     rec = Recorder()
     stage = PublishStage("s", "meld7", None, [rec])

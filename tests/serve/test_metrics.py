@@ -109,3 +109,31 @@ def test_metrics_is_the_prometheus_text_format(server):
         ("erc_provisional_latency_seconds", "histogram"), ("erc_model_batch_size", "histogram"),
     ]:  # fmt: skip
         assert f"# HELP {name} " in body and f"# TYPE {name} {kind}\n" in body, name
+
+
+def test_replicas_metrics_merge_into_one_exposition_labelled_by_replica() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from realtime_erc.serve.metrics import Metrics, ModelBatches, merge_replicas
+
+    ingress = [Metrics(lambda: 2, lambda: 0), Metrics(lambda: 1, lambda: 0)]
+    for m in ingress:
+        m.accepted()
+    ingress[0].accepted()
+    asr = ModelBatches("asr")
+    for size in (1, 3):
+        asr.observe(size)
+    texts = {"ingress-a": ingress[0].text().decode(), "ingress-b": ingress[1].text().decode()}
+    text = merge_replicas({**texts, "asr-1": asr.text()})
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "erc_sessions_created" not in families
+    accepted = {s.labels["replica"]: s.value for s in families["erc_sessions"].samples}
+    assert accepted == {"ingress-a": 2.0, "ingress-b": 1.0}
+    open_now = {s.labels["replica"]: s.value for s in families["erc_sessions_open"].samples}
+    assert open_now == {"ingress-a": 2.0, "ingress-b": 1.0}
+    batches = {(s.name, s.labels["replica"]): s.value
+               for s in families["erc_model_batch_size"].samples
+               if s.labels.get("model") == "asr" and "le" not in s.labels}  # fmt: skip
+    assert batches == {("erc_model_batch_size_sum", "asr-1"): 4.0,
+                       ("erc_model_batch_size_count", "asr-1"): 2.0}  # fmt: skip
+    assert text.count("# TYPE erc_sessions_total counter") == 1  # one family, every replica

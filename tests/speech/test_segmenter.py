@@ -66,6 +66,13 @@ def test_speech_pause_speech_gives_two_segments() -> None:
     assert a.closed_at <= b.closed_at
 
 
+def test_a_resumed_session_numbers_its_segments_on_from_where_it_was() -> None:
+    probs = pattern((1, 0.02), (1, 0.9), (1, 0.02), (1.5, 0.9), (1, 0.02))
+    closed = run(SpeechTracker(config(), origin=40.0, first_id=13), probs)
+    assert [s.segment_id for _, s in closed] == [13, 14]
+    assert closed[0][1].start == pytest.approx(41.0, abs=0.1)  # on the session clock
+
+
 def test_samples_line_up_with_times_and_keep_a_tail() -> None:
     (_, seg), *_ = run(SpeechTracker(config()), pattern((1, 0.0), (1, 0.9), (1, 0.0)))
     assert first_sample_index(seg) == round(seg.audio_start * SAMPLE_RATE)
