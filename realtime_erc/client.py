@@ -23,6 +23,7 @@ import json
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -314,23 +315,113 @@ async def stream_live(
     *,
     token: str | None = None,
     on_document: Callable[[dict[str, Any]], None] | None = None,
+    reconnect_s: float = RECONNECT_S,
+    keep_s: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Stream live capture (:func:`~realtime_erc.sources.live.open_live`) until it ends or is
-    stopped (Ctrl-C stops the capture; the server then finishes the session)."""
-    from realtime_erc.events import SAMPLE_RATE, AudioChunk
+    stopped (Ctrl-C stops the capture; the server then finishes the session). The last
+    ``keep_s`` seconds of capture are kept, so that a session that goes on over a new
+    connection gets again what the lost one had not finished (see the module's docstring)."""
+    from realtime_erc.events import SAMPLE_RATE
 
-    session = await connect(url, video=source.camera is not None, token=token,
-                            sample_rate=SAMPLE_RATE)  # fmt: skip
-    documents, receiver = session.collect(on_document)
-    try:
-        async for event in source:
-            if isinstance(event, AudioChunk):
-                await session.send_audio(event.samples)
+    backlog = _Backlog(keep_s)
+    documents: list[dict[str, Any]] = []
+    retry = _Backoff(reconnect_s)
+    session_id: str | None = None
+
+    async def capture() -> None:
+        try:
+            async for event in source:
+                backlog.add(event)
+        finally:
+            backlog.end()
+
+    async def send_from(session: Session, at: float) -> None:
+        i = backlog.index_at(at)
+        while (event := await backlog.get(i)) is not None:
+            i = max(i, backlog.dropped) + 1  # an event gone from the backlog is skipped
+            if hasattr(event, "samples"):  # AudioChunk
+                skip = max(0, round((at - event.start) * SAMPLE_RATE))
+                await session.send_audio(event.samples[skip:])
             else:
                 await session.send_image(event.image, event.time, quality=80)
         await session.end()
-        await receiver
+
+    capturing = asyncio.create_task(capture())
+    try:
+        while True:
+            try:
+                session = await connect(url, session_id=session_id, token=token,
+                                        video=source.camera is not None,
+                                        sample_rate=SAMPLE_RATE)  # fmt: skip
+            except ClientError:
+                if session_id is None or (delay := retry.next()) is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            session_id = session.session_id
+            receiver = asyncio.create_task(_receive(session, documents, on_document))
+            try:
+                await send_from(session, session.resumed_at or 0.0)
+            except ConnectionClosed:
+                pass
+            finally:
+                try:
+                    await receiver
+                finally:
+                    receiver.cancel()
+                    await session.close()
+            if session.error is not None or session.close_code not in LOST:
+                return documents
+            retry.restart()
+            if (delay := retry.next()) is None:
+                return documents
+            log.warning("session %s: connection lost (%s); reconnecting in %g s", session_id,
+                        session.close_code, delay)  # fmt: skip
+            await asyncio.sleep(delay)
     finally:
-        receiver.cancel()
-        await session.close()
-    return documents
+        capturing.cancel()
+
+
+class _Backlog:
+    """Captured events (audio chunks and frames, in capture order) of the last ``keep_s``
+    seconds, by absolute index: what has been sent can be sent again."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self.events: deque[Any] = deque()
+        self.dropped = 0
+        self.ended = False
+        self._changed = asyncio.Event()
+
+    @staticmethod
+    def _time(event: Any) -> float:
+        return event.start if hasattr(event, "samples") else event.time
+
+    def add(self, event: Any) -> None:
+        self.events.append(event)
+        while self._time(self.events[0]) < self._time(event) - self.keep_s:
+            self.events.popleft()
+            self.dropped += 1
+        self._changed.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._changed.set()
+
+    def index_at(self, at: float) -> int:
+        """The first event still kept that reaches past session time ``at``."""
+        for k, event in enumerate(self.events):
+            end = event.end if hasattr(event, "samples") else event.time
+            if end > at:
+                return self.dropped + k
+        return self.dropped + len(self.events)
+
+    async def get(self, i: int) -> Any | None:
+        """Event ``i`` (waiting for it); None once the capture has ended before it."""
+        while i - self.dropped >= len(self.events):
+            if self.ended:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        return self.events[max(0, i - self.dropped)]

@@ -111,12 +111,14 @@ def stream(
             await stream_recording(url, recording, pace=speed, token=token, on_document=each)
             return
         from realtime_erc.session import live_options, new_session_id
-        from realtime_erc.sources.live import open_live
+        from realtime_erc.sources.live import open_live, stop_on_signals
 
         source = open_live(live_options(config), new_session_id(), None, "realtime-erc stream")
         err_console.print(f"streaming to {url} (Ctrl-C to stop)", highlight=False)
         try:
-            await stream_live(url, source, token=token, on_document=each)
+            # Ctrl-C ends the capture; the server then sends the last events and "offline"
+            with stop_on_signals(source.request_stop):
+                await stream_live(url, source, token=token, on_document=each)
         finally:
             source.close()
 

@@ -17,7 +17,7 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,19 +262,29 @@ def open_live(
     return LiveSource(mic, camera, recorder, options.duration_s)
 
 
-async def record_live(source: LiveSource) -> None:
-    """Capture without processing (the ``record`` command): until Ctrl-C / SIGTERM, the
-    duration, or a lost device. The recording is complete when this returns."""
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C / SIGTERM call ``stop`` (the capture ends cleanly) instead of interrupting, while
+    in the block (on the running loop)."""
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, source.request_stop)
+            loop.add_signal_handler(sig, stop)
             installed.append(sig)
     try:
-        async for _event in source:
-            pass
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def record_live(source: LiveSource) -> None:
+    """Capture without processing (the ``record`` command): until Ctrl-C / SIGTERM, the
+    duration, or a lost device. The recording is complete when this returns."""
+    try:
+        with stop_on_signals(source.request_stop):
+            async for _event in source:
+                pass
+    finally:
         source.close()
