@@ -24,7 +24,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from realtime_erc.errors import UserError
+from realtime_erc.events import AudioChunk
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +218,8 @@ async def stream_recording(
     rec = read_recording(recording)
     audio = rec.read_audio()
     video = next(iter(rec.iter_frames()), None) is not None
-    documents: list[dict[str, Any]] = []
     step = SAMPLE_RATE * chunk_ms // 1000
     began = time.perf_counter()
-    retry = _Backoff(reconnect_s)
 
     async def send_from(session: Session, at: float) -> None:
         """The recording from session time ``at`` (paced on the first connection's clock)."""
@@ -238,18 +237,42 @@ async def stream_recording(
                     await asyncio.sleep(ahead)
         await session.end()
 
+    return await _resumable(
+        url, send_from, session_id=session_id, video=video, pace=pace, token=token,
+        on_document=on_document, reconnect_s=reconnect_s,
+    )  # fmt: skip
+
+
+async def _resumable(
+    url: str,
+    send_from: Callable[[Session, float], Awaitable[None]],
+    *,
+    session_id: str | None,
+    video: bool,
+    pace: Literal["realtime", "max"],
+    token: str | None,
+    on_document: Callable[[dict[str, Any]], None] | None,
+    reconnect_s: float,
+) -> list[dict[str, Any]]:
+    """One session over as many connections as it takes: ``send_from(session, at)`` sends the
+    media from session time ``at`` (0, or where a resumed session goes on) and ends it."""
+    from realtime_erc.events import SAMPLE_RATE
+
+    documents: list[dict[str, Any]] = []
+    retry = _Backoff(reconnect_s)
+    connected = False
     while True:
         try:
             session = await connect(url, session_id=session_id, video=video, pace=pace,
                                     token=token, sample_rate=SAMPLE_RATE)  # fmt: skip
         except ClientError as e:
             # reconnecting: the replica that takes the session may still be starting
-            if session_id is None or not documents or (delay := retry.next()) is None:
+            if not connected or (delay := retry.next()) is None:
                 raise
             log.info("reconnecting to %s: %s; again in %g s", url, e, delay)
             await asyncio.sleep(delay)
             continue
-        session_id = session.session_id
+        connected, session_id = True, session.session_id
         receiver = asyncio.create_task(_receive(session, documents, on_document))
         try:
             await send_from(session, session.resumed_at or 0.0)
@@ -267,8 +290,7 @@ async def stream_recording(
         if code not in LOST:
             return documents
         retry.restart()
-        delay = retry.next()
-        if delay is None:
+        if (delay := retry.next()) is None:
             raise ClientError(
                 f"the connection to {url} was lost (close code {code}) and reconnecting did not "
                 "bring the session back: is the server running?",
@@ -325,9 +347,6 @@ async def stream_live(
     from realtime_erc.events import SAMPLE_RATE
 
     backlog = _Backlog(keep_s)
-    documents: list[dict[str, Any]] = []
-    retry = _Backoff(reconnect_s)
-    session_id: str | None = None
 
     async def capture() -> None:
         try:
@@ -340,7 +359,7 @@ async def stream_live(
         i = backlog.index_at(at)
         while (event := await backlog.get(i)) is not None:
             i = max(i, backlog.dropped) + 1  # an event gone from the backlog is skipped
-            if hasattr(event, "samples"):  # AudioChunk
+            if isinstance(event, AudioChunk):
                 skip = max(0, round((at - event.start) * SAMPLE_RATE))
                 await session.send_audio(event.samples[skip:])
             else:
@@ -349,36 +368,10 @@ async def stream_live(
 
     capturing = asyncio.create_task(capture())
     try:
-        while True:
-            try:
-                session = await connect(url, session_id=session_id, token=token,
-                                        video=source.camera is not None,
-                                        sample_rate=SAMPLE_RATE)  # fmt: skip
-            except ClientError:
-                if session_id is None or (delay := retry.next()) is None:
-                    raise
-                await asyncio.sleep(delay)
-                continue
-            session_id = session.session_id
-            receiver = asyncio.create_task(_receive(session, documents, on_document))
-            try:
-                await send_from(session, session.resumed_at or 0.0)
-            except ConnectionClosed:
-                pass
-            finally:
-                try:
-                    await receiver
-                finally:
-                    receiver.cancel()
-                    await session.close()
-            if session.error is not None or session.close_code not in LOST:
-                return documents
-            retry.restart()
-            if (delay := retry.next()) is None:
-                return documents
-            log.warning("session %s: connection lost (%s); reconnecting in %g s", session_id,
-                        session.close_code, delay)  # fmt: skip
-            await asyncio.sleep(delay)
+        return await _resumable(
+            url, send_from, session_id=None, video=source.camera is not None, pace="realtime",
+            token=token, on_document=on_document, reconnect_s=reconnect_s,
+        )  # fmt: skip
     finally:
         capturing.cancel()
 
@@ -396,7 +389,7 @@ class _Backlog:
 
     @staticmethod
     def _time(event: Any) -> float:
-        return event.start if hasattr(event, "samples") else event.time
+        return event.start if isinstance(event, AudioChunk) else event.time
 
     def add(self, event: Any) -> None:
         self.events.append(event)
@@ -412,7 +405,7 @@ class _Backlog:
     def index_at(self, at: float) -> int:
         """The first event still kept that reaches past session time ``at``."""
         for k, event in enumerate(self.events):
-            end = event.end if hasattr(event, "samples") else event.time
+            end = event.end if isinstance(event, AudioChunk) else event.time
             if end > at:
                 return self.dropped + k
         return self.dropped + len(self.events)
