@@ -18,6 +18,7 @@ Pipeline concerns (events in and out, latency fields) belong to the stage that u
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -73,16 +74,6 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     raise EngineError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
 
 
-@dataclass(frozen=True)
-class Progress:
-    """The last utterance a session's conversation state holds: its id and end (session
-    seconds); ``seen_at``: when the session was last stepped or touched (monotonic clock)."""
-
-    utterance_id: int
-    end: float
-    seen_at: float
-
-
 class Engine:
     """A model with per-session streaming state (thread-safe: steps are serialised)."""
 
@@ -94,7 +85,6 @@ class Engine:
             self.model = load_checkpoint(model, self.device)
         self.info: CheckpointInfo = model_info(self.model)
         self._states: dict[str, ConversationState] = {}
-        self._progress: dict[str, Progress] = {}
         self._lock = threading.Lock()
 
     @property
@@ -118,28 +108,6 @@ class Engine:
         """Forget a session's state (its next utterance starts a new conversation)."""
         with self._lock:
             self._states.pop(session_id, None)
-            self._progress.pop(session_id, None)
-
-    def progress(self, session_id: str) -> Progress | None:
-        """How far a session's conversation state goes (None: no state)."""
-        return self._progress.get(session_id)
-
-    def touch(self, session_ids: Sequence[str]) -> None:
-        """The sessions are still open (see :meth:`expire`)."""
-        with self._lock:
-            for sid in session_ids:
-                if (p := self._progress.get(sid)) is not None:
-                    self._progress[sid] = Progress(p.utterance_id, p.end, time.monotonic())
-
-    def expire(self, idle_s: float) -> list[str]:
-        """End the sessions neither stepped nor touched for ``idle_s`` seconds (a server that
-        lost them never ends them); their ids."""
-        cutoff = time.monotonic() - idle_s
-        with self._lock:
-            gone = [sid for sid, p in self._progress.items() if p.seen_at < cutoff]
-        for sid in gone:
-            self.end_session(sid)
-        return gone
 
     def step(self, session_id: str, utterance: UtteranceFeatures) -> EmotionPrediction:
         return self.step_many([(session_id, utterance)])[0]
@@ -155,13 +123,13 @@ class Engine:
                 states = [self._state(items[i][0]) for i in round_]
                 logits, states = self.model.step_many(states, [items[i][1] for i in round_])
                 for i, state, pred in zip(round_, states, self._predictions(logits), strict=True):
-                    session_id, utt = items[i]
-                    self._states[session_id] = state
-                    self._progress[session_id] = Progress(
-                        utt.utterance_id, utt.end, time.monotonic()
-                    )
+                    self._states[items[i][0]] = state
+                    self._stepped(*items[i], state)
                     results[i] = pred
         return results  # type: ignore[return-value]
+
+    def _stepped(self, session_id: str, utt: UtteranceFeatures, state: ConversationState) -> None:
+        """``utt`` went into the session's state (under the lock)."""
 
     def _state(self, session_id: str) -> ConversationState:
         state = self._states.get(session_id)
@@ -179,6 +147,80 @@ class Engine:
             best = max(range(len(p)), key=p.__getitem__)
             out.append(EmotionPrediction(labels[best], dict(zip(labels, p, strict=True)), tuple(r)))
         return out
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The last utterance whose event was published: its id and end (session seconds)."""
+
+    utterance_id: int
+    end: float
+
+
+class ResumableEngine(Engine):
+    """An engine whose sessions can be taken up again after the server that ran them was lost
+    (``serve --ray``'s engine deployment). A step's state is kept until its event is published
+    (:meth:`commit`); :meth:`resume` rolls a session back to its last published utterance, so
+    an utterance stepped but never published is stepped again, not twice.
+
+    A session neither stepped nor :meth:`touch`-ed for a while is forgotten by :meth:`expire`
+    (a server that lost it never ends it)."""
+
+    def __init__(self, model: ERCModel | Path | str, device: str | torch.device = "auto") -> None:
+        super().__init__(model, device)
+        self._pending: dict[str, dict[int, tuple[ConversationState, Progress]]] = {}
+        self._committed: dict[str, tuple[ConversationState, Progress]] = {}
+        self._seen: dict[str, float] = {}
+
+    def _stepped(self, session_id: str, utt: UtteranceFeatures, state: ConversationState) -> None:
+        # a copy: the model updates states in place
+        snapshot = (copy.deepcopy(state), Progress(utt.utterance_id, utt.end))
+        self._pending.setdefault(session_id, {})[utt.utterance_id] = snapshot
+        self._seen[session_id] = time.monotonic()
+
+    def commit(self, session_id: str, utterance_id: int) -> None:
+        """The event of ``utterance_id`` was published: the session resumes after it."""
+        with self._lock:
+            pending = self._pending.get(session_id, {})
+            if utterance_id in pending:
+                self._committed[session_id] = pending[utterance_id]
+            for k in [k for k in pending if k <= utterance_id]:
+                del pending[k]
+
+    def resume(self, session_id: str) -> Progress | None:
+        """Roll the session back to its last published utterance; where it goes on from (None:
+        nothing was published, it starts afresh)."""
+        with self._lock:
+            self._pending.pop(session_id, None)
+            committed = self._committed.get(session_id)
+            if committed is None:
+                self._states.pop(session_id, None)
+                return None
+            self._states[session_id] = copy.deepcopy(committed[0])
+            self._seen[session_id] = time.monotonic()
+            return committed[1]
+
+    def end_session(self, session_id: str) -> None:
+        with self._lock:
+            for kept in (self._states, self._pending, self._committed, self._seen):
+                kept.pop(session_id, None)
+
+    def touch(self, session_ids: Sequence[str]) -> None:
+        """The sessions are still open (see :meth:`expire`)."""
+        now = time.monotonic()
+        with self._lock:
+            for sid in session_ids:
+                if sid in self._seen:
+                    self._seen[sid] = now
+
+    def expire(self, idle_s: float) -> list[str]:
+        """End the sessions neither stepped nor touched for ``idle_s`` seconds; their ids."""
+        cutoff = time.monotonic() - idle_s
+        with self._lock:
+            gone = [sid for sid, seen in self._seen.items() if seen < cutoff]
+        for sid in gone:
+            self.end_session(sid)
+        return gone
 
 
 def _rounds(items: Sequence[tuple[str, UtteranceFeatures]]) -> list[list[int]]:

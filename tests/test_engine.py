@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime_erc.engine import AsyncEngine, Engine, EngineError, pick_device
+from realtime_erc.engine import AsyncEngine, Engine, EngineError, ResumableEngine, pick_device
 from realtime_erc.events import ModalityFeatures
 from realtime_erc.models.base import FeatureDimError, FeatureDims
 from realtime_erc.models.checkpoint import CheckpointError, build_model, save_checkpoint
@@ -84,23 +84,41 @@ def test_step_many_keeps_the_order_of_one_sessions_utterances():
     assert np.allclose(preds[3].logits, expected[0], atol=1e-5)
 
 
-def test_progress_says_how_far_a_sessions_state_goes_until_it_ends_or_expires(monkeypatch):
-    engine = _engine()
-    d = _dialogue(5, n=3)
-    assert engine.progress("s") is None
-    engine.step_many([("s", d[0]), ("s", d[1]), ("t", d[0])])
-    assert (engine.progress("s").utterance_id, engine.progress("s").end) == (
-        d[1].utterance_id, d[1].end,
-    )  # fmt: skip
-    clock = [engine.progress("s").seen_at]
+@pytest.mark.parametrize("name", BASELINES)
+def test_a_resumed_session_goes_on_from_its_last_published_utterance(name):
+    d = _dialogue(5, n=6)
+    reference = _engine(name)
+    expected = [reference.step("s", u).logits for u in d]
+    torch.manual_seed(0)
+    engine = ResumableEngine(build_model(name, DIMS, LABELS, "test4"), device="cpu")
+    assert engine.resume("s") is None  # nothing known: a fresh start
+    for u in d[:4]:
+        engine.step("s", u)
+    engine.commit("s", d[1].utterance_id)  # 2 and 3 were stepped, never published
+    progress = engine.resume("s")
+    assert (progress.utterance_id, progress.end) == (d[1].utterance_id, d[1].end)
+    # stepped again after the rollback, 2..5 score as if the server had never been lost
+    again = [engine.step("s", u).logits for u in d[2:]]
+    assert np.allclose(again, expected[2:], atol=1e-5)
+    engine.commit("s", d[3].utterance_id)
+    engine.commit("s", d[2].utterance_id)  # late and out of order: changes nothing
+    assert engine.resume("s").utterance_id == d[3].utterance_id
+
+
+def test_a_session_nobody_touches_is_forgotten(monkeypatch):
+    engine = ResumableEngine(build_model("utterance-mlp", DIMS, LABELS, "test4"), device="cpu")
+    d = _dialogue(6, n=2)
+    clock = [1000.0]
     monkeypatch.setattr("realtime_erc.engine.time.monotonic", lambda: clock[0])
+    for sid in ("lost", "open"):
+        engine.step(sid, d[0])
+        engine.commit(sid, d[0].utterance_id)
     clock[0] += 100.0
-    engine.touch(["t"])  # "t" is still open somewhere; "s" was lost
+    engine.touch(["open"])  # still streaming somewhere; "lost" went with its replica
     clock[0] += 250.0
-    assert engine.expire(300.0) == ["s"]
-    assert engine.sessions == ["t"] and engine.progress("s") is None
-    engine.end_session("t")
-    assert engine.progress("t") is None and engine.expire(0.0) == []
+    assert engine.expire(300.0) == ["lost"]
+    assert engine.sessions == ["open"] and engine.resume("lost") is None
+    assert engine.resume("open").utterance_id == d[0].utterance_id
 
 
 def test_wrong_dims_are_refused_before_any_state_changes():

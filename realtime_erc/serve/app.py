@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import logging
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -213,20 +214,32 @@ class Server:
 
     async def _resumption(self, session_id: str) -> Resumption | None:
         """A session whose conversation state outlived the server replica that ran it (the
-        engine deployment of ``serve --ray`` keeps it): it goes on from the last utterance
-        that state holds. None: a new session."""
-        if self.remote is not None:
-            progress = await self.remote.engine.progress(session_id)
-        elif self.models.engine is not None:
-            progress = self.models.engine.progress(session_id)
-        else:
-            progress = None
+        engine deployment of ``serve --ray`` keeps it): it goes on after its last published
+        utterance. None: a new session."""
+        if self.remote is None:
+            return None
+        progress = await self.remote.engine.resume(session_id)
         if progress is None:
             return None
         return Resumption(
             at=progress.end, next_utterance_id=progress.utterance_id + 1,
             kept=("conversation",), lost=("speakers", "speaker_statistics"),
         )  # fmt: skip
+
+    def _committer(self, session_id: str) -> Callable[[dict[str, Any]], None]:
+        """Tells the engine deployment each final event published (where a resumed session
+        goes on from), in the background."""
+        pending: set[asyncio.Task] = set()
+
+        def commit(document: dict[str, Any]) -> None:
+            if document.get("schema") == "erc.emotion/1" and not document.get("provisional"):
+                task = asyncio.ensure_future(
+                    self.remote.engine.commit(session_id, document["utterance_id"])
+                )
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        return commit
 
     def _queue_depth(self) -> int:
         return sum(source.depth for source in self.sessions.values())
@@ -348,6 +361,8 @@ class Server:
 
         socket = SocketPublisher(send)
         socket.observers.append(self.metrics.observe)
+        if self.remote is not None:
+            socket.observers.append(self._committer(session_id))
         config = self.config.with_values(
             {"session.id": session_id, "output.zmq.enabled": False, "output.jsonl.path": ""}
         )

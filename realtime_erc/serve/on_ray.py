@@ -143,16 +143,19 @@ class TextModel(_Reporting):
 class EngineModel(_Reporting):
     """The ERC engine: ``(session_id, features)`` → the session's next prediction.
 
-    It keeps every session's conversation state, so a session whose ingress replica was lost
-    goes on from there when its client reconnects with the same id; the ingress replicas
-    :meth:`touch` their open sessions, and a session nobody touched for ``serve.resume_s`` is
-    forgotten."""
+    It keeps every session's conversation state (a
+    :class:`~realtime_erc.engine.ResumableEngine`), so a session whose ingress replica was lost
+    goes on from its last published utterance when its client reconnects with the same id; the
+    ingress replicas :meth:`commit` what they publish and :meth:`touch` their open sessions, and
+    a session nobody touched for ``serve.resume_s`` is forgotten."""
 
     def __init__(self, config: Config, hub=None) -> None:
+        from realtime_erc.engine import ResumableEngine
         from realtime_erc.session import load_engine
 
         super().__init__("engine", hub)
-        self.engine = load_engine(config)
+        loaded = load_engine(config)
+        self.engine = ResumableEngine(loaded.model, loaded.device)
         self.resume_s = config.serve.resume_s
 
     @_batch(64)
@@ -163,8 +166,11 @@ class EngineModel(_Reporting):
     def end_session(self, session_id: str) -> None:
         self.engine.end_session(session_id)
 
-    def progress(self, session_id: str) -> Any:  # Progress | None
-        return self.engine.progress(session_id)
+    def commit(self, session_id: str, utterance_id: int) -> None:
+        self.engine.commit(session_id, utterance_id)
+
+    def resume(self, session_id: str) -> Any:  # Progress | None
+        return self.engine.resume(session_id)
 
     def touch(self, session_ids: list[str]) -> None:
         self.engine.touch(session_ids)
@@ -206,8 +212,11 @@ class RemoteEngine:
     async def end_session(self, session_id: str) -> None:
         await self.handle.end_session.remote(session_id)
 
-    async def progress(self, session_id: str) -> Any:  # Progress | None
-        return await self.handle.progress.remote(session_id)
+    async def commit(self, session_id: str, utterance_id: int) -> None:
+        await self.handle.commit.remote(session_id, utterance_id)
+
+    async def resume(self, session_id: str) -> Any:  # Progress | None
+        return await self.handle.resume.remote(session_id)
 
     async def touch(self, session_ids: list[str]) -> None:
         await self.handle.touch.remote(session_ids)
@@ -242,10 +251,36 @@ class RemoteModels:
         self.metrics = RemoteMetrics(hub, replica)
 
 
+def shifted_endpoint(endpoint: str, by: int) -> str:
+    """A ZeroMQ TCP endpoint with its port moved up ``by``."""
+    if by == 0:
+        return endpoint
+    host, sep, port = endpoint.rpartition(":")
+    if not (sep and port.isdigit()):
+        from realtime_erc.config import ConfigError
+
+        raise ConfigError(
+            f"output.zmq.endpoint {endpoint!r}: on Ray each ingress replica on a node binds the "
+            "next port, so give a tcp://HOST:PORT endpoint (or turn ZeroMQ off)"
+        )
+    return f"{host}:{int(port) + by}"
+
+
 class Ingress:
-    """The FastAPI app of ``serve`` over the model deployments (Serve builds it per replica)."""
+    """The FastAPI app of ``serve`` over the model deployments (Serve builds it per replica).
+    Replicas on one node cannot bind one ZeroMQ port: the n-th binds ``output.zmq.endpoint``'s
+    port + n (subscribers connect to each)."""
 
     def __init__(self, config: Config, asr, text, engine, hub) -> None:
+        from ray import serve
+
+        if config.output.zmq.enabled:
+            try:
+                rank = serve.get_replica_context().rank.local_rank
+            except Exception:  # noqa: BLE001 - not in a replica (a unit test)
+                rank = 0
+            endpoint = shifted_endpoint(config.output.zmq.endpoint, rank)
+            config = config.with_values({"output.zmq.endpoint": endpoint})
         self.config = config
         self.remote = RemoteModels(asr, text, engine, hub, f"ingress-{replica_id('local')}")
 

@@ -226,3 +226,15 @@ def test_only_the_serve_port_is_public() -> None:
             assert rule.get("ports") == [{"protocol": "TCP", "port": PUBLIC_PORT}], rule
         if "ports" not in rule:  # every port: the cluster's own pods only
             assert rule.get("from") == [{"podSelector": {"matchLabels": selector}}], rule
+
+
+def test_ingress_replicas_on_one_node_bind_successive_zeromq_ports() -> None:
+    from realtime_erc.config import ConfigError
+    from realtime_erc.serve.on_ray import shifted_endpoint
+
+    assert shifted_endpoint("tcp://127.0.0.1:5556", 0) == "tcp://127.0.0.1:5556"
+    assert shifted_endpoint("tcp://127.0.0.1:5556", 2) == "tcp://127.0.0.1:5558"
+    assert shifted_endpoint("tcp://[::1]:5556", 1) == "tcp://[::1]:5557"
+    assert shifted_endpoint("ipc:///run/erc", 0) == "ipc:///run/erc"
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        shifted_endpoint("ipc:///run/erc", 1)

@@ -5,12 +5,14 @@ it, a killed ingress replica's session goes on over a new connection, and /metri
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +31,7 @@ PORT = 8765
 def ray_server() -> Iterator[str]:
     """``realtime-erc serve --ray`` (a local Ray of its own); its http:// address."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime_erc", "serve", "--ray", "--port", str(PORT),
-         "--no-zmq"],
+        [sys.executable, "-m", "realtime_erc", "serve", "--ray", "--port", str(PORT)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "COLUMNS": "250"},  # the announcement on one line
     )  # fmt: skip
@@ -77,12 +78,30 @@ def finals(documents: list[dict]) -> list[dict]:
 
 
 def test_the_client_streams_a_recording(ray_server, tmp_path) -> None:
+    """... and the ingress replica publishes the same documents on ZeroMQ."""
+    import zmq
+
     recording = short_recording(tmp_path / "three", utterances=3)
-    documents = run_async(stream_recording(sessions_url(ray_server), recording, pace="max"))
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.connect("tcp://127.0.0.1:5556")  # output.zmq.endpoint + the replica's rank, 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(1.0)  # ZeroMQ's slow joiner: subscribed before the session starts
+    try:
+        documents = run_async(stream_recording(sessions_url(ray_server), recording, pace="max"))
+        published = []
+        while sub.poll(5000):
+            published.append(json.loads(sub.recv_multipart()[1]))
+            if published[-1].get("state") == "offline":
+                break
+    finally:
+        sub.close(0)
+        context.term()
     assert ray_server.startswith(f"http://127.0.0.1:{PORT}/")
     assert [d["utterance_id"] for d in finals(documents)] == [0, 1, 2]
     assert all(d["text"] and d["label"] for d in finals(documents))
     assert documents[-1]["state"] == "offline"
+    assert finals(published) == finals(documents)
 
 
 def scrape(http: str) -> dict[tuple[str, str], float]:
