@@ -693,8 +693,9 @@ def run_serve_benchmark(options: ServeBenchOptions) -> BenchReport:
     annotated = len(rec.annotations)
     timeout_s = options.timeout_s or (4 * rec.duration + 600.0)
     report = BenchReport(
-        name="serve" if options.arrival == "aligned" else f"serve-{options.arrival}",
-        title="Concurrent real-time sessions: one server vs separate processes "
+        name=("serve" if options.arrival == "aligned" else f"serve-{options.arrival}")
+        + ("-ray" if "ray" in options.modes else ""),
+        title=f"Concurrent real-time sessions: {' vs '.join(options.modes)} "
         f"({rec.session_id}, {options.arrival})",
         columns=COLUMNS,
         meta={
