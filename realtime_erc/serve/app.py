@@ -27,7 +27,7 @@ import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from realtime_erc.config import Config, ServeOptions
+from realtime_erc.config import AsrConfig, Config, ServeOptions
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE, Resumption
 from realtime_erc.serve.metrics import Metrics
@@ -87,6 +87,26 @@ def check_bind(options: ServeOptions) -> None:
         )
 
 
+def limit_model_threads(config: Config) -> AsrConfig:
+    """``serve.model_threads`` per model call, for this process (torch, OpenBLAS/OpenMP);
+    the ASR options that give Whisper as many.
+
+    One thread per call: with a team per call (OpenBLAS, OpenMP, Whisper's) the teams spin
+    waiting on each other's preempted threads. At 10 sessions on 2 cores p95
+    end-of-speech→final went 1.54 s → 1.15 s, CPU 131 % → 105 %."""
+    threads = config.serve.model_threads
+    if not threads:
+        return config.asr
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    torch.set_num_threads(threads)
+    if config.asr.cpu_threads:
+        return config.asr
+    return config.asr.with_values({"cpu_threads": threads})
+
+
 class Server:
     """The state behind the app: shared models and outputs, open sessions, metrics."""
 
@@ -115,18 +135,7 @@ class Server:
         from realtime_erc.speech.speakers import embed_voices, load_voice_encoder
 
         def load() -> Any:
-            asr = self.config.asr
-            if self.options.model_threads:
-                import torch
-                from threadpoolctl import threadpool_limits
-
-                # One thread per call: with a team per call (OpenBLAS, OpenMP, Whisper's) the
-                # teams spin waiting on each other's preempted threads. At 10 sessions on 2
-                # cores p95 end-of-speech→final went 1.54 s → 1.15 s, CPU 131 % → 105 %.
-                threadpool_limits(self.options.model_threads)
-                torch.set_num_threads(self.options.model_threads)
-                if not asr.cpu_threads:
-                    asr = asr.with_values({"cpu_threads": self.options.model_threads})
+            asr = limit_model_threads(self.config)
             models = load_models(self.config)
             batch = self.metrics.batch
             warm_up = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)

@@ -22,6 +22,7 @@ speaker tracker are the session's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import threading
@@ -108,10 +109,11 @@ class AsrModel(_Reporting):
     """Whisper for every session: closed segments ``(samples, offset)`` → transcripts."""
 
     def __init__(self, config: Config, hub=None) -> None:
+        from realtime_erc.serve.app import limit_model_threads
         from realtime_erc.speech.asr import Transcriber
 
         super().__init__("asr", hub)
-        self.transcriber = Transcriber(config.asr)
+        self.transcriber = Transcriber(limit_model_threads(config))
         self.transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))  # first-call buffers
 
     @_batch(16)
@@ -125,9 +127,11 @@ class TextModel(_Reporting):
     """The sentence encoder the served model reads: ``(transcript, context)`` → features."""
 
     def __init__(self, config: Config, hub=None) -> None:
+        from realtime_erc.serve.app import limit_model_threads
         from realtime_erc.session import load_engine, text_encoder
 
         super().__init__("text", hub)
+        limit_model_threads(config)
         self.text = text_encoder(config, load_engine(config))
         if self.text is not None:
             self.text.encode("warm up")
@@ -151,9 +155,11 @@ class EngineModel(_Reporting):
 
     def __init__(self, config: Config, hub=None) -> None:
         from realtime_erc.engine import ResumableEngine
+        from realtime_erc.serve.app import limit_model_threads
         from realtime_erc.session import load_engine
 
         super().__init__("engine", hub)
+        limit_model_threads(config)
         loaded = load_engine(config)
         self.engine = ResumableEngine(loaded.model, loaded.device)
         self.resume_s = config.serve.resume_s
@@ -207,7 +213,9 @@ class RemoteEngine:
         self.handle = handle
 
     async def step(self, session_id: str, features: Any) -> Any:
-        return await self.handle.step.remote((session_id, features))
+        # what the model reads: not the utterance's audio and analysis that ride along
+        slim = dataclasses.replace(features, utterance=None, analysis=None)
+        return await self.handle.step.remote((session_id, slim))
 
     async def end_session(self, session_id: str) -> None:
         await self.handle.end_session.remote(session_id)
