@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -88,7 +90,10 @@ def test_short_soak_meets_the_criteria(demo_dir, tmp_path):
     options = SoakOptions(
         minutes=3.0, source=demo_dir, cache_dir=tmp_path / "cache", horizon_cap=24
     )
-    result = run_soak_benchmark(load_config(None), options)
+    # in a fresh process: the memory figures are the soak's, not what earlier tests left in
+    # this one's heap
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = pool.submit(run_soak_benchmark, load_config(None), options).result()
     s = result.session
     assert s.missed == 0 and s.emitted == s.annotated == 3 * 17
     assert s.events >= s.emitted + 2  # online/offline status documents too
