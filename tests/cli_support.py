@@ -62,3 +62,14 @@ def short_recording(directory: Path, utterances: int = 3) -> Path:
     }
     (directory / "session.json").write_text(json.dumps(meta))
     return directory
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Pids of the processes whose command line names ``folder`` (a local Ray's temp dir:
+    none may outlive the command that started it)."""
+    import psutil
+
+    return [
+        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+        if any(str(folder) in part for part in p.info["cmdline"] or ())
+    ]  # fmt: skip

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
-from cli_support import ROOT, cli, short_recording
+from cli_support import ROOT, cli, processes_under, short_recording
 
 from realtime_erc.batch import (
     BatchError,
@@ -149,11 +148,7 @@ def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -
         ours = final_events(out / name / "events.jsonl")
         assert same_events(ours, final_events(recordings / f"replay-{name}.jsonl"))
     assert (ray_tmp / "ray").is_dir()  # Ray ran under the test's temp dir ...
-    leftovers = [
-        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-        if any(str(ray_tmp) in part for part in p.info["cmdline"] or ())
-    ]  # fmt: skip
-    assert not leftovers  # ... and is gone with the batch
+    assert not processes_under(ray_tmp)  # ... and is gone with the batch
 
 
 def test_events_match_within_the_score_tolerance_only() -> None:

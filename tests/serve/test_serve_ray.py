@@ -12,9 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
-from cli_support import ROOT
+from cli_support import ROOT, processes_under
 
 from realtime_erc.ray_support import PRIVATE_NETWORK_ENV, in_private_network
 
@@ -41,8 +40,4 @@ def run_inner(tmp_path: Path, ray_tmp: Path) -> None:
     # none skipped (e.g. without Chromium)
     assert re.search(r"^5 passed", r.stdout, re.M), r.stdout[-3000:]
     assert (ray_tmp / "ray").is_dir()  # Ray ran under the test's temp dir ...
-    leftovers = [
-        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-        if any(str(ray_tmp) in part for part in p.info["cmdline"] or ())
-    ]  # fmt: skip
-    assert not leftovers  # ... and is gone with the server
+    assert not processes_under(ray_tmp)  # ... and is gone with the server
