@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = DataConfig().resolve(args.data)
     rows = ravdess_rows(data)
-    projection = fit_projection(rows, EmbeddingCache(data).get, set(PROJECTION_ACTORS))
+    projection = fit_projection(rows, EmbeddingCache(data).many, set(PROJECTION_ACTORS))
     projection.save(args.out)
     print(f"{args.out}: rank {projection.basis.shape[1]}, {projection.meta}")
     return 0

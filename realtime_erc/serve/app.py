@@ -125,6 +125,7 @@ class Server:
         self._pending = 0  # accepted sockets that have not sent "start" yet
         self._shared: list[Any] = []
         self._keeper: asyncio.Task | None = None
+        self._sessions_changed = asyncio.Event()  # serve --ray: report without waiting
 
     async def start(self) -> None:
         """Load the models once and start the outputs every session shares (ZeroMQ, JSONL)."""
@@ -205,9 +206,12 @@ class Server:
     async def _keep_in_touch(self) -> None:
         """``serve --ray``: report this replica's metrics to the hub, and tell the engine
         deployment which sessions are open here, so that it forgets only those of a lost
-        replica (``serve.resume_s`` after their last word)."""
+        replica (``serve.resume_s`` after their last word). A session opening or closing
+        is reported at once: a replica may be lost before the next round."""
         while True:
-            await asyncio.sleep(KEEP_IN_TOUCH_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sessions_changed.wait(), KEEP_IN_TOUCH_S)
+            self._sessions_changed.clear()
             try:
                 await self.remote.engine.touch(list(self.sessions))
                 await self.remote.metrics.report(self.metrics.text().decode())
@@ -311,6 +315,7 @@ class Server:
             return
         self.sessions[session_id] = source
         self.metrics.accepted()
+        self._sessions_changed.set()
         try:
             await self._run(ws, start, session_id, source, resumed)
         finally:
@@ -318,6 +323,7 @@ class Server:
                 await asyncio.to_thread(source.close_recording)
             finally:
                 del self.sessions[session_id]
+                self._sessions_changed.set()
                 if self.remote is not None:
                     await self.remote.engine.end_session(session_id)
                 elif self.models.engine is not None:

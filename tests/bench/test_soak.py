@@ -173,13 +173,13 @@ def test_serve_soak_criteria_and_report(tmp_path):
 
 @pytest.mark.slow
 def test_serve_soak_streams_concurrent_sessions(demo_dir, tmp_path):
-    """Two clients stream a half-minute generated session (the demo's first three utterances
+    """Two clients stream a 24 s generated session (the demo's first three utterances
     looped, audio only) at real-time pace to one server."""
     from test_serve_bench import short_recording
 
     source = short_recording(demo_dir, tmp_path / "short")
     per_loop = len(read_recording(source).annotations)
-    options = SoakOptions(minutes=0.5, source=source, cache_dir=tmp_path / "cache",
+    options = SoakOptions(minutes=0.4, source=source, cache_dir=tmp_path / "cache",
                           video=False, serve=True, sessions=2, window_s=10.0)  # fmt: skip
     result = run_soak_benchmark(load_config(None), options)
     s, v = result.session, result.serve

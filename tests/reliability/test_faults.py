@@ -46,12 +46,12 @@ def _noise_wav(path: Path, seconds: float = 90.0) -> Path:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (tmpfs) mounted under ``tmp_path``; skipped where mounting is
+    """A real 512 KiB filesystem (tmpfs) mounted under ``tmp_path``; skipped where mounting is
     not permitted (not root, or no CAP_SYS_ADMIN in a container)."""
     mount = tmp_path / "small"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
     )
@@ -131,7 +131,7 @@ def test_file_size_limit_while_recording_is_one_error_and_the_recording_replays(
     pulse: PulseServer, tmp_path: Path
 ):
     """The second real variant: RLIMIT_FSIZE in the recorder process (EFBIG, not ENOSPC)."""
-    limit = 1 << 20
+    limit = 1 << 19
 
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -290,7 +290,7 @@ async def test_subscribers_that_vanish_do_not_disturb_the_session(
     }
     out = tmp_path / "stream.jsonl"
     replay = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "realtime_erc", "replay", str(demo_dir), "--speed", "3",
+        sys.executable, "-m", "realtime_erc", "replay", str(demo_dir), "--speed", "5",
         "--zmq", endpoint, "--mqtt", mosquitto.url, "--jsonl", str(out), "-q",
         "--set", "output.zmq.wait_for_subscriber_s=20",
         cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
