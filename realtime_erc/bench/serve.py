@@ -57,7 +57,8 @@ _ANNOUNCE = re.compile(r"sessions: (ws://\S+)")
 class ServeBenchOptions:
     """``sessions``: the Ns; ``modes``: ``server`` and/or ``processes``; ``overrides``:
     ``section.key=value`` settings passed to every server and replay (``--set``);
-    ``config_file``: a TOML file passed likewise; ``stagger_s``: delay between client starts;
+    ``config_file``: a TOML file passed likewise; ``stagger_s``: delay between client starts
+    (0: they start together, and the report is named ``...-simultaneous``);
     ``arrival``: ``aligned`` (every session streams the recording from its start, so their
     utterances end together: the worst case) or ``spread`` (see :func:`session_recordings`);
     ``sample_every_s``: CPU/RSS sampling period; ``timeout_s``: longest a run may take beyond
@@ -694,7 +695,8 @@ def run_serve_benchmark(options: ServeBenchOptions) -> BenchReport:
     timeout_s = options.timeout_s or (4 * rec.duration + 600.0)
     report = BenchReport(
         name=("serve" if options.arrival == "aligned" else f"serve-{options.arrival}")
-        + ("-ray" if "ray" in options.modes else ""),
+        + ("-ray" if "ray" in options.modes else "")
+        + ("-simultaneous" if options.stagger_s == 0 else ""),
         title=f"Concurrent real-time sessions: {' vs '.join(options.modes)} "
         f"({rec.session_id}, {options.arrival})",
         columns=COLUMNS,

@@ -22,13 +22,14 @@ speaker tracker are the session's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,8 @@ HUB_CPUS = 0.05
 """The metrics hub only files reports."""
 
 BATCH_WAIT_S = 0.002
-"""How long a deployment's first request waits for others to join its batch (each of the
-three model hops of an utterance pays it once)."""
+"""How long a batch's first request waits for others (each of the three model hops of an
+utterance pays it once)."""
 
 
 def _batch(max_batch_size: int):
@@ -87,9 +88,14 @@ class MetricsHub:
         return merge_replicas({r: text for r, (_, text) in self.reports.items()})
 
 
-class _Reporting:
-    """A model deployment that counts its batch sizes and reports them to the hub (in the
-    background: a batch does not wait for it)."""
+class _SharedModel:
+    """A model deployment's replica: batches through ``@serve.batch``, counts their sizes and
+    reports them to the hub (in the background: a batch does not wait for it).
+
+    Serve forms a batch as soon as its wait ends, even while the previous one still runs, so
+    requests that arrive during a batch would each become a batch of one queued behind it.
+    Requests wait at :meth:`when_free` instead and enter together once the model is free: what
+    arrived during a batch is the next batch, as with plain ``serve``'s micro-batcher."""
 
     def __init__(self, name: str, hub) -> None:
         from realtime_erc.serve.metrics import ModelBatches
@@ -98,16 +104,28 @@ class _Reporting:
         self.replica = f"{name}-{replica_id('local')}"
         self.batches = ModelBatches(name)
         self._reports: set[asyncio.Task] = set()
+        self._free = asyncio.Event()
+        self._free.set()
 
-    def batched(self, size: int) -> None:
+    async def when_free(self) -> None:
+        await self._free.wait()
+
+    @contextlib.contextmanager
+    def running(self, size: int) -> Iterator[None]:
+        """Around a batch's model call: the model is busy, and the batch is counted."""
+        self._free.clear()
         self.batches.observe(size)
         if self.hub is not None:
             task = asyncio.ensure_future(self.hub.report.remote(self.replica, self.batches.text()))
             self._reports.add(task)
             task.add_done_callback(self._reports.discard)
+        try:
+            yield
+        finally:
+            self._free.set()
 
 
-class AsrModel(_Reporting):
+class AsrModel(_SharedModel):
     """Whisper for every session: closed segments ``(samples, offset)`` → transcripts."""
 
     def __init__(self, config: Config, hub=None) -> None:
@@ -118,14 +136,18 @@ class AsrModel(_Reporting):
         self.transcriber = Transcriber(limit_model_threads(config))
         self.transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))  # first-call buffers
 
+    async def __call__(self, item: tuple[np.ndarray, float]) -> Any:
+        await self.when_free()
+        return await self.transcribe(item)
+
     @_batch(16)
-    async def __call__(self, items: list[tuple[np.ndarray, float]]) -> list[Any]:
-        self.batched(len(items))
+    async def transcribe(self, items: list[tuple[np.ndarray, float]]) -> list[Any]:
         samples, offsets = zip(*items, strict=True)
-        return await asyncio.to_thread(self.transcriber.transcribe_batch, samples, offsets)
+        with self.running(len(items)):
+            return await asyncio.to_thread(self.transcriber.transcribe_batch, samples, offsets)
 
 
-class TextModel(_Reporting):
+class TextModel(_SharedModel):
     """The sentence encoder the served model reads: ``(transcript, context)`` → features."""
 
     def __init__(self, config: Config, hub=None) -> None:
@@ -138,15 +160,19 @@ class TextModel(_Reporting):
         if self.text is not None:
             self.text.encode("warm up")
 
+    async def __call__(self, item: tuple[str, str]) -> Any:
+        await self.when_free()
+        return await self.encode(item)
+
     @_batch(32)
-    async def __call__(self, items: list[tuple[str, str]]) -> list[Any]:
+    async def encode(self, items: list[tuple[str, str]]) -> list[Any]:
         assert self.text is not None, "only deployed for a model that reads text"
-        self.batched(len(items))
         texts, contexts = zip(*items, strict=True)
-        return await asyncio.to_thread(self.text.encode_batch, list(texts), list(contexts))
+        with self.running(len(items)):
+            return await asyncio.to_thread(self.text.encode_batch, list(texts), list(contexts))
 
 
-class EngineModel(_Reporting):
+class EngineModel(_SharedModel):
     """The ERC engine: ``(session_id, features)`` → the session's next prediction.
 
     It keeps every session's conversation state (a
@@ -166,10 +192,14 @@ class EngineModel(_Reporting):
         self.engine = ResumableEngine(loaded.model, loaded.device)
         self.resume_s = config.serve.resume_s
 
+    async def step(self, item: tuple[str, Any]) -> Any:
+        await self.when_free()
+        return await self.step_batch(item)
+
     @_batch(64)
-    async def step(self, items: list[tuple[str, Any]]) -> list[Any]:
-        self.batched(len(items))
-        return await asyncio.to_thread(self.engine.step_many, items)
+    async def step_batch(self, items: list[tuple[str, Any]]) -> list[Any]:
+        with self.running(len(items)):
+            return await asyncio.to_thread(self.engine.step_many, items)
 
     def end_session(self, session_id: str) -> None:
         self.engine.end_session(session_id)

@@ -204,3 +204,46 @@ def test_metrics_after_a_replica_was_lost(ray_server) -> None:
     assert len(accepted) == 2, accepted
     assert all(r.startswith("ingress-") for r in accepted)
     assert sorted(accepted.values()) == [1.0, 3.0]  # 3 = client, capture page, "kept"
+
+
+def test_requests_that_arrive_during_a_batch_are_the_next_batch(ray_server) -> None:
+    """Eight utterances sent to the ASR deployment 20 ms apart, each taking longer than that to
+    transcribe: those that arrive while a batch runs go through together next (Serve alone
+    would have made each a batch of its own, queued behind the one running)."""
+    import ray
+    from ray import serve
+
+    from realtime_erc.serve.on_ray import APP_NAME
+
+    demo = read_recording(DEMO)
+    first = demo.annotations[0]
+    segment = demo.read_audio()[int(first.start * 16_000) : int(first.end * 16_000)]
+    before = scrape(ray_server)
+
+    async def send() -> list:
+        asr = serve.get_deployment_handle("asr", app_name=APP_NAME)
+
+        async def one(i: int):
+            await asyncio.sleep(0.02 * i)
+            return await asr.remote((segment, 0.0))
+
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    ray.init(address="auto", logging_level="warning", log_to_driver=False)
+    try:
+        transcripts = run_async(send())
+    finally:
+        ray.shutdown()
+    assert len({t.text for t in transcripts}) == 1 and transcripts[0].text.strip()
+
+    def added(metrics, name: str) -> float:
+        (now,) = by_replica(metrics, f"{name}:asr").values()
+        return now - sum(by_replica(before, f"{name}:asr").values())
+
+    for _ in range(20):  # the replica reports each batch in the background
+        after = scrape(ray_server)
+        if added(after, "erc_model_batch_size_sum") == 8:
+            break
+        time.sleep(0.25)
+    assert added(after, "erc_model_batch_size_sum") == 8, after
+    assert added(after, "erc_model_batch_size_count") <= 6, after
