@@ -120,7 +120,7 @@ def test_summary_compares_the_ray_path_with_plain_serve():
 
 @pytest.mark.slow
 def test_serve_benchmark_runs_both_modes(demo_dir, tmp_path):
-    recording = short_recording(demo_dir, tmp_path / "short")
+    recording = short_recording(demo_dir, tmp_path / "short", utterances=2)
     annotated = len(read_recording(recording).annotations)
     options = ServeBenchOptions(
         sessions=[2], recording=recording, timeout_s=240.0, arrival="spread"

@@ -4,6 +4,7 @@ packaged MELD checkpoint reproducing its stored score."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,21 +208,23 @@ def test_a_bad_experiment_matrix_is_refused_naming_file_and_key(
 
 
 def test_train_and_evaluate_refuse_bad_input_with_one_line() -> None:
-    r = cli("train", "--model", "nope", "--data", "iemocap")
-    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr
-    r = cli("train", "--model", "dialoguegcn", "--data", "friends", "--data-dir", str(ROOT))
-    assert r.returncode == 2 and "unknown dataset 'friends'" in r.stderr
-    r = cli("evaluate")
-    assert r.returncode == 2 and "give either a CHECKPOINT or --all" in r.stderr
-    r = cli("evaluate", "missing.pt")
-    assert r.returncode == 2 and "does not exist" in r.stderr
-    r = cli("train-text-encoder", "--data", "assembled")
-    assert r.returncode == 2 and "choose one of iemocap, meld, emorynlp" in r.stderr
-    r = cli("train-text-encoder", "--data", "meld", "--fold", "2/2")
-    assert r.returncode == 2 and "--fold '2/2': give K/N with 0 <= K < N" in r.stderr
-    r = cli("train", "--model", "dialoguegcn", "--text-adapter", str(ROOT / "README.md"))
-    assert r.returncode == 2 and "cannot read the text adapter" in r.stderr
-    assert "Traceback" not in r.stderr
+    cases = [
+        (("train", "--model", "nope", "--data", "iemocap"), "unknown model 'nope'"),
+        (("train", "--model", "dialoguegcn", "--data", "friends", "--data-dir", str(ROOT)),
+         "unknown dataset 'friends'"),
+        (("evaluate",), "give either a CHECKPOINT or --all"),
+        (("evaluate", "missing.pt"), "does not exist"),
+        (("train-text-encoder", "--data", "assembled"), "choose one of iemocap, meld, emorynlp"),
+        (("train-text-encoder", "--data", "meld", "--fold", "2/2"),
+         "--fold '2/2': give K/N with 0 <= K < N"),
+        (("train", "--model", "dialoguegcn", "--text-adapter", str(ROOT / "README.md")),
+         "cannot read the text adapter"),
+    ]  # fmt: skip
+    with ThreadPoolExecutor(4) as pool:  # each command's start is most of its time
+        results = list(pool.map(lambda case: cli(*case[0]), cases))
+    for (args, message), r in zip(cases, results, strict=True):
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr, args
 
 
 @pytest.mark.slow
