@@ -139,9 +139,6 @@ class EmbeddingCache:
             self._cache.update(zip(chunk, embedded, strict=True))
         return [self._cache[p] for p in paths]
 
-    def get(self, path: str) -> np.ndarray | None:
-        return self.many([path])[0]
-
 
 def fit_projection(
     rows: list[dict[str, str]],
