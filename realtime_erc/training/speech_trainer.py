@@ -4,8 +4,12 @@ Protocol: actors 1–16 train the committed model and actors 17–20 are its fix
 set; hyperparameters are judged by leave-4-actors-out cross-validation over actors 1–20 (five
 folds: 1–4, 5–8, …, 17–20), reported as mean ± std unweighted accuracy (UA, mean per-class
 recall). Features are standardised per actor over that actor's clips (the offline analogue of the
-live running statistics). Extracted features are cached per clip under
-``~/.cache/realtime-erc/features/speech`` (outside the repository).
+live running statistics). Plain-prosody synthetic voices reading varied lines
+(:mod:`~realtime_erc.training.plain_speech`) join the training set as neutral speakers, so the
+head learns that new words are not a new emotion; each fold holds out its share of those voices
+too and reports how much emotion the head hears in them (``plain_emotion_mass``). Extracted
+features are cached per clip under ``~/.cache/realtime-erc/features/speech`` (outside the
+repository).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from realtime_erc.features.speech_emotion import (
     standardize_by_group,
 )
 from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
+from realtime_erc.training.plain_speech import SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,9 @@ class SpeechTrainOptions:
     seed: int = 0
     folds: int = 5
     subset_size: int = 40
+    plain_voices: int = 16
+    """Plain-prosody synthetic speakers added as neutral (0: RAVDESS alone)."""
+    plain_per_voice: int = 30
 
 
 def read_clip(path: Path) -> np.ndarray:
@@ -150,17 +158,32 @@ def score_speech(net: SpeechEmotionNet, x: np.ndarray, y: np.ndarray) -> dict[st
     }
 
 
+@torch.inference_mode()
+def emotion_mass(net: SpeechEmotionNet, x: np.ndarray) -> float:
+    """Mean probability off neutral and calm: how much emotion the head hears in ``x``."""
+    p = torch.softmax(net.eval()(torch.from_numpy(x)), -1).numpy()
+    return round(float(1.0 - p[:, 0].mean() - p[:, 1].mean()), 6)
+
+
 def cross_validate(
     x_raw: np.ndarray, y: np.ndarray, actors: np.ndarray, options: SpeechTrainOptions
-) -> list[dict[str, float]]:
-    """Leave-actors-out folds over the actors present (consecutive groups of equal size)."""
+) -> list[dict[str, Any]]:
+    """Leave-actors-out folds over the RAVDESS actors present (consecutive groups of equal
+    size); each fold also holds out its share of the plain voices."""
     x = standardize_by_group(x_raw, actors)
-    ids = np.unique(actors)
+    real = actors < SPEAKER_ID_BASE
+    folds = np.array_split(np.unique(actors[real]), options.folds)
+    plain_folds = np.array_split(np.unique(actors[~real]), options.folds)
     results = []
-    for fold in np.array_split(ids, options.folds):
-        test = np.isin(actors, fold)
-        net, _ = fit_net(x[~test], y[~test], options)
-        results.append({"actors": [int(a) for a in fold], **score_speech(net, x[test], y[test])})
+    for fold, plain_fold in zip(folds, plain_folds, strict=False):
+        test, held_plain = np.isin(actors, fold), np.isin(actors, plain_fold)
+        train = ~test & ~held_plain
+        net, _ = fit_net(x[train], y[train], options)
+        result: dict[str, Any] = {"actors": [int(a) for a in fold]}
+        result.update(score_speech(net, x[test], y[test]))
+        if held_plain.any():
+            result["plain_emotion_mass"] = emotion_mass(net, x[held_plain])
+        results.append(result)
     return results
 
 
@@ -182,12 +205,17 @@ def train_speech(
     t0 = time.perf_counter()
     feature_options = feature_options or SpeechFeatureOptions()
     clips = ravdess_clips(data_dir)
+    if options.plain_voices:
+        clips += plain_speech_clips(
+            data_dir, options.plain_voices, options.plain_per_voice, options.seed
+        )
     x_raw = clip_features(clips, feature_options, progress=progress)
     y = np.array([c.emotion for c in clips])
     actors = np.array([c.actor for c in clips])
     folds = cross_validate(x_raw, y, actors, options)
     uas = [f["unweighted_accuracy"] for f in folds]
-    train = np.isin(actors, TRAIN_ACTORS)
+    plain = actors >= SPEAKER_ID_BASE
+    train = np.isin(actors, TRAIN_ACTORS) | plain
     test = np.isin(actors, HELD_OUT_ACTORS)
     if not train.any() or not test.any():
         raise DataError(
@@ -198,17 +226,30 @@ def train_speech(
     held = score_speech(net, standardize_by_group(x_raw[test], actors[test]), y[test])
     idx = subset_rows(actors, HELD_OUT_ACTORS, options.subset_size, options.seed)
     sub = score_speech(net, standardize_by_group(x_raw[idx], actors[idx]), y[idx])
-    # Population prior for live normalisation: the spread of per-actor statistics.
-    means = np.stack([x_raw[train][actors[train] == a].mean(0) for a in TRAIN_ACTORS])
-    stds = np.stack([x_raw[train][actors[train] == a].std(0) for a in TRAIN_ACTORS])
+    # Population prior for live normalisation: the spread of per-actor statistics (real voices
+    # only: the plain ones teach the classifier, they do not describe the people it will hear).
+    means = np.stack([x_raw[actors == a].mean(0) for a in TRAIN_ACTORS])
+    stds = np.stack([x_raw[actors == a].std(0) for a in TRAIN_ACTORS])
+    real_actors = np.unique(actors[~plain])
+    protocol = (
+        f"leave-{len(real_actors) // options.folds}-actors-out, {options.folds} folds over "
+        f"actors {int(real_actors.min())}-{int(real_actors.max())}"
+    )
+    if plain.any():
+        protocol += f", each holding out {int(plain.sum()) // options.folds} plain clips"
+    training_data = "RAVDESS speech, actors 1-16 (CC BY-NC-SA 4.0; Livingstone & Russo 2018)"
+    if plain.any():
+        training_data += (
+            f"; {options.plain_voices} espeak-ng voices with plain prosody reading "
+            f"{options.plain_per_voice} MELD train lines each, as neutral (MELD GPL-3.0)"
+        )
     info = {
         "task": "speech emotion (8 RAVDESS classes)",
         "labels": list(RAVDESS_LABELS),
-        "training_data": "RAVDESS speech, actors 1-16 (CC BY-NC-SA 4.0; Livingstone & Russo 2018)",
+        "training_data": training_data,
         "held_out": {"actors": list(HELD_OUT_ACTORS), **held},
         "cross_validation": {
-            "protocol": f"leave-{len(np.unique(actors)) // options.folds}-actors-out, "
-            f"{options.folds} folds over actors {int(actors.min())}-{int(actors.max())}",
+            "protocol": protocol,
             "ua_mean": round(float(np.mean(uas)), 6),
             "ua_std": round(float(np.std(uas)), 6),
             "folds": folds,
