@@ -12,7 +12,7 @@ import pytest
 from realtime_erc.features.speech_emotion import SpeechEmotionHead, standardize_by_group
 from realtime_erc.training.dev_sessions import VOICES, WORDS_PER_MINUTE, espeak
 from realtime_erc.training.plain_speech import PLAIN_VOICES, SPEAKER_ID_BASE, plain_speech_clips
-from realtime_erc.training.speech_trainer import read_clip
+from realtime_erc.training.speech_trainer import SpeechTrainOptions, cross_validate, read_clip
 from tests.feature_media import data_dir, needs_espeak
 
 needs_meld = pytest.mark.skipif(
@@ -68,3 +68,18 @@ def test_the_packaged_head_hears_an_unseen_plain_voice_as_neutral(tmp_path: Path
     emotion = 1.0 - p[:, 0] - p[:, 1]  # off neutral and calm
     # 0.36 for the packaged head; the head trained on RAVDESS alone heard 0.85
     assert emotion.mean() < 0.5, emotion.round(2)
+
+
+def test_each_fold_holds_out_its_share_of_plain_voices_and_scores_them() -> None:
+    rng = np.random.default_rng(0)
+    actors = np.repeat(np.arange(1, 6), 16)
+    emotions = np.tile(np.arange(8), 10)
+    plain = np.repeat(SPEAKER_ID_BASE + np.arange(5), 6)
+    x = rng.normal(size=(len(actors) + len(plain), 12)).astype(np.float32)
+    x[: len(actors), :8] += 3 * np.eye(8, dtype=np.float32)[emotions]  # learnable emotions
+    y = np.concatenate([emotions, np.zeros(len(plain), int)])
+    folds = cross_validate(x, y, np.concatenate([actors, plain]), SpeechTrainOptions(steps=60))
+    assert [f["actors"] for f in folds] == [[1], [2], [3], [4], [5]]  # real actors only
+    assert all(f["n"] == 16 for f in folds)
+    assert all(0.0 <= f["plain_emotion_mass"] <= 1.0 for f in folds)
+    assert np.mean([f["unweighted_accuracy"] for f in folds]) > 0.5
