@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from feature_media import data_dir, needs_espeak
 
 from realtime_erc.features.speech_emotion import SpeechEmotionHead, standardize_by_group
 from realtime_erc.training.dev_sessions import VOICES, WORDS_PER_MINUTE, espeak
 from realtime_erc.training.plain_speech import PLAIN_VOICES, SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.speech_trainer import SpeechTrainOptions, cross_validate, read_clip
-from feature_media import data_dir, needs_espeak
 
 needs_meld = pytest.mark.skipif(
     not (data_dir() / "erc_text" / "meld.pkl").is_file(),
