@@ -11,6 +11,7 @@ change. The voices are disjoint from the dev sessions' and the demo's, which sta
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from realtime_erc.features.assets import cache_root
 from realtime_erc.features.speech_emotion import SAMPLE_RATE
-from realtime_erc.training.emotion_data import SpeechClip
+from realtime_erc.training.emotion_data import DataError, SpeechClip
 
 PLAIN_VOICES: tuple[tuple[str, int], ...] = (
     ("en-us+Adam", 40),
@@ -64,6 +65,11 @@ def plain_speech_clips(
 
     if not 0 < voices <= len(PLAIN_VOICES):
         raise ValueError(f"voices must be 1..{len(PLAIN_VOICES)}, not {voices}")
+    if shutil.which("espeak-ng") is None:
+        raise DataError(
+            "the speech head's plain voices are made with espeak-ng, which is not installed: "
+            "run `make setup` (or `apt-get install espeak-ng`)"
+        )
     out_dir = out_dir or cache_root() / "plain-speech"
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_text_corpus("meld", data_dir)

@@ -12,6 +12,7 @@ from feature_media import data_dir, needs_espeak
 
 from realtime_erc.features.speech_emotion import SpeechEmotionHead, standardize_by_group
 from realtime_erc.training.dev_sessions import VOICES, WORDS_PER_MINUTE, espeak
+from realtime_erc.training.emotion_data import DataError
 from realtime_erc.training.plain_speech import PLAIN_VOICES, SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.speech_trainer import SpeechTrainOptions, cross_validate, read_clip
 
@@ -83,3 +84,11 @@ def test_each_fold_holds_out_its_share_of_plain_voices_and_scores_them() -> None
     assert all(f["n"] == 16 for f in folds)
     assert all(0.0 <= f["plain_emotion_mass"] <= 1.0 for f in folds)
     assert np.mean([f["unweighted_accuracy"] for f in folds]) > 0.5
+
+
+def test_without_espeak_ng_one_error_says_how_to_install_it(monkeypatch, tmp_path: Path) -> None:
+    import realtime_erc.training.plain_speech as plain_speech
+
+    monkeypatch.setattr(plain_speech.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match=r"espeak-ng.*make setup"):
+        plain_speech_clips(tmp_path, voices=1, per_voice=1, out_dir=tmp_path)
