@@ -235,10 +235,9 @@ def train_speech(
         f"leave-{len(real_actors) // options.folds}-actors-out, {options.folds} folds over "
         f"actors {int(real_actors.min())}-{int(real_actors.max())}"
     )
-    if plain.any():
-        protocol += f", each holding out {int(plain.sum()) // options.folds} plain clips"
     training_data = "RAVDESS speech, actors 1-16 (CC BY-NC-SA 4.0; Livingstone & Russo 2018)"
     if plain.any():
+        protocol += f", each holding out {int(plain.sum()) // options.folds} plain clips"
         training_data += (
             f"; {options.plain_voices} espeak-ng voices with plain prosody reading "
             f"{options.plain_per_voice} MELD train lines each, as neutral (MELD GPL-3.0)"
