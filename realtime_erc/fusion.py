@@ -144,7 +144,9 @@ def save_fusion(params: FusionParams, path: Path = FUSION_FILE) -> None:
 Row = tuple[str, str, Mapping[str, float], Mapping[str, Mapping[str, float]]]
 """(condition, true label, the model's scores, the heads' scores) of one utterance."""
 
-WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 50.0, 100.0)
+"""Up to 100: so large a weight is a switch (past its gate the head decides), which is where the
+fit went once the speech head was trained on more voices."""
 GATE_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)
 GATE_ON = ("confidence", "emotion")
 

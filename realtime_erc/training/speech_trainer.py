@@ -7,7 +7,10 @@ recall). Features are standardised per actor over that actor's clips (the offlin
 live running statistics). Plain-prosody synthetic voices reading varied lines
 (:mod:`~realtime_erc.training.plain_speech`) join the training set as neutral speakers, so the
 head learns that new words are not a new emotion; each fold holds out its share of those voices
-too and reports how much emotion the head hears in them (``plain_emotion_mass``). Extracted
+too and reports how much emotion the head hears in them (``plain_emotion_mass``). Every training
+voice also joins a little faster and slower (:mod:`~realtime_erc.training.speed_perturb`), each
+copy a speaker of its own; a fold holds a voice's copies out with it and scores originals only.
+Extracted
 features are cached per clip under ``~/.cache/realtime-erc/features/speech`` (outside the
 repository).
 """
@@ -42,6 +45,7 @@ from realtime_erc.features.speech_emotion import (
 from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
 from realtime_erc.training.plain_speech import SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.progress import Progress, no_progress
+from realtime_erc.training.speed_perturb import source_speaker, speed_perturbed_clips
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ class SpeechTrainOptions:
     plain_voices: int = 16
     """Plain-prosody synthetic speakers added as neutral (0: RAVDESS alone)."""
     plain_per_voice: int = 30
+    speed_factors: tuple[float, ...] = (0.9, 1.1)
+    """Speed perturbation: each voice also joins resampled by these factors (() = none)."""
 
 
 def read_clip(path: Path) -> np.ndarray:
@@ -169,15 +175,17 @@ def cross_validate(
     x_raw: np.ndarray, y: np.ndarray, actors: np.ndarray, options: SpeechTrainOptions
 ) -> list[dict[str, Any]]:
     """Leave-actors-out folds over the RAVDESS actors present (consecutive groups of equal
-    size); each fold also holds out its share of the plain voices."""
+    size); each fold also holds out its share of the plain voices, and the speed-perturbed
+    copies of every voice it holds out. Only original clips are scored."""
     x = standardize_by_group(x_raw, actors)
-    real = actors < SPEAKER_ID_BASE
-    folds = np.array_split(np.unique(actors[real]), options.folds)
-    plain_folds = np.array_split(np.unique(actors[~real]), options.folds)
+    source = source_speaker(actors)
+    real = source < SPEAKER_ID_BASE
+    folds = np.array_split(np.unique(source[real]), options.folds)
+    plain_folds = np.array_split(np.unique(source[~real]), options.folds)
     results = []
     for fold, plain_fold in zip(folds, plain_folds, strict=False):
         test, held_plain = np.isin(actors, fold), np.isin(actors, plain_fold)
-        train = ~test & ~held_plain
+        train = ~np.isin(source, fold) & ~np.isin(source, plain_fold)
         net, _ = fit_net(x[train], y[train], options)
         result: dict[str, Any] = {"actors": [int(a) for a in fold]}
         result.update(score_speech(net, x[test], y[test]))
@@ -209,13 +217,15 @@ def train_speech(
         clips += plain_speech_clips(
             data_dir, options.plain_voices, options.plain_per_voice, options.seed
         )
+    clips += speed_perturbed_clips(clips, options.speed_factors)
     x_raw = clip_features(clips, feature_options, progress=progress)
     y = np.array([c.emotion for c in clips])
     actors = np.array([c.actor for c in clips])
     folds = cross_validate(x_raw, y, actors, options)
     uas = [f["unweighted_accuracy"] for f in folds]
-    plain = actors >= SPEAKER_ID_BASE
-    train = np.isin(actors, TRAIN_ACTORS) | plain
+    source = source_speaker(actors)
+    plain = source >= SPEAKER_ID_BASE
+    train = np.isin(source, TRAIN_ACTORS) | plain
     test = np.isin(actors, HELD_OUT_ACTORS)
     if not train.any() or not test.any():
         raise DataError(
@@ -230,18 +240,21 @@ def train_speech(
     # only: the plain ones teach the classifier, they do not describe the people it will hear).
     means = np.stack([x_raw[actors == a].mean(0) for a in TRAIN_ACTORS])
     stds = np.stack([x_raw[actors == a].std(0) for a in TRAIN_ACTORS])
-    real_actors = np.unique(actors[~plain])
+    real_actors = np.unique(source[~plain])
     protocol = (
         f"leave-{len(real_actors) // options.folds}-actors-out, {options.folds} folds over "
         f"actors {int(real_actors.min())}-{int(real_actors.max())}"
     )
     training_data = "RAVDESS speech, actors 1-16 (CC BY-NC-SA 4.0; Livingstone & Russo 2018)"
     if plain.any():
-        protocol += f", each holding out {int(plain.sum()) // options.folds} plain clips"
+        per_fold = int((plain & (source == actors)).sum()) // options.folds
+        protocol += f", each holding out {per_fold} plain clips"
         training_data += (
             f"; {options.plain_voices} espeak-ng voices with plain prosody reading "
             f"{options.plain_per_voice} MELD train lines each, as neutral (MELD GPL-3.0)"
         )
+    if options.speed_factors:
+        training_data += f"; every voice also at speeds {list(options.speed_factors)}"
     info = {
         "task": "speech emotion (8 RAVDESS classes)",
         "labels": list(RAVDESS_LABELS),
