@@ -51,6 +51,11 @@ def crossfit_groups(train_actors: tuple[int, ...], folds: int) -> list[tuple[int
     return [tuple(int(a) for a in g) for g in np.array_split(sorted(train_actors), folds)]
 
 
+EXTRA_VOICES = ("plain_voices", "plain_per_voice", "speed_factors")
+"""What the packaged head adds to RAVDESS. The cross-fitted heads are fitted on RAVDESS actors
+alone, so these are not part of their recipe (nor of its digest)."""
+
+
 class SpeechScores:
     """Clip path (relative to the RAVDESS directory) → the cross-fitted head's probabilities."""
 
@@ -80,7 +85,7 @@ class SpeechScores:
         """(actors scored, actors the head is fitted on), one head each."""
         recipe = {
             "features": asdict(self.feature_options) | {"threads": None},  # not part of it
-            "train": asdict(self.train_options),
+            "train": {k: v for k, v in asdict(self.train_options).items() if k not in EXTRA_VOICES},
             "groups": self.groups,
             "eval_actors": self.eval_actors,
             "labels": list(self.labels),

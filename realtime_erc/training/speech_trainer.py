@@ -10,9 +10,8 @@ head learns that new words are not a new emotion; each fold holds out its share 
 too and reports how much emotion the head hears in them (``plain_emotion_mass``). Every training
 voice also joins a little faster and slower (:mod:`~realtime_erc.training.speed_perturb`), each
 copy a speaker of its own; a fold holds a voice's copies out with it and scores originals only.
-Extracted
-features are cached per clip under ``~/.cache/realtime-erc/features/speech`` (outside the
-repository).
+Extracted features are cached per clip under ``~/.cache/realtime-erc/features/speech``
+(outside the repository).
 """
 
 from __future__ import annotations

@@ -27,6 +27,24 @@ def test_training_actors_fall_into_near_equal_groups():
             crossfit_groups((1, 2, 3, 4, 5), folds)
 
 
+def test_the_packaged_heads_recipe_names_the_scores_head_the_assembled_model_was_built_with(
+    tmp_path: Path,
+):
+    # the packaged head's extra training voices (plain, speed copies) are not the cross-fitted
+    # heads' recipe: adding them to the packaged head must not rename the scores head
+    from realtime_erc.features.head_scores import scores_head_path
+    from realtime_erc.training.assembled import AssembledOptions
+
+    options = AssembledOptions(head_scores=True)
+    scores = SpeechScores(
+        tmp_path, options.train_actors, options.valid_actors + options.test_actors,
+        options.crossfit_folds,
+    )  # fmt: skip
+    assert scores.train_options.speed_factors  # the packaged head has them
+    assert scores.identity == "speech-head-crossfit3-d3be04f6e7cd"
+    assert scores_head_path(scores.identity).is_file()
+
+
 @needs_assembled_data
 @pytest.mark.slow
 def test_no_head_scores_an_actor_it_was_fitted_on():
