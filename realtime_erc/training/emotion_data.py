@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime_erc.errors import UserError
+from realtime_erc.events import SAMPLE_RATE
 
 DATA_ENV = "REALTIME_ERC_DATA"
 """Environment variable naming the training-data directory."""
@@ -193,3 +194,19 @@ def clean_fer_training(train: FaceImages, test: FaceImages) -> tuple[FaceImages,
     }
     cleaned = FaceImages(train.images[keep], train.labels[keep], train.usage[keep], train.source)
     return cleaned, counts
+
+
+def read_clip(path: Path) -> np.ndarray:
+    """A clip as float32 mono 16 kHz (other rates are resampled with soxr)."""
+    import soundfile as sf
+
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DataError(f"{path}: cannot read audio ({e})") from None
+    audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+    return audio

@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 
 from realtime_erc.features.assets import cache_root
 from realtime_erc.features.speech_emotion import (
     RAVDESS_LABELS,
-    SAMPLE_RATE,
     SpeechEmotionHead,
     SpeechEmotionNet,
     SpeechFeatureExtractor,
@@ -41,7 +39,7 @@ from realtime_erc.features.speech_emotion import (
     feature_options_dict,
     standardize_by_group,
 )
-from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
+from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips, read_clip
 from realtime_erc.training.plain_speech import SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.progress import Progress, no_progress
 from realtime_erc.training.speed_perturb import source_speaker, speed_perturbed_clips
@@ -71,20 +69,6 @@ class SpeechTrainOptions:
     plain_per_voice: int = 30
     speed_factors: tuple[float, ...] = (0.9, 1.1)
     """Speed perturbation: each voice also joins resampled by these factors (() = none)."""
-
-
-def read_clip(path: Path) -> np.ndarray:
-    """A clip as float32 mono 16 kHz (other rates are resampled with soxr)."""
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise DataError(f"{path}: cannot read audio ({e})") from None
-    audio = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        import soxr
-
-        audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
-    return audio
 
 
 def clip_features(

@@ -19,7 +19,7 @@ import numpy as np
 
 from realtime_erc.features.assets import cache_root
 from realtime_erc.features.speech_emotion import SAMPLE_RATE
-from realtime_erc.training.emotion_data import SpeechClip
+from realtime_erc.training.emotion_data import SpeechClip, read_clip
 
 PERTURBED_ID_STRIDE = 10_000
 """Copy ``k`` of speaker ``s`` is speaker ``s + (k + 1) × stride`` (real and plain ids are
@@ -41,8 +41,6 @@ def speed_perturbed_clips(
     """A copy of each clip per factor (same emotion, speaker :func:`perturbed_speaker`)."""
     import soundfile as sf
     import soxr
-
-    from realtime_erc.training.speech_trainer import read_clip
 
     if any(not 0.5 <= f <= 2.0 for f in factors):
         raise ValueError(f"speed factors must lie in [0.5, 2], not {list(factors)}")
