@@ -282,6 +282,7 @@ class RunFigures:
             for stage, values in o.stages.items():
                 stages.setdefault(stage, []).extend(values)
         stage_p95 = {k: _round(percentile(v, 95)) for k, v in stages.items()}
+        stage_p50 = {k: _round(percentile(v, 50)) for k, v in stages.items()}
         return {
             "sessions": self.sessions,
             "mode": self.mode,
@@ -292,6 +293,7 @@ class RunFigures:
             "final_p95_ms": _round(percentile(finals, 95)),
             "final_max_ms": _round(max(finals) if finals else None),
             "provisional_p50_ms": _round(percentile(early, 50)),
+            "stage_p50_ms": stage_p50,
             "stage_p95_ms": stage_p95,
             "stages_p95": ", ".join(f"{k} {v:.0f}" for k, v in stage_p95.items() if v is not None)
             or "–",

@@ -21,7 +21,7 @@ from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
 from realtime_erc.config import ConfigError, load_config  # noqa: E402
 from realtime_erc.serve.app import ServeError  # noqa: E402
-from realtime_erc.serve.on_ray import app  # noqa: E402
+from realtime_erc.serve.on_ray import REPLICA_ENV, app  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SERVE_CONFIG = DEPLOY / "serve-config.yaml"
@@ -123,6 +123,10 @@ def test_the_import_path_builds_the_application_and_its_overrides_fit(
     args = {**application(serve_config())["args"], "config": str(toml), "set": token}
     declared = build(monkeypatch, args)
     assert set(declared) == DEPLOYMENTS
+    for name, deployment in declared.items():  # Serve's replica settings, on every replica
+        assert deployment.ray_actor_options["runtime_env"]["env_vars"] == REPLICA_ENV, name
+    # ... and where an override replaces those options, the application's own runtime_env
+    assert application(serve_config())["runtime_env"]["env_vars"] == REPLICA_ENV
     for name, override in overrides().items():
         assert name in declared, f"override of {name!r}: the application has no such deployment"
         # Serve replaces the application's whole ray_actor_options with the override's
