@@ -116,10 +116,10 @@ class Server:
         step the engine instead of models loaded here."""
         check_bind(config.serve)
         self.config = config
-        self.remote = remote
         self.options = config.serve
         self.tokens = access_tokens(config.serve)
         self.metrics = Metrics(lambda: len(self.sessions), self._queue_depth)
+        self.remote = remote.timed(self.metrics.remote) if remote is not None else None
         self.models: Any = None  # SessionModels
         self.sessions: dict[str, IngestSource] = {}
         self._pending = 0  # accepted sockets that have not sent "start" yet

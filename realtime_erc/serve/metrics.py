@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+CALL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Metrics:
@@ -56,6 +57,12 @@ class Metrics:
             "erc_model_batch_size", "Sessions' requests one model ran as one batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )  # fmt: skip
+        self.remote_call = Histogram(
+            "erc_remote_call_seconds",
+            "serve --ray: a call's round trip from this ingress replica to a model deployment "
+            "(less erc_model_call_seconds: what the hop costs).",
+            ["deployment"], buckets=CALL_BUCKETS, registry=r,
+        )  # fmt: skip
         self._shed_seen: dict[tuple[str, str], int] = {}
 
     def accepted(self) -> None:
@@ -63,6 +70,10 @@ class Metrics:
 
     def refused(self, why: str) -> None:
         self.sessions.labels(f"refused_{why}").inc()
+
+    def remote(self, deployment: str) -> Callable[[float], None]:
+        """What times one call to ``deployment`` (asr, text, engine) on Ray, in seconds."""
+        return self.remote_call.labels(deployment).observe
 
     def batch(self, model: str) -> Callable[[int], None]:
         """What counts one batch of ``model`` (engine, text, asr, voices) by its size."""
@@ -132,6 +143,10 @@ class ModelBatches:
         self.observe = Histogram(
             "erc_model_batch_size", "Sessions' requests one model ran as one batch.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
+        ).labels(model).observe  # fmt: skip
+        self.call = Histogram(
+            "erc_model_call_seconds", "serve --ray: a model deployment's time on one batch.",
+            ["model"], buckets=CALL_BUCKETS, registry=self.registry,
         ).labels(model).observe  # fmt: skip
 
     def text(self) -> str:

@@ -128,14 +128,17 @@ class _SharedModel:
         """Around a batch's model call: the model is busy, and the batch is counted."""
         self._free.clear()
         self.batches.observe(size)
-        if self.hub is not None:
-            task = asyncio.ensure_future(self.hub.report.remote(self.replica, self.batches.text()))
-            self._reports.add(task)
-            task.add_done_callback(self._reports.discard)
+        began = time.perf_counter()
         try:
             yield
         finally:
             self._free.set()
+            self.batches.call(time.perf_counter() - began)
+            if self.hub is not None:
+                report = self.hub.report.remote(self.replica, self.batches.text())
+                task = asyncio.ensure_future(report)
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
 
 
 class AsrModel(_SharedModel):
@@ -236,15 +239,27 @@ class EngineModel(_SharedModel):
 # The ingress side: the MicroBatcher / AsyncEngine interfaces over deployment handles
 
 
+@contextlib.contextmanager
+def _timed(observe: Callable[[float], None] | None) -> Iterator[None]:
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        if observe is not None:
+            observe(time.perf_counter() - began)
+
+
 class RemoteBatcher:
     """``await submit(item)`` on a deployment's batched ``__call__`` (what a
-    :class:`~realtime_erc.batching.MicroBatcher` offers locally)."""
+    :class:`~realtime_erc.batching.MicroBatcher` offers locally); ``on_call`` times each."""
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle, on_call: Callable[[float], None] | None = None) -> None:
         self.handle = handle
+        self.on_call = on_call
 
     async def submit(self, item: Any) -> Any:
-        return await self.handle.remote(item)
+        with _timed(self.on_call):
+            return await self.handle.remote(item)
 
     async def close(self) -> None:
         pass
@@ -254,13 +269,15 @@ class RemoteEngine:
     """``await step(session_id, features)`` on the engine deployment (what
     :class:`~realtime_erc.engine.AsyncEngine` offers locally)."""
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle, on_call: Callable[[float], None] | None = None) -> None:
         self.handle = handle
+        self.on_call = on_call
 
     async def step(self, session_id: str, features: Any) -> Any:
         # what the model reads: not the utterance's audio and analysis that ride along
         slim = dataclasses.replace(features, utterance=None, analysis=None)
-        return await self.handle.step.remote((session_id, slim))
+        with _timed(self.on_call):
+            return await self.handle.step.remote((session_id, slim))
 
     async def end_session(self, session_id: str) -> None:
         await self.handle.end_session.remote(session_id)
@@ -293,15 +310,28 @@ class RemoteMetrics:
 
 
 class RemoteModels:
-    """The deployments an ingress replica calls instead of loading the models itself."""
+    """The deployments an ingress replica calls instead of loading the models itself;
+    ``timing(deployment)`` gives what times each call to it (None: untimed)."""
 
-    def __init__(self, asr, text, engine, hub, replica: str) -> None:
-        self.asr, self.text, self.engine = (
-            RemoteBatcher(asr),
-            RemoteBatcher(text),
-            RemoteEngine(engine),
-        )
+    def __init__(
+        self,
+        asr,
+        text,
+        engine,
+        hub,
+        replica: str,
+        timing: Callable[[str], Callable[[float], None]] | None = None,
+    ) -> None:
+        self._handles = (asr, text, engine, hub, replica)
+        on_call = timing or (lambda deployment: None)
+        self.asr = RemoteBatcher(asr, on_call("asr"))
+        self.text = RemoteBatcher(text, on_call("text"))
+        self.engine = RemoteEngine(engine, on_call("engine"))
         self.metrics = RemoteMetrics(hub, replica)
+
+    def timed(self, timing: Callable[[str], Callable[[float], None]]) -> RemoteModels:
+        """The same deployments, each call timed by ``timing(deployment)``."""
+        return RemoteModels(*self._handles, timing=timing)
 
 
 def shifted_endpoint(endpoint: str, by: int) -> str:

@@ -127,6 +127,8 @@ def test_replicas_metrics_merge_into_one_exposition_labelled_by_replica() -> Non
     asr = ModelBatches("asr")
     for size in (1, 3):
         asr.observe(size)
+    asr.call(0.09)
+    ingress[0].remote("asr")(0.1)  # the round trip of that batch's call, from the ingress
     texts = {"ingress-a": ingress[0].text().decode(), "ingress-b": ingress[1].text().decode()}
     text = merge_replicas({**texts, "asr-1": asr.text()})
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -140,4 +142,9 @@ def test_replicas_metrics_merge_into_one_exposition_labelled_by_replica() -> Non
                if s.labels.get("model") == "asr" and "le" not in s.labels}  # fmt: skip
     assert batches == {("erc_model_batch_size_sum", "asr-1"): 4.0,
                        ("erc_model_batch_size_count", "asr-1"): 2.0}  # fmt: skip
+    # a hop's cost: the ingress's round trip less the replica's time on the batch
+    sums = {(f.name, s.labels["replica"]): s.value for f in families.values() for s in f.samples
+            if s.name.endswith("_seconds_sum") and s.value}  # fmt: skip
+    assert sums == {("erc_remote_call_seconds", "ingress-a"): 0.1,
+                    ("erc_model_call_seconds", "asr-1"): 0.09}  # fmt: skip
     assert text.count("# TYPE erc_sessions_total counter") == 1  # one family, every replica

@@ -106,7 +106,7 @@ def test_the_client_streams_a_recording(ray_server, tmp_path) -> None:
 
 def scrape(http: str) -> dict[tuple[str, str], float]:
     """``/metrics``: ``(sample name, replica) → value`` summed over the other labels, where
-    the labels say ``model`` (batch sizes) the model joins the name."""
+    the labels say ``model`` or ``deployment`` (batch sizes, call times) that joins the name."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(http + "metrics", timeout=30) as r:
@@ -114,7 +114,8 @@ def scrape(http: str) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name = sample.name + (f":{sample.labels['model']}" if "model" in sample.labels else "")
+            which = sample.labels.get("model") or sample.labels.get("deployment")
+            name = sample.name + (f":{which}" if which else "")
             key = (name, sample.labels["replica"])
             out[key] = out.get(key, 0.0) + sample.value
     return out
@@ -134,6 +135,13 @@ def test_metrics_of_every_deployment(ray_server) -> None:
         sizes = by_replica(metrics, f"erc_model_batch_size_sum:{model}")
         assert len(sizes) == 1 and next(iter(sizes)).startswith(f"{model}-"), metrics
         assert list(sizes.values()) == [3.0], (model, sizes)
+        # ... and time them, as the ingress times its calls to them: the hop is the difference
+        calls = by_replica(metrics, f"erc_model_call_seconds_count:{model}")
+        trips = by_replica(metrics, f"erc_remote_call_seconds_count:{model}")
+        assert list(calls.values()) == [3.0] and list(trips.values()) == [3.0], (calls, trips)
+        spent = by_replica(metrics, f"erc_model_call_seconds_sum:{model}")
+        waited = by_replica(metrics, f"erc_remote_call_seconds_sum:{model}")
+        assert 0 < sum(spent.values()) < sum(waited.values()), (spent, waited)
 
 
 def test_the_capture_page(ray_server, fake_media_browser, media) -> None:
