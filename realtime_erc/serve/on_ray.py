@@ -47,7 +47,7 @@ HUB_CPUS = 0.05
 """The metrics hub only files reports."""
 
 BATCH_WAIT_S = 0.0
-"""How long a batch's first request waits for others. None: requests that arrive while a
+"""How long a batch's first request waits for others: not at all. Requests that arrive while a
 batch runs are held at :meth:`_SharedModel.when_free` and enter the next batch together, so a
 wait would only add to each of an utterance's three model hops (it was 2 ms)."""
 
@@ -60,8 +60,8 @@ REPLICA_ENV = {
 which would move the public port onto the replicas): handle calls between deployments go over
 gRPC instead of Ray's object references, and a replica's user code and its handles' router run
 on its one event loop instead of a thread each. Every handover between threads waits for the
-interpreter lock, which an ingress busy with its sessions' analysis holds: the median hop of an
-utterance went 29 → 10 ms (ASR), 11 → 6 (text), 10 → 5 (engine) at one session."""
+interpreter lock, which an ingress busy with its sessions' analysis holds. An utterance's three
+hops went from 57–62 to 42 ms (docs/benchmarks/serve-notes.md)."""
 
 
 def _batch(max_batch_size: int):
@@ -125,7 +125,7 @@ class _SharedModel:
 
     @contextlib.contextmanager
     def running(self, size: int) -> Iterator[None]:
-        """Around a batch's model call: the model is busy, and the batch is counted."""
+        """Around a batch's model call: the model is busy, and the batch is counted and timed."""
         self._free.clear()
         self.batches.observe(size)
         began = time.perf_counter()
