@@ -421,6 +421,14 @@ class ServeOptions(Section):
         description="serve --ray: how long a session whose server replica was lost keeps its "
         "conversation context for a client that reconnects with the same session_id.",
     )
+    ray_front: Literal["haproxy", "serve-proxy"] = Field(
+        "haproxy",
+        description="serve --ray on a Ray it starts: what accepts connections. haproxy (bundled "
+        "with ray[serve]) hands each WebSocket straight to an ingress replica's own port "
+        "(Serve's direct ingress); serve-proxy relays every message through Serve's Python "
+        "proxy as a Ray call (8 sessions: a third more CPU, 1.5x the latency; "
+        "docs/benchmarks/serve-notes.md). A cluster that serve --ray joins keeps its own.",
+    )
     sample_rates: tuple[int, ...] = Field(
         (8000, 16000, 22050, 24000, 32000, 44100, 48000), description="Audio rates accepted."
     )

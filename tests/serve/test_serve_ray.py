@@ -38,6 +38,6 @@ def run_inner(tmp_path: Path, ray_tmp: Path) -> None:
                        text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-3000:]
     # none skipped (e.g. without Chromium)
-    assert re.search(r"^6 passed", r.stdout, re.M), r.stdout[-3000:]
+    assert re.search(r"^7 passed", r.stdout, re.M), r.stdout[-3000:]
     assert (ray_tmp / "ray").is_dir()  # Ray ran under the test's temp dir ...
     assert not processes_under(ray_tmp)  # ... and is gone with the server

@@ -77,6 +77,20 @@ def finals(documents: list[dict]) -> list[dict]:
     return [d for d in documents if d.get("schema") == "erc.emotion/1" and not d["provisional"]]
 
 
+def test_haproxy_hands_the_connections_to_the_ingress_replica(ray_server) -> None:
+    """serve.ray_front = "haproxy" (the default): HAProxy owns the public port, and the ingress
+    replica listens on a port of its own (Serve's direct ingress range) on loopback."""
+    import psutil
+
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    owner = {c.laddr.port: c.pid for c in listening}
+    assert psutil.Process(owner[PORT]).name() == "haproxy"
+    direct = [c for c in listening if 30000 <= c.laddr.port <= 31000]
+    assert direct and all(c.laddr.ip == "127.0.0.1" for c in direct), direct
+    titles = [" ".join(psutil.Process(c.pid).cmdline()) for c in direct]
+    assert all("ingress" in title for title in titles), titles
+
+
 def test_the_client_streams_a_recording(ray_server, tmp_path) -> None:
     """... and the ingress replica publishes the same documents on ZeroMQ."""
     import zmq
