@@ -64,8 +64,8 @@ REPLICA_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
-"""Serve's settings for every replica (its "throughput optimized" ones, less direct ingress,
-which would move the public port onto the replicas): handle calls between deployments go over
+"""Serve's settings for every replica (its "throughput optimized" ones but direct ingress,
+which is the nodes' to turn on: see :func:`haproxy_env`): handle calls between deployments go over
 gRPC instead of Ray's object references, and a replica's user code and its handles' router run
 on its one event loop instead of a thread each. Every handover between threads waits for the
 interpreter lock, which an ingress busy with its sessions' analysis holds. An utterance's three
