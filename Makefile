@@ -15,7 +15,9 @@ APT_PACKAGES += openssl
 APT_PACKAGES += iproute2
 # serve's memory allocator (glibc's malloc fragments under many sessions)
 APT_PACKAGES += libjemalloc2
-PYTEST_ARGS ?=
+# Two workers: much of the suite waits on real time (microphones, streams, brokers), so the
+# second core fills those waits; the Ray tests share one worker (xdist_group "ray").
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: setup system demo test lint bench clean
 .DEFAULT_GOAL := demo

@@ -12,7 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from realtime_erc.errors import UserError
@@ -48,6 +50,7 @@ def start_ray(address: str | None, **local: Any) -> bool:
     kwargs: dict[str, Any] = {"logging_level": "warning", "log_to_driver": False}
     if address is None:
         kwargs |= {"include_dashboard": False, **local}
+        check_socket_room(Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()))
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as e:
@@ -56,6 +59,21 @@ def start_ray(address: str | None, **local: Any) -> bool:
             "on the head node), or drop --ray-address to start a local Ray"
         ) from None
     return True
+
+
+# the longest socket path a local Ray makes under its temp dir (a 7-digit process id)
+_RAY_SOCKET_TAIL = "/ray/session_2026-12-07_01-23-47_704531_1234567/sockets/plasma_store"
+
+
+def check_socket_room(tmpdir: Path) -> None:
+    """Ray's Unix sockets live under ``tmpdir``; a path past 107 bytes fails deep in its
+    start-up, so say so first."""
+    if len(str(tmpdir)) + len(_RAY_SOCKET_TAIL) > 107:
+        raise RayError(
+            f"RAY_TMPDIR={tmpdir} is too long for Ray's socket paths (at most "
+            f"{107 - len(_RAY_SOCKET_TAIL)} characters): set RAY_TMPDIR to a shorter "
+            "directory, e.g. /tmp/ray"
+        )
 
 
 def in_private_network(command: Sequence[str]) -> list[str]:

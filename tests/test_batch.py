@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,10 +134,17 @@ def test_batch_equals_replay_reports_the_corrupt_one_and_resumes(recordings: Pat
 
 
 @pytest.mark.slow
-def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -> None:
+@pytest.mark.xdist_group("ray")  # one Ray at a time
+def test_batch_on_ray_in_a_private_network(recordings: Path) -> None:
     """A local Ray, started by the command inside a network namespace of its own (loopback
     only: nothing Ray opens is reachable from outside), stopped with the batch."""
-    out, ray_tmp = recordings / "ray-out", tmp_path_factory.mktemp("ray")
+    # Ray's socket paths must stay under 107 bytes: a short temp dir, not the test's
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as short:
+        run_batch_on_ray(recordings, Path(short))
+
+
+def run_batch_on_ray(recordings: Path, ray_tmp: Path) -> None:
+    out = recordings / "ray-out"
     command = [sys.executable, "-m", "realtime_erc", "batch", str(recordings / "ray-set"),
                "--out", str(out), "--ray", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -146,6 +154,7 @@ def test_batch_on_ray_in_a_private_network(recordings: Path, tmp_path_factory) -
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr  # the broken one
+    assert (out / "summary.json").is_file(), r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["engine"], summary["analysed"], summary["failed"]) == ("ray", 2, 1)
     for name in ("two", "three"):

@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+import pytest
+import typer
+
 from realtime_erc.config import Config, load_config
 
 
@@ -83,3 +86,13 @@ def test_every_command_is_wrapped_by_the_one_error_handler():
     found = list(commands(app))
     assert len(found) >= 20
     assert all(getattr(c.callback, "__wrapped__", None) for c in found)
+
+
+def test_an_error_is_one_line_whatever_its_length_and_keeps_its_brackets(capsys):
+    from realtime_erc.cli.options import fail
+
+    message = "/a/long/path/" * 20 + ": install the extra with pip install '.[ray]'"
+    with pytest.raises(typer.Exit):
+        fail(message)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"error: {message}"]

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import numpy as np
 from realtime_erc.bench.report import BenchReport, percentile
 from realtime_erc.errors import UserError
 from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.outputs.broker import free_port
 from realtime_erc.sources.recording import Recording, RecordingWriter, read_recording
 
 MODES = ("server", "processes", "ray")
@@ -374,7 +374,7 @@ class ServerProcess:
     ) -> None:
         extra = [f"serve.max_sessions={sessions + 1}"] if sessions + 1 > 16 else []
         self.log = workdir / f"{'ray' if ray else 'server'}-{sessions}.log"
-        where = ["--ray", "--port", str(_free_port())] if ray else ["--port", "0"]
+        where = ["--ray", "--port", str(free_port())] if ray else ["--port", "0"]
         self.args = _cli("serve", *where, "--no-zmq", *_settings(options, extra))
         self.ray = ray
         self.proc: subprocess.Popen | None = None
@@ -455,12 +455,6 @@ class ServerProcess:
             _stop(self.proc, 120.0 if self.ray else 30.0)
         if self._ray_tmp is not None:
             self._ray_tmp.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _stream_clients(

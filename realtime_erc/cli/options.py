@@ -12,6 +12,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from realtime_erc.config import Config, load_config
 from realtime_erc.errors import UserError
@@ -59,7 +60,8 @@ DataDirOpt = Annotated[
 
 def fail(message: str, code: int = 2) -> None:
     """End the command with ``error: message`` on stderr and exit status ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # one line whatever the terminal's width, and brackets in it (``'.[ray]'``) kept as written
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ import numpy as np
 
 from realtime_erc.config import Config
 from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.outputs.broker import free_port
 
 log = logging.getLogger(__name__)
 
@@ -456,12 +456,6 @@ def app(args: dict[str, Any]):
     return build_application(config, float(args.get("gpus", 0.0)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def haproxy_env(workdir: str) -> dict[str, str]:
     """The environment under which a Ray started here runs Serve with HAProxy in front: its
     files under ``workdir``; its statistics page and Prometheus exporter, which listen on every
@@ -478,8 +472,8 @@ def haproxy_env(workdir: str) -> dict[str, str]:
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": workdir,
         **{key: os.path.join(workdir, name) for key, name in files.items()},
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 

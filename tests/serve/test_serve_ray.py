@@ -17,7 +17,7 @@ from cli_support import ROOT, processes_under
 
 from realtime_erc.ray_support import PRIVATE_NETWORK_ENV, in_private_network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
 
 INNER = Path(__file__).with_name("on_ray")
 
