@@ -182,10 +182,10 @@ def load_models(config: Config) -> SessionModels:
     models.fusion = fusion_for(engine.model_id, config.fusion.mode)
     if config.model.provisional or heads == "scores" or models.fusion is not None:
         from realtime_erc.features.face_expression import FaceExpressionHead
-        from realtime_erc.features.speech_emotion import SpeechEmotionHead
+        from realtime_erc.features.speech_emotion import SpeechEmotionHead, speech_head_path
 
         if config.features.audio.enabled:
-            models.speech_head = SpeechEmotionHead.load()
+            models.speech_head = SpeechEmotionHead.load(speech_head_path(config.features.audio))
             if heads == "scores":  # the head that scored the model's corpus, when packaged
                 from realtime_erc.features.head_scores import scores_speech_head
 

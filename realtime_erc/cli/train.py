@@ -186,7 +186,8 @@ def train_extractor_command(
         typer.Option(
             "--option",
             help="face: recipe setting KEY=VALUE (repeatable), e.g. erase_prob=0.25, "
-            "teacher=a.pt,b.pt, net.widths=64,128,256,512.",
+            "teacher=a.pt,b.pt, net.widths=64,128,256,512; speech: egemaps=false (the "
+            "permissive head, without openSMILE's features).",
         ),
     ] = None,
     config_file: ConfigOpt = None,
@@ -197,8 +198,8 @@ def train_extractor_command(
 
     from realtime_erc.training.extractors import train_extractor
 
-    if extractor_kind(kind) == "speech" and (option or device != "cpu"):
-        raise UserError("--option and --device apply to the face head only (train it with: face)")
+    if extractor_kind(kind) == "speech" and device != "cpu":
+        raise UserError("--device applies to the face head only (train it with: face)")
     info = train_extractor(
         extractor_kind(kind),
         config.data.resolve(data),

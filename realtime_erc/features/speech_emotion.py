@@ -3,12 +3,16 @@
 Features (:class:`SpeechFeatureExtractor`): the utterance is trimmed to its voiced span and set
 to a fixed loudness; the packaged Whisper encoder (CTranslate2, ``tiny.en`` by default) runs on a
 window fitted to it, and its output frames are pooled (mean and standard deviation) next to the
-mean and standard deviation of the 80 log-mel bands. Mean-pooled Whisper encoder states carry a
-lot of paralinguistic information, and RAVDESS-style acted emotion is largely speaker-relative,
-so every feature is standardised per speaker (:class:`SpeakerNormalizer`: running Welford
-statistics per attributed speaker, shrunk towards the training population while a speaker has
-few utterances). The classifier (:class:`SpeechEmotionNet`) is a one-hidden-layer MLP whose hidden
-activations are the head's embedding.
+mean and standard deviation of the 80 log-mel bands and, when ``egemaps`` is set (the packaged
+head), openSMILE's 88 eGeMAPS functionals of the same audio (+2 points of cross-validated UA;
+openSMILE's licence is research/non-commercial, so the permissive audio path loads
+:data:`PERMISSIVE_CHECKPOINT`, which reads Whisper and the log-mel bands only). Mean-pooled
+Whisper encoder states carry a lot of paralinguistic information, and RAVDESS-style acted
+emotion is largely speaker-relative, so every feature is standardised per speaker
+(:class:`SpeakerNormalizer`: running Welford statistics per attributed speaker, shrunk towards
+the training population while a speaker has few utterances). The classifier
+(:class:`SpeechEmotionNet`) is a one-hidden-layer MLP whose hidden activations are the head's
+embedding.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from realtime_erc.config import AudioOptions
 from realtime_erc.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,8 @@ RAVDESS_LABELS: tuple[str, ...] = (
 
 SAMPLE_RATE = 16000
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "speech_emotion.pt"
+PERMISSIVE_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("speech_emotion_whisper.pt")
+"""The head without openSMILE's features, for ``features.audio.backend = "librosa"``."""
 
 
 class SpeechEmotionError(UserError, ValueError):
@@ -58,6 +65,8 @@ class SpeechFeatureOptions:
     trim_db: float = 35.0  # voiced span: frames within this many dB of the loudest
     target_rms_db: float = -23.0
     mel_stats: bool = True
+    egemaps: bool = True
+    """Append openSMILE eGeMAPSv02's 88 functionals (checkpoints written before it read False)."""
     threads: int = 1
 
 
@@ -84,7 +93,8 @@ def trim_and_level(samples: np.ndarray, trim_db: float, target_rms_db: float) ->
 class SpeechFeatureExtractor:
     """``features(samples [n] float32 16 kHz) -> [dim]``: Whisper-encoder + log-mel statistics.
 
-    ``dim`` = 2 × encoder width (384 for tiny.en → 768) + 160 log-mel statistics when enabled.
+    ``dim`` = 2 × encoder width (384 for tiny.en → 768) + 160 log-mel statistics + 88 eGeMAPS
+    functionals, each part when enabled.
     """
 
     MIN_FRAMES = 100  # 1 s: the shortest window the encoder is run on
@@ -102,6 +112,13 @@ class SpeechFeatureExtractor:
             compute_type="int8",
             cpu_threads=options.threads,
         )
+        self.egemaps = None
+        if options.egemaps:
+            from realtime_erc.features.audio import AudioFeatures
+
+            # levelled audio is never below the silence floor; only a silent input is
+            self.egemaps = AudioFeatures(AudioOptions(backend="egemaps"))
+            self.egemaps.load()
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         import ctranslate2
@@ -120,6 +137,8 @@ class SpeechFeatureExtractor:
         parts = [states.mean(0), states.std(0)]
         if self.options.mel_stats:
             parts += [mel[:, :used].mean(1), mel[:, :used].std(1)]
+        if self.egemaps is not None:
+            parts.append(self.egemaps.extract(audio).pooled)
         return np.concatenate(parts).astype(np.float32)
 
 
@@ -200,7 +219,7 @@ def standardize_by_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 class SpeechNetOptions:
     """Architecture of :class:`SpeechEmotionNet` (stored in checkpoints)."""
 
-    input_dim: int = 928
+    input_dim: int = 1016
     hidden: int = 64
     dropout: float = 0.5
     labels: tuple[str, ...] = field(default=RAVDESS_LABELS)
@@ -264,7 +283,7 @@ class SpeechEmotionHead:
             state = torch.load(path, map_location="cpu", weights_only=False)
             net = SpeechEmotionNet(SpeechNetOptions(**_tuples(state["net_options"])))
             net.load_state_dict(state["model"])
-            features = SpeechFeatureOptions(**state["feature_options"])
+            features = SpeechFeatureOptions(**{"egemaps": False, **state["feature_options"]})
             prior_mean, prior_std = state["prior_mean"], state["prior_std"]
         except (KeyError, TypeError, RuntimeError, EOFError) as e:
             raise SpeechEmotionError(
@@ -342,6 +361,12 @@ class SpeechEmotionHead:
     def embed(self, samples: np.ndarray, speaker: str = "", update: bool = True) -> np.ndarray:
         x = torch.from_numpy(self.features(samples, speaker, update)[None])
         return self.net.embed(x)[0].numpy()
+
+
+def speech_head_path(audio: AudioOptions) -> Path:
+    """The packaged head for an audio configuration: the permissive path (``librosa``) keeps
+    openSMILE out of the head too."""
+    return PERMISSIVE_CHECKPOINT if audio.backend == "librosa" else DEFAULT_CHECKPOINT
 
 
 def _tuples(options: dict[str, Any]) -> dict[str, Any]:

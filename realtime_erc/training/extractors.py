@@ -22,7 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from realtime_erc.errors import UserError
 from realtime_erc.features.assets import cache_root
+from realtime_erc.features.speech_emotion import SpeechFeatureOptions
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,19 @@ def default_checkpoint(kind: Extractor) -> Path:
     return SPEECH if kind == "speech" else FACE
 
 
+def speech_feature_options(options: list[str]) -> SpeechFeatureOptions:
+    """The speech head's feature options from ``KEY=VALUE`` settings (``egemaps`` only)."""
+    features = SpeechFeatureOptions()
+    for setting in options:
+        key, _, value = setting.partition("=")
+        if key != "egemaps" or value.lower() not in ("true", "false"):
+            raise UserError(
+                f"speech head option {setting!r}: the one setting is egemaps=true or egemaps=false"
+            )
+        features = replace(features, egemaps=value.lower() == "true")
+    return features
+
+
 def train_extractor(
     kind: Extractor,
     data_dir: Path,
@@ -86,7 +101,8 @@ def train_extractor(
 
     ``device`` (face only; the speech head is a small model trained on the CPU): ``cpu``,
     ``auto`` (CUDA when there is one) or ``cuda[:N]``. ``options``: face recipe settings
-    ``KEY=VALUE`` (:func:`~realtime_erc.training.face_trainer.face_recipe`)."""
+    ``KEY=VALUE`` (:func:`~realtime_erc.training.face_trainer.face_recipe`); speech:
+    ``egemaps=true|false``."""
     out = out or default_checkpoint(kind)
     with ProgressBars(console) as bars:
         if kind == "speech":
@@ -95,7 +111,8 @@ def train_extractor(
             speech = SpeechTrainOptions(seed=seed)
             if epochs:
                 speech = replace(speech, steps=epochs)
-            return train_speech(data_dir, out, speech, progress=bars)
+            features = speech_feature_options(options or [])
+            return train_speech(data_dir, out, speech, features, progress=bars)
         from realtime_erc.engine import pick_device
         from realtime_erc.training.face_trainer import (
             FaceTrainOptions,

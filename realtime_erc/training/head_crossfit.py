@@ -3,8 +3,11 @@
 A context model trained on head scores must see, in training, scores as good as it will get at
 test time: a head that had trained on the same clips is right far more often there (the packaged
 speech head has heard actors 1–16, the assembled training and validation voices). So the scores
-come from heads of the packaged head's recipe (features, per-actor standardisation, classifier
-options) fitted here on the assembled *training* actors only:
+come from heads of a packaged head's recipe (features, per-actor standardisation, classifier
+options) fitted here on the assembled *training* actors only. That head is the one without
+eGeMAPS (:data:`~realtime_erc.features.speech_emotion.PERMISSIVE_CHECKPOINT`): the corpus's audio
+vector already holds the eGeMAPS functionals, and the packaged assembled model's scores head was
+made with it:
 
 - a training actor's clips: the head fitted on the other training actors (``folds`` groups of
   actors, each scored by the head that left its group out);
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from realtime_erc.features.speech_emotion import (
+    PERMISSIVE_CHECKPOINT,
     SpeakerNormalizer,
     SpeechEmotionHead,
     standardize_by_group,
@@ -71,7 +75,7 @@ class SpeechScores:
         self.train_actors = tuple(sorted(train_actors))
         self.eval_actors = tuple(sorted(eval_actors))
         self.groups = crossfit_groups(self.train_actors, folds)
-        packaged = SpeechEmotionHead.load(head)
+        packaged = SpeechEmotionHead.load(head or PERMISSIVE_CHECKPOINT)
         self.feature_options = packaged.feature_options
         saved = dict(packaged.info.get("options") or {})
         known = SpeechTrainOptions.__dataclass_fields__
@@ -84,7 +88,11 @@ class SpeechScores:
         ] + [(self.eval_actors, self.train_actors)]
         """(actors scored, actors the head is fitted on), one head each."""
         recipe = {
-            "features": asdict(self.feature_options) | {"threads": None},  # not part of it
+            # threads are not part of it; recipes from before ``egemaps`` existed lack the key
+            "features": {
+                k: v for k, v in asdict(self.feature_options).items() if k != "egemaps" or v
+            }
+            | {"threads": None},  # fmt: skip
             "train": {k: v for k, v in asdict(self.train_options).items() if k not in EXTRA_VOICES},
             "groups": self.groups,
             "eval_actors": self.eval_actors,

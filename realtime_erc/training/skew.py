@@ -771,10 +771,20 @@ def speech_breakdown(data_dir: Path, report: SkewReport) -> dict[str, GroupStats
     actors = sorted({t.actor for t in turns})
     clips = [c for c in ravdess_clips(root) if c.actor in actors]
     raw = clip_features(clips, head.feature_options)
+    # the packaged head may read other features than the corpus's (eGeMAPS): its own then
+    raw_packaged = (
+        raw
+        if packaged.feature_options == head.feature_options
+        else clip_features(clips, packaged.feature_options)
+    )
     of_actor = np.array([c.actor for c in clips])
     row = {c.path.relative_to(root).as_posix(): i for i, c in enumerate(clips)}
-    stats = {a: (raw[of_actor == a].mean(0), np.maximum(raw[of_actor == a].std(0), 1e-6))
-             for a in actors}  # fmt: skip
+
+    def actor_stats(x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return {a: (x[of_actor == a].mean(0), np.maximum(x[of_actor == a].std(0), 1e-6))
+                for a in actors}  # fmt: skip
+
+    stats, stats_packaged = actor_stats(raw), actor_stats(raw_packaged)
     segments = [head.extractor.features(u.features.utterance.segment.samples) for u in live]
 
     def log_scores(h: SpeechEmotionHead, z: np.ndarray) -> np.ndarray:
@@ -788,8 +798,8 @@ def speech_breakdown(data_dir: Path, report: SkewReport) -> dict[str, GroupStats
             i: log_scores(head, norm.normalize(speaker_of(i), inputs(i))) for i in range(len(live))
         }
 
-    def actor_std(h: SpeechEmotionHead, i: int, x: np.ndarray) -> np.ndarray:
-        mean, std = stats[turns[live[i].turn].actor]  # type: ignore[index]
+    def actor_std(h: SpeechEmotionHead, i: int, x: np.ndarray, by_actor=stats) -> np.ndarray:
+        mean, std = by_actor[turns[live[i].turn].actor]  # type: ignore[index]
         return log_scores(h, (x - mean) / std)
 
     true = {i: turns[u.turn].speaker if u.turn is not None else u.features.speaker
@@ -807,7 +817,8 @@ def speech_breakdown(data_dir: Path, report: SkewReport) -> dict[str, GroupStats
         i: actor_std(head, i, segments[i]) for i in matched.values()
     }
     variants["packaged head, actor stats, clip"] = {
-        i: actor_std(packaged, i, clip_of[i]) for i in matched.values()
+        i: actor_std(packaged, i, raw_packaged[row[turns[k].clip]], stats_packaged)
+        for k, i in matched.items()
     }
     variants["live head, actor stats, clip"] = {
         i: actor_std(head, i, clip_of[i]) for i in matched.values()

@@ -13,16 +13,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from realtime_erc.config import DataConfig
+from realtime_erc.config import AudioOptions, DataConfig
+from realtime_erc.errors import UserError
 from realtime_erc.features.speech_emotion import (
     DEFAULT_CHECKPOINT,
+    PERMISSIVE_CHECKPOINT,
     RAVDESS_LABELS,
     SpeakerNormalizer,
     SpeechEmotionError,
     SpeechEmotionHead,
+    speech_head_path,
     trim_and_level,
 )
 from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips
+from realtime_erc.training.extractors import speech_feature_options
 from realtime_erc.training.speech_trainer import (
     SpeechTrainOptions,
     clip_features,
@@ -47,9 +51,13 @@ def head() -> SpeechEmotionHead:
 
 @pytest.mark.slow
 @needs_ravdess
+@pytest.mark.parametrize(
+    "path", [DEFAULT_CHECKPOINT, PERMISSIVE_CHECKPOINT], ids=["default", "permissive"]
+)
 def test_committed_checkpoint_reproduces_its_held_out_subset_score(
-    head: SpeechEmotionHead, tmp_path: Path
+    path: Path, tmp_path: Path
 ) -> None:
+    head = SpeechEmotionHead.load(path)
     subset = head.info["subset"]
     clips = [c for c in ravdess_clips(RAVDESS) if _rel(c) in set(subset["paths"])]
     assert len(clips) == len(subset["paths"]) == 40
@@ -141,6 +149,29 @@ def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:
     torch.save({"model": {}}, bad)
     with pytest.raises(SpeechEmotionError, match="not a speech-emotion checkpoint"):
         SpeechEmotionHead.load(bad)
+
+
+def test_the_default_head_reads_egemaps_and_the_permissive_one_does_not(
+    head: SpeechEmotionHead,
+) -> None:
+    assert head.feature_options.egemaps and head.net.options.input_dim == 768 + 160 + 88
+    permissive = SpeechEmotionHead.load(speech_head_path(AudioOptions(backend="librosa")))
+    assert PERMISSIVE_CHECKPOINT.is_file()
+    assert not permissive.feature_options.egemaps  # written before the option existed
+    assert permissive.net.options.input_dim == 768 + 160
+    assert speech_head_path(AudioOptions()) == DEFAULT_CHECKPOINT
+    samples = np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32)
+    assert head.extractor.features(samples).shape == (1016,)
+    assert np.allclose(  # the same Whisper and log-mel part, eGeMAPS appended
+        head.extractor.features(samples)[:928], permissive.extractor.features(samples), atol=1e-5
+    )
+
+
+def test_speech_training_options_are_checked() -> None:
+    assert not speech_feature_options(["egemaps=false"]).egemaps
+    assert speech_feature_options([]).egemaps
+    with pytest.raises(UserError, match="egemaps=true or egemaps=false"):
+        speech_feature_options(["hidden=32"])
 
 
 def test_default_checkpoint_is_packaged_with_its_scores(head: SpeechEmotionHead) -> None:

@@ -91,9 +91,27 @@ def test_two_clients_stream_the_demo_at_once_and_every_utterance_comes_back(serv
             for d in finals([d for d in subscriber.documents if d["session_id"] == session_id])
         }
         assert on_broker == {e["utterance_id"]: e["label"] for e in finals(documents)}
-    # the two conversations are the same recording: the same words and labels, kept apart
+    # the two conversations are the same recording: the same words, and the same labels where
+    # the inputs were the same. What a busy server sees may differ: Whisper's punctuation with
+    # what it was batched with, the face head's scores with which frames it had time for
     a, b = (finals(s) for s in streams)
-    assert [e["label"] for e in a] == [e["label"] for e in b]
+    assert [words(e["text"]) for e in a] == [words(e["text"]) for e in b]
+    same = [(x, y) for x, y in zip(a, b, strict=True)
+            if x["text"] == y["text"] and same_heads(x, y)]  # fmt: skip
+    assert len(same) >= len(a) // 2, "the inputs differed on most utterances"
+    assert [x["label"] for x, _ in same] == [y["label"] for _, y in same]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def same_heads(x: dict, y: dict, tol: float = 1e-3) -> bool:
+    hx, hy = x.get("heads") or {}, y.get("heads") or {}
+    return hx.keys() == hy.keys() and all(
+        hx[m].keys() == hy[m].keys() and all(abs(hx[m][k] - hy[m][k]) <= tol for k in hx[m])
+        for m in hx
+    )
 
 
 def test_a_session_beyond_the_limit_is_told_to_try_later(server):
