@@ -116,7 +116,7 @@ class SpeechFeatureExtractor:
         if options.egemaps:
             from realtime_erc.features.audio import AudioFeatures
 
-            # levelled audio is never below the silence floor; only a silent input is
+            # levelled to -23 dBFS, only a silent input falls below the silence floor (zeros)
             self.egemaps = AudioFeatures(AudioOptions(backend="egemaps"))
             self.egemaps.load()
 
