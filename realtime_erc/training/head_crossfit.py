@@ -87,12 +87,11 @@ class SpeechScores:
             (g, tuple(a for a in self.train_actors if a not in g)) for g in self.groups
         ] + [(self.eval_actors, self.train_actors)]
         """(actors scored, actors the head is fitted on), one head each."""
+        features = asdict(self.feature_options) | {"threads": None}  # threads: not part of it
+        if not features["egemaps"]:
+            del features["egemaps"]  # recipes from before the option lack the key
         recipe = {
-            # threads are not part of it; recipes from before ``egemaps`` existed lack the key
-            "features": {
-                k: v for k, v in asdict(self.feature_options).items() if k != "egemaps" or v
-            }
-            | {"threads": None},  # fmt: skip
+            "features": features,
             "train": {k: v for k, v in asdict(self.train_options).items() if k not in EXTRA_VOICES},
             "groups": self.groups,
             "eval_actors": self.eval_actors,
