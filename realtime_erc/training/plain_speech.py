@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,8 @@ def plain_speech_clips(
                     audio = espeak(text, voice, int(speeds[k]), pitch, AMPLITUDE, wav)
                     if not len(audio):
                         continue
-                    sf.write(path, audio, SAMPLE_RATE)
+                    part = path.with_suffix(f".{uuid.uuid4().hex}.part.flac")
+                    sf.write(part, audio, SAMPLE_RATE)
+                    part.replace(path)  # readers never see half a clip
                 clips.append(SpeechClip(path, SPEAKER_ID_BASE + k, NEUTRAL))
     return clips

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -86,15 +87,28 @@ def clip_features(
         stat = clip.path.stat()
         key = hashlib.sha1(f"{clip.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         file = cache / f"{key.hexdigest()}.npy"
-        if file.is_file():
-            rows.append(np.load(file))
-        else:
+        feats = _cached(file)
+        if feats is None:
             extractor = extractor or SpeechFeatureExtractor(options)
             feats = extractor.features(read_clip(clip.path))
-            np.save(file, feats)
-            rows.append(feats)
+            # Another process may be filling the same cache: write aside, then rename,
+            # so a reader never loads half a file.
+            tmp = file.with_suffix(f".{uuid.uuid4().hex}.tmp.npy")
+            np.save(tmp, feats)
+            tmp.replace(file)
+        rows.append(feats)
         progress("features", i + 1, len(clips), {})
     return np.stack(rows).astype(np.float32)
+
+
+def _cached(file: Path) -> np.ndarray | None:
+    try:
+        return np.load(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as e:  # cut short by a crash in an older version
+        log.warning("recomputing unreadable cached features %s (%s)", file, e)
+        return None
 
 
 def _options_key(options: SpeechFeatureOptions) -> str:

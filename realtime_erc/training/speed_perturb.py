@@ -12,6 +12,7 @@ three times as many voices. Cross-validation holds a voice's copies out with it
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def speed_perturbed_clips(
             path = out_dir / f"{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.flac"
             if not path.is_file():
                 audio = soxr.resample(read_clip(clip.path), SAMPLE_RATE * factor, SAMPLE_RATE)
-                part = path.with_suffix(".part.flac")
+                part = path.with_suffix(f".{uuid.uuid4().hex}.part.flac")  # one per writer
                 sf.write(part, audio.astype(np.float32), SAMPLE_RATE)
-                part.rename(path)
+                part.replace(path)
             out.append(SpeechClip(path, perturbed_speaker(clip.actor, k), clip.emotion))
     return out

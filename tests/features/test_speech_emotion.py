@@ -126,6 +126,23 @@ def test_a_few_training_steps_lower_the_loss(tmp_path: Path, head: SpeechEmotion
     assert losses[-1] < losses[0] * 0.8
 
 
+def test_the_feature_cache_recomputes_a_file_cut_short(
+    tmp_path: Path, head: SpeechEmotionHead
+) -> None:
+    sr = 16000
+    tone = (0.1 * np.sin(2 * np.pi * 180 * np.arange(2 * sr) / sr)).astype(np.float32)
+    sf.write(tmp_path / "tone.wav", tone, sr)
+    clips = [SpeechClip(tmp_path / "tone.wav", 1, 0)]
+    cache = tmp_path / "cache"
+    first = clip_features(clips, head.feature_options, cache_dir=cache)
+    (cached,) = cache.glob("*/*")
+    assert cached.suffix == ".npy"  # written aside and renamed: no temp file left behind
+    cached.write_bytes(b"")  # what a reader saw while another worker was still writing
+    again = clip_features(clips, head.feature_options, cache_dir=cache)
+    np.testing.assert_allclose(again, first, rtol=1e-5)
+    assert np.load(cached).shape == first[0].shape
+
+
 def test_ravdess_layouts_and_bad_names(tmp_path: Path) -> None:
     actor = tmp_path / "Actor_03"
     actor.mkdir()
