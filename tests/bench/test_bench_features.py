@@ -29,8 +29,6 @@ def test_bench_features_reports_every_modality(run_cli, tmp_path: Path) -> None:
         row = parts[name]
         assert row["runs"] >= 3 and 0 < row["median_ms"] <= row["p95_ms"] < 60_000
         assert row["cpu_median_ms"] >= 0
-    # the larger encoder costs more than MiniLM on the same sentence
-    assert parts["text (MPNet)"]["cpu_median_ms"] > parts["text (MiniLM)"]["cpu_median_ms"]
     assert report["utterance_s"] == 2.0 and report["target_all_three_ms"] == 150.0
     assert "| all three, end of utterance (egemaps) |" in (tmp_path / "features.md").read_text()
 
