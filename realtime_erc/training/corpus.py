@@ -10,7 +10,7 @@ collates with :meth:`~realtime_erc.models.base.DialogueBatch.from_dialogues`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from realtime_erc.events import UtteranceFeatures
 
@@ -59,6 +59,11 @@ class ErcCorpus:
     def dialogues(self) -> Iterator[Dialogue]:
         for name in SPLITS:
             yield from self.splits.get(name, [])
+
+    def only(self, split: str, subset: int | None = None) -> ErcCorpus:
+        """This corpus with only ``split``'s first ``subset`` dialogues (all when None)."""
+        kept = self.split(split)
+        return replace(self, splits={split: kept[:subset] if subset else kept})
 
 
 @dataclass(frozen=True)

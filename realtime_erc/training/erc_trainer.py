@@ -342,7 +342,9 @@ def evaluate_saved(
     if not name:
         raise DataError(f"{path} does not say its dataset: pass --data")
     spec = FeatureSpec.from_checkpoint(payload, f"checkpoint {path}")
-    data = load_data(name, data_dir, encoder_identity=spec.text, progress=progress)
+    data = load_data(
+        name, data_dir, encoder_identity=spec.text, progress=progress, only=(split, subset)
+    )
     return evaluate_checkpoint(path, data, split, subset)
 
 
@@ -470,6 +472,7 @@ def load_data(
     encoder_identity: str | None = None,
     progress: Progress | None = None,
     text_adapter: Path | None = None,
+    only: tuple[str, int | None] | None = None,
 ) -> ErcData:
     """``iemocap`` | ``meld`` | ``emorynlp`` (text features from our encoder, cached),
     ``assembled`` (the assembled multimodal conversations) or a path to a published feature
@@ -481,7 +484,9 @@ def load_data(
     of the top K layers only is named ``+loraK`` (``meld+mpnet+lora4``). ``+xfit``
     (with an adapter): training dialogues are encoded by the adapter's cross-fitted folds
     (:func:`~realtime_erc.training.datasets.crossfit_text_features`), valid and test by it.
-    A name is parsed here (:meth:`DatasetSpec.parse`); the data carry the resolved spec."""
+    A name is parsed here (:meth:`DatasetSpec.parse`); the data carry the resolved spec.
+    ``only`` = (split, subset): a text corpus keeps just those dialogues, so scoring a few
+    encodes a few (each utterance's vector depends on its dialogue alone)."""
     from realtime_erc.training.datasets import (
         crossfit_text_features,
         infer_dims,
@@ -495,6 +500,8 @@ def load_data(
     if spec.is_text:
         dims = live_dims(encoder.dim)
         corpus = load_text_corpus(spec.corpus, data_dir)
+        if only is not None and not request.crossfit:
+            corpus = corpus.only(*only)
         if request.crossfit:
             features = crossfit_text_features(
                 corpus, encoder, request.folds, dims, progress=progress

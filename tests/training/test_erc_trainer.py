@@ -150,6 +150,18 @@ def test_evaluate_refuses_a_dataset_with_other_labels(tmp_path: Path) -> None:
         evaluate_checkpoint(tmp_path / "m.pt", ErcData(other, data.features, DIMS, "x"))
 
 
+def test_a_corpus_narrowed_to_the_scored_dialogues_scores_the_same(tmp_path: Path) -> None:
+    data = synthetic_data(4)
+    train_erc(data, ErcTrainOptions("utterance-mlp", max_epochs=1), tmp_path / "m.pt",
+              tmp_path / "w")  # fmt: skip
+    narrowed = data.corpus.only("test", 2)
+    assert list(narrowed.splits) == ["test"]
+    assert narrowed.split("test") == data.corpus.split("test")[:2]
+    whole = evaluate_checkpoint(tmp_path / "m.pt", data, "test", 2)
+    few = ErcData(narrowed, data.features, DIMS, "synthetic")
+    assert evaluate_checkpoint(tmp_path / "m.pt", few, "test", 2) == whole
+
+
 def test_scores_match_hand_computed_values() -> None:
     y = np.array([0, 0, 0, 1, 1, 2])
     p = np.array([0, 0, 1, 1, 2, 2])
