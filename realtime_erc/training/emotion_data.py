@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,3 +211,13 @@ def read_clip(path: Path) -> np.ndarray:
 
         audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
     return audio
+
+
+def write_clip(path: Path, audio: np.ndarray) -> None:
+    """Write a 16 kHz clip that :func:`read_clip` reads, aside and then renamed into place:
+    another process filling the same cache never reads half of it."""
+    import soundfile as sf
+
+    part = path.with_suffix(f".{uuid.uuid4().hex}.part{path.suffix}")
+    sf.write(part, np.asarray(audio, np.float32), SAMPLE_RATE)
+    part.replace(path)

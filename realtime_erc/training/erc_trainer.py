@@ -500,13 +500,12 @@ def load_data(
     if spec.is_text:
         dims = live_dims(encoder.dim)
         corpus = load_text_corpus(spec.corpus, data_dir)
-        if only is not None and not request.crossfit:
-            corpus = corpus.only(*only)
         if request.crossfit:
             features = crossfit_text_features(
                 corpus, encoder, request.folds, dims, progress=progress
             )
         else:
+            corpus = corpus.only(*only) if only is not None else corpus
             features = text_features(corpus, encoder, dims, progress=progress)
         return ErcData(corpus, features, dims, spec)
     if spec.corpus == "assembled":

@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from realtime_erc.features.assets import cache_root
-from realtime_erc.features.speech_emotion import SAMPLE_RATE
-from realtime_erc.training.emotion_data import DataError, SpeechClip
+from realtime_erc.training.emotion_data import DataError, SpeechClip, write_clip
 
 PLAIN_VOICES: tuple[tuple[str, int], ...] = (
     ("en-us+Adam", 40),
@@ -59,8 +57,6 @@ def plain_speech_clips(
     Lines are drawn (seeded, without repeats) from MELD's train split; each voice keeps one
     speaking rate. Clips are written once as FLAC under the cache, named by what they hold.
     """
-    import soundfile as sf
-
     from realtime_erc.training.datasets import load_text_corpus
     from realtime_erc.training.dev_sessions import espeak
 
@@ -91,8 +87,6 @@ def plain_speech_clips(
                     audio = espeak(text, voice, int(speeds[k]), pitch, AMPLITUDE, wav)
                     if not len(audio):
                         continue
-                    part = path.with_suffix(f".{uuid.uuid4().hex}.part.flac")
-                    sf.write(part, audio, SAMPLE_RATE)
-                    part.replace(path)  # readers never see half a clip
+                    write_clip(path, audio)
                 clips.append(SpeechClip(path, SPEAKER_ID_BASE + k, NEUTRAL))
     return clips

@@ -12,7 +12,6 @@ three times as many voices. Cross-validation holds a voice's copies out with it
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from realtime_erc.features.assets import cache_root
 from realtime_erc.features.speech_emotion import SAMPLE_RATE
-from realtime_erc.training.emotion_data import SpeechClip, read_clip
+from realtime_erc.training.emotion_data import SpeechClip, read_clip, write_clip
 
 PERTURBED_ID_STRIDE = 10_000
 """Copy ``k`` of speaker ``s`` is speaker ``s + (k + 1) × stride`` (real and plain ids are
@@ -40,7 +39,6 @@ def speed_perturbed_clips(
     clips: Sequence[SpeechClip], factors: Sequence[float], out_dir: Path | None = None
 ) -> list[SpeechClip]:
     """A copy of each clip per factor (same emotion, speaker :func:`perturbed_speaker`)."""
-    import soundfile as sf
     import soxr
 
     if any(not 0.5 <= f <= 2.0 for f in factors):
@@ -55,8 +53,6 @@ def speed_perturbed_clips(
             path = out_dir / f"{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.flac"
             if not path.is_file():
                 audio = soxr.resample(read_clip(clip.path), SAMPLE_RATE * factor, SAMPLE_RATE)
-                part = path.with_suffix(f".{uuid.uuid4().hex}.part.flac")  # one per writer
-                sf.write(part, audio.astype(np.float32), SAMPLE_RATE)
-                part.replace(path)
+                write_clip(path, audio)
             out.append(SpeechClip(path, perturbed_speaker(clip.actor, k), clip.emotion))
     return out
