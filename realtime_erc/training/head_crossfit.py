@@ -55,7 +55,7 @@ def crossfit_groups(train_actors: tuple[int, ...], folds: int) -> list[tuple[int
     return [tuple(int(a) for a in g) for g in np.array_split(sorted(train_actors), folds)]
 
 
-EXTRA_VOICES = ("plain_voices", "plain_per_voice", "speed_factors")
+EXTRA_VOICES = ("plain_voices", "plain_per_voice", "speed_factors", "live_cuts")
 """What the packaged head adds to RAVDESS. The cross-fitted heads are fitted on RAVDESS actors
 alone, so these are not part of their recipe (nor of its digest)."""
 

@@ -10,6 +10,9 @@ head learns that new words are not a new emotion; each fold holds out its share 
 too and reports how much emotion the head hears in them (``plain_emotion_mass``). Every training
 voice also joins a little faster and slower (:mod:`~realtime_erc.training.speed_perturb`), each
 copy a speaker of its own; a fold holds a voice's copies out with it and scores originals only.
+Every voice joins once more as the live segmenter cuts it from a noisy stream
+(:mod:`~realtime_erc.training.live_cut`): that is what the head hears live, so the folds score
+those cuts too (``live_cut_ua``), and the live normaliser's prior is the cuts' statistics.
 Extracted features are cached per clip under ``~/.cache/realtime-erc/features/speech``
 (outside the repository).
 """
@@ -41,9 +44,14 @@ from realtime_erc.features.speech_emotion import (
     standardize_by_group,
 )
 from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips, read_clip
+from realtime_erc.training.live_cut import live_cut_clips
 from realtime_erc.training.plain_speech import SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.progress import Progress, no_progress
-from realtime_erc.training.speed_perturb import source_speaker, speed_perturbed_clips
+from realtime_erc.training.speed_perturb import (
+    perturbed_speaker,
+    source_speaker,
+    speed_perturbed_clips,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,8 @@ class SpeechTrainOptions:
     plain_per_voice: int = 30
     speed_factors: tuple[float, ...] = (0.9, 1.1)
     """Speed perturbation: each voice also joins resampled by these factors (() = none)."""
+    live_cuts: bool = True
+    """Each voice also joins as the live segmenter cuts it (copy ``len(speed_factors)``)."""
 
 
 def clip_features(
@@ -169,11 +179,16 @@ def emotion_mass(net: SpeechEmotionNet, x: np.ndarray) -> float:
 
 
 def cross_validate(
-    x_raw: np.ndarray, y: np.ndarray, actors: np.ndarray, options: SpeechTrainOptions
+    x_raw: np.ndarray,
+    y: np.ndarray,
+    actors: np.ndarray,
+    options: SpeechTrainOptions,
+    live_cut: int | None = None,
 ) -> list[dict[str, Any]]:
     """Leave-actors-out folds over the RAVDESS actors present (consecutive groups of equal
-    size); each fold also holds out its share of the plain voices, and the speed-perturbed
-    copies of every voice it holds out. Only original clips are scored."""
+    size); each fold also holds out its share of the plain voices, and the copies of every
+    voice it holds out. Original clips are scored, and the held-out voices' live cuts (copy
+    ``live_cut``, when given) apart as ``live_cut_ua``."""
     x = standardize_by_group(x_raw, actors)
     source = source_speaker(actors)
     real = source < SPEAKER_ID_BASE
@@ -186,6 +201,9 @@ def cross_validate(
         net, _ = fit_net(x[train], y[train], options)
         result: dict[str, Any] = {"actors": [int(a) for a in fold]}
         result.update(score_speech(net, x[test], y[test]))
+        if live_cut is not None:
+            cuts = np.isin(actors, perturbed_speaker(np.asarray(fold), live_cut))
+            result["live_cut_ua"] = score_speech(net, x[cuts], y[cuts])["unweighted_accuracy"]
         if held_plain.any():
             result["plain_emotion_mass"] = emotion_mass(net, x[held_plain])
         results.append(result)
@@ -214,11 +232,15 @@ def train_speech(
         clips += plain_speech_clips(
             data_dir, options.plain_voices, options.plain_per_voice, options.seed
         )
-    clips += speed_perturbed_clips(clips, options.speed_factors)
+    voices = clips
+    clips = voices + speed_perturbed_clips(voices, options.speed_factors)
+    live_cut = len(options.speed_factors) if options.live_cuts else None
+    if live_cut is not None:
+        clips += live_cut_clips(voices, live_cut)
     x_raw = clip_features(clips, feature_options, progress=progress)
     y = np.array([c.emotion for c in clips])
     actors = np.array([c.actor for c in clips])
-    folds = cross_validate(x_raw, y, actors, options)
+    folds = cross_validate(x_raw, y, actors, options, live_cut)
     uas = [f["unweighted_accuracy"] for f in folds]
     source = source_speaker(actors)
     plain = source >= SPEAKER_ID_BASE
@@ -231,12 +253,19 @@ def train_speech(
     x_train = standardize_by_group(x_raw[train], actors[train])
     net, losses = fit_net(x_train, y[train], options, progress)
     held = score_speech(net, standardize_by_group(x_raw[test], actors[test]), y[test])
+    if live_cut is not None:
+        cuts = np.isin(actors, perturbed_speaker(np.array(HELD_OUT_ACTORS), live_cut))
+        held["live_cut_ua"] = score_speech(
+            net, standardize_by_group(x_raw[cuts], actors[cuts]), y[cuts]
+        )["unweighted_accuracy"]
     idx = subset_rows(actors, HELD_OUT_ACTORS, options.subset_size, options.seed)
     sub = score_speech(net, standardize_by_group(x_raw[idx], actors[idx]), y[idx])
     # Population prior for live normalisation: the spread of per-actor statistics (real voices
-    # only: the plain ones teach the classifier, they do not describe the people it will hear).
-    means = np.stack([x_raw[actors == a].mean(0) for a in TRAIN_ACTORS])
-    stds = np.stack([x_raw[actors == a].std(0) for a in TRAIN_ACTORS])
+    # only: the plain ones teach the classifier, they do not describe the people it will hear),
+    # of their live cuts when there are some: those are what the live normaliser adds up.
+    prior_of = [a if live_cut is None else perturbed_speaker(a, live_cut) for a in TRAIN_ACTORS]
+    means = np.stack([x_raw[actors == a].mean(0) for a in prior_of])
+    stds = np.stack([x_raw[actors == a].std(0) for a in prior_of])
     real_actors = np.unique(source[~plain])
     protocol = (
         f"leave-{len(real_actors) // options.folds}-actors-out, {options.folds} folds over "
@@ -252,6 +281,8 @@ def train_speech(
         )
     if options.speed_factors:
         training_data += f"; every voice also at speeds {list(options.speed_factors)}"
+    if live_cut is not None:
+        training_data += "; every voice also as the live segmenter cuts it over a noise floor"
     info = {
         "task": "speech emotion (8 RAVDESS classes)",
         "labels": list(RAVDESS_LABELS),
@@ -261,6 +292,11 @@ def train_speech(
             "protocol": protocol,
             "ua_mean": round(float(np.mean(uas)), 6),
             "ua_std": round(float(np.std(uas)), 6),
+            **(
+                {"live_cut_ua_mean": round(float(np.mean([f["live_cut_ua"] for f in folds])), 6)}
+                if live_cut is not None
+                else {}
+            ),
             "folds": folds,
         },
         "normalisation": "per speaker (offline: over the actor's clips; live: running stats)",
