@@ -29,6 +29,7 @@ import numpy as np
 from realtime_erc.config import VadConfig
 from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.features.assets import cache_root
+from realtime_erc.training.dev_sessions import level
 from realtime_erc.training.emotion_data import SpeechClip, read_clip, write_clip
 from realtime_erc.training.speed_perturb import perturbed_speaker
 
@@ -36,7 +37,6 @@ SPEECH_DBFS = -23.0
 """Voiced RMS of the clip before the floor is added (the dev sessions' turn level)."""
 LEAD_S = 0.6
 TAIL_S = 1.0
-TRIM_DB = 35.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,7 @@ class LiveCutter:
 
     def stream(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The clip levelled, over a noise floor, with lead and tail: what a microphone gives."""
-        x = np.asarray(samples, dtype=np.float64)
-        x = x * 10 ** ((SPEECH_DBFS - voiced_rms_dbfs(x)) / 20)
+        x = level(np.asarray(samples, dtype=np.float32), SPEECH_DBFS).astype(np.float64)
         x = np.concatenate(
             [np.zeros(int(LEAD_S * SAMPLE_RATE)), x, np.zeros(int(TAIL_S * SAMPLE_RATE))]
         )
@@ -82,17 +81,6 @@ class LiveCutter:
         if not segments:  # the VAD heard nothing: live, no utterance; here, the whole stream
             return audio
         return max(segments, key=lambda s: len(s.samples)).samples
-
-
-def voiced_rms_dbfs(x: np.ndarray) -> float:
-    """RMS (dBFS) over the 20 ms frames within :data:`TRIM_DB` of the loudest."""
-    hop = SAMPLE_RATE // 50
-    n = len(x) // hop
-    if n == 0:
-        return SPEECH_DBFS
-    rms = np.sqrt(np.mean(np.square(x[: n * hop].reshape(n, hop), dtype=np.float64), axis=1))
-    db = 20 * np.log10(rms + 1e-12)
-    return float(20 * np.log10(np.sqrt(np.mean(rms[db > db.max() - TRIM_DB] ** 2)) + 1e-12))
 
 
 def live_cut_clips(

@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from feature_media import espeak
 
 from realtime_erc.events import SAMPLE_RATE
+from realtime_erc.training.dev_sessions import voiced_rms_db
 from realtime_erc.training.emotion_data import SpeechClip, read_clip
 from realtime_erc.training.live_cut import (
     SPEECH_DBFS,
     LiveCutOptions,
     LiveCutter,
     live_cut_clips,
-    voiced_rms_dbfs,
 )
 from realtime_erc.training.speech_trainer import SpeechTrainOptions, cross_validate
 from realtime_erc.training.speed_perturb import perturbed_speaker
-from tests.feature_media import espeak
 
 SR = SAMPLE_RATE
 
@@ -39,13 +39,13 @@ def test_a_cut_is_the_speech_over_the_floor_as_the_segmenter_keeps_it() -> None:
     cutter = LiveCutter(LiveCutOptions(noise_dbfs=(-55.0, -55.0)))
     stream = cutter.stream(clip, np.random.default_rng(0))
     assert _dbfs(stream[: int(0.5 * SR)]) == pytest.approx(-55.0, abs=1.0)
-    assert voiced_rms_dbfs(stream) == pytest.approx(SPEECH_DBFS, abs=1.0)
+    assert voiced_rms_db(stream) == pytest.approx(SPEECH_DBFS, abs=1.0)
     cut = cutter.cut(clip, np.random.default_rng(0))
     # the speech and no more than the pre-roll (200 ms), a hangover and a tail around it
     assert 0.8 * len(speech) < len(cut) < len(speech) + int(1.0 * SR) < len(stream)
     assert _dbfs(cut[: int(0.05 * SR)]) < -45.0  # the pre-roll is the floor, not silence...
     assert _dbfs(cut[: int(0.05 * SR)]) > -65.0
-    assert voiced_rms_dbfs(cut) == pytest.approx(SPEECH_DBFS, abs=1.5)
+    assert voiced_rms_db(cut) == pytest.approx(SPEECH_DBFS, abs=1.5)
 
 
 def test_a_pause_longer_than_the_hangover_leaves_the_longer_part() -> None:
