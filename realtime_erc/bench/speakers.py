@@ -2,7 +2,9 @@
 
 A multi-speaker "session" is assembled at run time from RAVDESS (the data directory, never
 committed): ``actors`` actors, ``utterances`` clips in random order (balanced over actors, mixed
-emotions). The tracker attributes them one by one, as live; accuracy counts utterances whose
+emotions), heard twice: as the live segmenter cuts each clip over a noise floor (what the
+tracker hears in the pipeline) and as the studio clip. The tracker attributes them one by one, as
+live; accuracy counts utterances whose
 emitted label maps to their true actor under the best one-to-one mapping of labels to actors
 (Hungarian), so extra clusters count as errors.
 
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +43,9 @@ from realtime_erc.speech.speakers import (
     load_voice_encoder,
     read_audio,
 )
+from realtime_erc.training.live_cut import LiveCuts
+
+Audio = Literal["live", "clip"]
 
 PROJECTION_ACTORS = tuple(range(1, 17))
 """RAVDESS actors the packaged projection is fitted on (the speech head's training actors)."""
@@ -118,15 +124,22 @@ def attribution_accuracy(truth: list[str], predicted: list[str | None]) -> float
 
 class EmbeddingCache:
     """Each clip's voice embedding, computed once (a session, the projection fit, the long run),
-    clips embedded :data:`EMBED_BATCH` at a time (the encoder's cost barely grows with it)."""
+    clips embedded :data:`EMBED_BATCH` at a time (the encoder's cost barely grows with it).
+    ``audio``: ``live`` embeds each clip's live cut (:class:`~.live_cut.LiveCuts`: over a noise
+    floor, as the segmenter cuts it; what the tracker hears live), ``clip`` the studio clip."""
 
     EMBED_BATCH = 32
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, audio: Audio = "clip") -> None:
         self.root = data_dir / "ravdess"
         self.min_speech_s = SpeakerOptions().min_speech_s
         self._encoder = None
         self._cache: dict[str, np.ndarray | None] = {}
+        self._cuts = LiveCuts() if audio == "live" else None
+
+    def _read(self, path: str) -> np.ndarray:
+        file = self.root / path
+        return read_audio(self._cuts.path(file) if self._cuts is not None else file)
 
     def many(self, paths: list[str]) -> list[np.ndarray | None]:
         missing = list(dict.fromkeys(p for p in paths if p not in self._cache))
@@ -134,7 +147,7 @@ class EmbeddingCache:
             self._encoder = load_voice_encoder()
         for i in range(0, len(missing), self.EMBED_BATCH):
             chunk = missing[i : i + self.EMBED_BATCH]
-            clips = [read_audio(self.root / p) for p in chunk]
+            clips = [self._read(p) for p in chunk]
             embedded = embed_voices(self._encoder, clips, self.min_speech_s)
             self._cache.update(zip(chunk, embedded, strict=True))
         return [self._cache[p] for p in paths]
@@ -186,14 +199,21 @@ def run_speakers_benchmark(
     first_seed: int = 0,
     long_session: int = 200,
 ) -> BenchReport:
-    """Median accuracy over ``seeds`` assembled sessions (seeds ``first_seed``...) per method and
-    ``max_speakers``; the clustering's cost per utterance in a ``long_session``-utterance one."""
+    """Median accuracy over ``seeds`` assembled sessions (seeds ``first_seed``...) per audio,
+    method and ``max_speakers``; the clustering's cost per utterance in a
+    ``long_session``-utterance one. Each session is heard twice (:class:`EmbeddingCache`): as
+    the live segmenter cuts its clips over a noise floor (what the tracker hears live) and as
+    the studio clips."""
     rows = ravdess_rows(data_dir)
-    cache = EmbeddingCache(data_dir)
+    # the projections follow the packaged recipe (studio clips) whatever the sessions' audio
+    cache = EmbeddingCache(data_dir, "clip")
+    heard = {"live": EmbeddingCache(data_dir, "live"), "clip": cache}
     sessions = [
         session_rows(rows, actors, utterances, s) for s in range(first_seed, first_seed + seeds)
     ]
-    embedded = [cache.many([r["path"] for r in s]) for s in sessions]
+    embedded = {
+        audio: [c.many([r["path"] for r in s]) for s in sessions] for audio, c in heard.items()
+    }
     truths = [[r["actor"] for r in s] for s in sessions]
     packaged = load_projection("default")
     crossfit = [
@@ -216,6 +236,7 @@ def run_speakers_benchmark(
         title=f"Speaker attribution: {actors} RAVDESS actors, {utterances} utterances, "
         f"{seeds} random sessions (seeds {first_seed}–{first_seed + seeds - 1})",
         columns=[
+            ("audio", "audio"),
             ("method", "method"),
             ("projection", "projection"),
             ("max_speakers", "max speakers"),
@@ -228,6 +249,8 @@ def run_speakers_benchmark(
         ],
         meta={
             "data": "RAVDESS actors (assembled at run time)",
+            "audio": "live: each clip over a noise floor, cut by the live segmenter "
+            "(training/live_cut.py); clip: the studio clips",
             "actors": actors,
             "utterances": utterances,
             "seeds": f"{first_seed}–{first_seed + seeds - 1}",
@@ -238,17 +261,18 @@ def run_speakers_benchmark(
             "accuracy_per_session": {},
         },
     )
-    for method, projection, options, proj in methods:
+    for audio, method, projection, options, proj in ((a, *m) for a in embedded for m in methods):
         for max_spk in (options.max_speakers, actors):
             opts = options.with_values({"max_speakers": max_spk})
             acc, labels, times = [], [], []
-            for i, (emb, truth) in enumerate(zip(embedded, truths, strict=True)):
+            for i, (emb, truth) in enumerate(zip(embedded[audio], truths, strict=True)):
                 predicted, t = attribute(emb, opts, proj(i))
                 acc.append(attribution_accuracy(truth, predicted))
                 labels.append(len({p for p in predicted if p}))
                 times += t
             report.rows.append(
                 {
+                    "audio": audio,
                     "method": method,
                     "projection": projection,
                     "max_speakers": max_spk,
@@ -260,7 +284,7 @@ def run_speakers_benchmark(
                     "step_ms_p50": 1000 * float(np.median(times)),
                 }
             )
-            key = f"{method} / {projection} / max_speakers={max_spk}"
+            key = f"{audio} / {method} / {projection} / max_speakers={max_spk}"
             report.meta["accuracy_per_session"][key] = [round(a, 3) for a in acc]
     cost = long_session_cost(rows, cache, actors, long_session, first_seed)
     report.meta["long_session"] = cost

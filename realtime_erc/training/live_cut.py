@@ -14,7 +14,8 @@ webrtcvad gate, the default :class:`~realtime_erc.config.VadConfig`) and keeps t
 segment it closes, pre-roll and tail included. Each copy is a speaker of its own for
 per-speaker standardisation (:func:`~.speed_perturb.perturbed_speaker`), as the speed copies are,
 so its statistics are those of its own cuts, as live. Clips are written once as FLAC under the
-cache; the floor is drawn from the clip's own recipe, so a rerun cuts the same audio.
+cache (:class:`LiveCuts`); the floor is drawn from the clip's own recipe, so a rerun cuts the
+same audio. ``realtime-erc bench speakers`` attributes the same cuts.
 """
 
 from __future__ import annotations
@@ -83,6 +84,28 @@ class LiveCutter:
         return max(segments, key=lambda s: len(s.samples)).samples
 
 
+class LiveCuts:
+    """``path(clip) -> Path``: the live cut of a clip file, made once and kept as FLAC under the
+    cache (the floor is drawn from the clip's own recipe, so a rerun cuts the same audio)."""
+
+    def __init__(self, options: LiveCutOptions = LiveCutOptions(), out_dir: Path | None = None):
+        self.options = options
+        self.out_dir = out_dir or cache_root() / "live-cut"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._cutter: LiveCutter | None = None
+
+    def path(self, clip: Path) -> Path:
+        stat = clip.stat()
+        recipe = f"{clip.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.options}"
+        digest = hashlib.sha1(recipe.encode()).hexdigest()
+        path = self.out_dir / f"{digest[:16]}.flac"
+        if not path.is_file():
+            self._cutter = self._cutter or LiveCutter(self.options)
+            rng = np.random.default_rng(int(digest[16:32], 16))
+            write_clip(path, self._cutter.cut(read_clip(clip), rng))
+        return path
+
+
 def live_cut_clips(
     clips: Sequence[SpeechClip],
     copy: int,
@@ -90,18 +113,7 @@ def live_cut_clips(
     out_dir: Path | None = None,
 ) -> list[SpeechClip]:
     """A live cut of each clip (same emotion, speaker ``perturbed_speaker(actor, copy)``)."""
-    out_dir = out_dir or cache_root() / "live-cut"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cutter: LiveCutter | None = None
-    out = []
-    for clip in clips:
-        stat = clip.path.stat()
-        recipe = f"{clip.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{options}"
-        digest = hashlib.sha1(recipe.encode()).hexdigest()
-        path = out_dir / f"{digest[:16]}.flac"
-        if not path.is_file():
-            cutter = cutter or LiveCutter(options)
-            rng = np.random.default_rng(int(digest[16:32], 16))
-            write_clip(path, cutter.cut(read_clip(clip.path), rng))
-        out.append(SpeechClip(path, perturbed_speaker(clip.actor, copy), clip.emotion))
-    return out
+    cuts = LiveCuts(options, out_dir)
+    return [
+        SpeechClip(cuts.path(c.path), perturbed_speaker(c.actor, copy), c.emotion) for c in clips
+    ]

@@ -39,9 +39,13 @@ def test_bench_speakers_reports_accuracy(run_cli, tmp_path: Path) -> None:
     args = ["bench", "speakers", "--actors", "2", "--utterances", "6", "--seeds", "1"]
     result = run_cli(*args, "--out", str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "speakers.json").read_text())["rows"]
+    report = json.loads((tmp_path / "speakers.json").read_text())
+    rows = report["rows"]
     assert rows and all(0.0 <= r["accuracy_median"] <= 1.0 for r in rows)
     assert {r["max_speakers"] for r in rows} == {8, 2}
+    # every row twice: as the live segmenter cuts the clips (what the tracker hears), and clean
+    assert {r["audio"] for r in rows} == {"live", "clip"}
+    assert len(rows) == 2 * len({(r["method"], r["projection"], r["max_speakers"]) for r in rows})
 
 
 def test_bench_speakers_without_data_is_one_clear_error(run_cli, tmp_path: Path) -> None:
