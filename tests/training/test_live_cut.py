@@ -86,3 +86,36 @@ def test_cross_validation_scores_a_held_out_voices_cuts_and_never_trains_on_them
     assert [f["n"] for f in folds] == [16, 16, 16]  # originals scored apart from the cuts
     assert np.mean([f["live_cut_ua"] for f in folds]) < 0.4
     assert "live_cut_ua" not in cross_validate(x, y, actors, options)[0]
+
+
+async def test_a_cut_is_what_the_live_segmenter_stage_hands_over() -> None:
+    """The training cut and the pipeline's Segmenter stage (20 ms chunks re-framed into windows,
+    the VAD's state carried from turn to turn) cut the same turns to within a window."""
+    from realtime_erc.config import VadConfig
+    from realtime_erc.events import AudioChunk, SpeechSegment
+    from realtime_erc.speech.segmenter import Segmenter
+    from realtime_erc.speech.vad import WINDOW
+
+    lines = ["Kids are talking by the door.", "I never said she stole my money.", "Good morning."]
+    cutter = LiveCutter()
+    turns = [espeak(line) for line in lines]
+    streams = [cutter.stream(t, np.random.default_rng(k)) for k, t in enumerate(turns)]
+    cuts = [cutter.cut(t, np.random.default_rng(k)) for k, t in enumerate(turns)]
+    audio = np.concatenate(streams)
+    stage = Segmenter(VadConfig())
+    await stage.start()
+    chunk = SR // 50
+    out = []
+    for i in range(0, len(audio), chunk):
+        out += [e async for e in stage.process(AudioChunk(audio[i : i + chunk], i / SR))]
+    out += [e async for e in stage.flush()]
+    segments = [e for e in out if isinstance(e, SpeechSegment)]
+    assert len(segments) == len(cuts)
+    offset = np.cumsum([0] + [len(x) for x in streams])
+    for k, (segment, cut) in enumerate(zip(segments, cuts, strict=True)):
+        # a cut is a slice of its turn's stream: find where it starts (the floor is noise)
+        windows = np.lib.stride_tricks.sliding_window_view(streams[k], 64)
+        (cut_at,) = np.flatnonzero((windows == cut[:64]).all(axis=1))
+        live_at = round(segment.audio_start * SR) - offset[k]
+        assert abs(live_at - cut_at) <= WINDOW  # the onsets agree within one VAD window
+        assert abs((live_at + len(segment.samples)) - (cut_at + len(cut))) <= 2 * WINDOW
