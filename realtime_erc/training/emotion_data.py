@@ -17,6 +17,7 @@ Layouts accepted (the same as the bundles, so other speakers and images can be s
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -221,3 +222,13 @@ def write_clip(path: Path, audio: np.ndarray) -> None:
     part = path.with_suffix(f".{uuid.uuid4().hex}.part{path.suffix}")
     sf.write(part, np.asarray(audio, np.float32), SAMPLE_RATE)
     part.replace(path)
+
+
+def clip_digest(path: Path, *recipe: object) -> str:
+    """SHA-1 (hex) naming what is derived from the clip file at ``path`` (its path, size and
+    modification time) by ``recipe``: a cache key that changes when the clip does."""
+    stat = path.stat()
+    key = "|".join(
+        [str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), *map(str, recipe)]
+    )
+    return hashlib.sha1(key.encode()).hexdigest()

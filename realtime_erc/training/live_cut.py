@@ -20,7 +20,6 @@ same audio. ``realtime-erc bench speakers`` attributes the same cuts.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from realtime_erc.config import VadConfig
 from realtime_erc.events import SAMPLE_RATE
 from realtime_erc.features.assets import cache_root
 from realtime_erc.training.dev_sessions import level
-from realtime_erc.training.emotion_data import SpeechClip, read_clip, write_clip
+from realtime_erc.training.emotion_data import SpeechClip, clip_digest, read_clip, write_clip
 from realtime_erc.training.speed_perturb import perturbed_speaker
 
 SPEECH_DBFS = -23.0
@@ -95,9 +94,7 @@ class LiveCuts:
         self._cutter: LiveCutter | None = None
 
     def path(self, clip: Path) -> Path:
-        stat = clip.stat()
-        recipe = f"{clip.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.options}"
-        digest = hashlib.sha1(recipe.encode()).hexdigest()
+        digest = clip_digest(clip, self.options)
         path = self.out_dir / f"{digest[:16]}.flac"
         if not path.is_file():
             self._cutter = self._cutter or LiveCutter(self.options)

@@ -43,7 +43,13 @@ from realtime_erc.features.speech_emotion import (
     feature_options_dict,
     standardize_by_group,
 )
-from realtime_erc.training.emotion_data import DataError, SpeechClip, ravdess_clips, read_clip
+from realtime_erc.training.emotion_data import (
+    DataError,
+    SpeechClip,
+    clip_digest,
+    ravdess_clips,
+    read_clip,
+)
 from realtime_erc.training.live_cut import live_cut_clips
 from realtime_erc.training.plain_speech import SPEAKER_ID_BASE, plain_speech_clips
 from realtime_erc.training.progress import Progress, no_progress
@@ -94,9 +100,7 @@ def clip_features(
     extractor: SpeechFeatureExtractor | None = None
     rows = []
     for i, clip in enumerate(clips):
-        stat = clip.path.stat()
-        key = hashlib.sha1(f"{clip.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        file = cache / f"{key.hexdigest()}.npy"
+        file = cache / f"{clip_digest(clip.path)}.npy"
         feats = _cached(file)
         if feats is None:
             extractor = extractor or SpeechFeatureExtractor(options)

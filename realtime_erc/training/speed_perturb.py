@@ -11,7 +11,6 @@ three times as many voices. Cross-validation holds a voice's copies out with it
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from realtime_erc.features.assets import cache_root
 from realtime_erc.features.speech_emotion import SAMPLE_RATE
-from realtime_erc.training.emotion_data import SpeechClip, read_clip, write_clip
+from realtime_erc.training.emotion_data import SpeechClip, clip_digest, read_clip, write_clip
 
 PERTURBED_ID_STRIDE = 10_000
 """Copy ``k`` of speaker ``s`` is speaker ``s + (k + 1) × stride`` (real and plain ids are
@@ -48,9 +47,7 @@ def speed_perturbed_clips(
     out = []
     for k, factor in enumerate(factors):
         for clip in clips:
-            stat = clip.path.stat()
-            recipe = f"{clip.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{factor}"
-            path = out_dir / f"{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.flac"
+            path = out_dir / f"{clip_digest(clip.path, factor)[:16]}.flac"
             if not path.is_file():
                 audio = soxr.resample(read_clip(clip.path), SAMPLE_RATE * factor, SAMPLE_RATE)
                 write_clip(path, audio)
