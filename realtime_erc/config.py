@@ -61,6 +61,15 @@ class VadConfig(Section):
     split_pause_ms: int = Field(
         150, ge=10, description="Shortest pause used to split an over-long utterance."
     )
+    loud_voice_db: float = Field(
+        20.0,
+        ge=0.0,
+        description="A voiced window this far over the noise floor counts as speech when Silero "
+        "gives it at least loud_voice_min_prob (Silero misses shouts); 0 = off.",
+    )
+    loud_voice_min_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="The least Silero probability of such a window."
+    )
 
 
 class AsrConfig(Section):

@@ -23,7 +23,7 @@ import numpy as np
 from realtime_erc.config import VadConfig
 from realtime_erc.events import SAMPLE_RATE, AudioChunk, CloseReason, Event, SpeechSegment, now
 from realtime_erc.pipeline import Stage
-from realtime_erc.speech.vad import WINDOW, SileroVad, SpeechDetector, WebRtcGate
+from realtime_erc.speech.vad import WINDOW, SpeechDetector, speech_detector
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ class Segmenter(Stage):
 
     async def start(self) -> None:
         if self._detector is None:
-            gate = WebRtcGate(self.config.webrtc_mode) if self.config.webrtc_gate else None
-            self._detector = SpeechDetector(await asyncio.to_thread(SileroVad), gate)
+            self._detector = await asyncio.to_thread(speech_detector, self.config)
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if not isinstance(event, AudioChunk):

@@ -49,12 +49,11 @@ class LiveCutter:
     """``cut(samples [n] 16 kHz, rng) -> [m]``: the segment the live segmenter keeps."""
 
     def __init__(self, options: LiveCutOptions = LiveCutOptions(), vad: VadConfig | None = None):
-        from realtime_erc.speech.vad import SileroVad, SpeechDetector, WebRtcGate
+        from realtime_erc.speech.vad import speech_detector
 
         self.options = options
         self.vad = vad or VadConfig()
-        gate = WebRtcGate(self.vad.webrtc_mode) if self.vad.webrtc_gate else None
-        self.detector = SpeechDetector(SileroVad(), gate)
+        self.detector = speech_detector(self.vad)
 
     def stream(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The clip levelled, over a noise floor, with lead and tail: what a microphone gives."""
@@ -89,15 +88,16 @@ class LiveCuts:
 
     def __init__(self, options: LiveCutOptions = LiveCutOptions(), out_dir: Path | None = None):
         self.options = options
+        self.vad = VadConfig()  # the live default: a cut follows the segmenter's settings
         self.out_dir = out_dir or cache_root() / "live-cut"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._cutter: LiveCutter | None = None
 
     def path(self, clip: Path) -> Path:
-        digest = clip_digest(clip, self.options)
+        digest = clip_digest(clip, self.options, self.vad)
         path = self.out_dir / f"{digest[:16]}.flac"
         if not path.is_file():
-            self._cutter = self._cutter or LiveCutter(self.options)
+            self._cutter = self._cutter or LiveCutter(self.options, self.vad)
             rng = np.random.default_rng(int(digest[16:32], 16))
             write_clip(path, self._cutter.cut(read_clip(clip), rng))
         return path

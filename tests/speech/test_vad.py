@@ -9,21 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from realtime_erc.config import VadConfig
 from realtime_erc.events import SAMPLE_RATE
-from realtime_erc.speech.vad import WINDOW, SileroVad, SpeechDetector, WebRtcGate
+from realtime_erc.speech.segmenter import SpeechTracker
+from realtime_erc.speech.vad import (
+    WINDOW,
+    LoudVoiceOptions,
+    NoiseFloor,
+    SileroVad,
+    SpeechDetector,
+    WebRtcGate,
+    speech_detector,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng (Debian package) makes the test speech"
 )
 
 
-def speak(text: str, tmp: Path) -> np.ndarray:
-    """``text`` spoken by espeak-ng, as float32 mono at 16 kHz."""
+def speak(text: str, tmp: Path, *voice: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng (``voice``: its options), as float32 mono at 16 kHz."""
     import soundfile as sf
     import soxr
 
     wav = tmp / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+    subprocess.run(["espeak-ng", "-w", str(wav), *voice, text], check=True)
     audio, rate = sf.read(wav, dtype="float32")
     return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
 
@@ -119,3 +129,65 @@ def test_gated_detector_skips_silence_but_finds_speech(speech: np.ndarray) -> No
     assert detector.windows_gated >= 2 * (lead - 1)
     assert detector.windows_scored + detector.windows_gated == len(windows)
     assert (probs > 0.5).sum() >= 0.9 * len(voiced_windows(windows_of(speech)))
+
+
+def test_noise_floor_falls_at_once_rises_slowly_and_stops_at_its_lowest() -> None:
+    floor = NoiseFloor(rise_db_per_s=3.0, lowest_dbfs=-70.0)
+    step = 3.0 * WINDOW / SAMPLE_RATE
+    out = floor.update(np.array([-50.0, -60.0, -20.0, -20.0, -120.0]))
+    np.testing.assert_allclose(out, [-50.0, -60.0, -60.0 + step, -60.0 + 2 * step, -70.0])
+    # state carries across calls: a stream scored chunk by chunk sees one floor
+    np.testing.assert_allclose(floor.update(np.array([-10.0])), [-70.0 + step])
+
+
+class _FixedSilero:
+    """Stands in for Silero in a logic test: the same probability for every window."""
+
+    def __init__(self, prob: float) -> None:
+        self.prob = prob
+
+    def probabilities(self, windows: np.ndarray) -> np.ndarray:
+        return np.full(len(windows), self.prob, dtype=np.float32)
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("prob", "lifted"), [(0.05, False), (0.2, True), (0.7, False)])
+def test_loud_rule_lifts_only_loud_windows_silero_is_unsure_of(prob: float, lifted: bool) -> None:
+    quiet = np.full((30, WINDOW), 10 ** (-60 / 20), np.float32)  # -60 dBFS: the floor
+    loud = np.full((5, WINDOW), 10 ** (-30 / 20), np.float32)  # 30 dB over it
+    loud_rule = LoudVoiceOptions(above_floor_db=20.0, min_prob=0.1, lift_to=0.5)
+    detector = SpeechDetector(_FixedSilero(prob), None, loud_rule)  # type: ignore[arg-type]
+    probs = detector.probabilities(np.concatenate([quiet, loud]))
+    assert (probs[:30] == prob).all()  # at the floor: Silero's own score
+    assert (probs[30:] == (0.5 if lifted else prob)).all()
+    assert detector.windows_lifted == (5 if lifted else 0)
+    off = SpeechDetector(_FixedSilero(prob), None, LoudVoiceOptions(above_floor_db=0.0))  # type: ignore[arg-type]
+    assert (off.probabilities(loud) == prob).all()
+
+
+def _segments(config: VadConfig, audio: np.ndarray) -> list:
+    detector, tracker = speech_detector(config), SpeechTracker(config)
+    windows = windows_of(audio)
+    segments = []
+    for window, prob in zip(windows, detector.probabilities(windows), strict=True):
+        segments += tracker.push(window, float(prob), 0.0)
+    return segments + tracker.flush()
+
+
+def test_a_scream_silero_misses_is_an_utterance_and_noise_is_not(tmp_path: Path) -> None:
+    """Silero under-scores screaming (RAVDESS's strong-intensity clips); a shrieked, clipped
+    "Aaah!" stands for them. With the loud-voice rule it becomes one segment; without, none.
+    Loud white noise stays no speech either way."""
+    scream = np.clip(speak("Aaaaaaaaaaaaaah!", tmp_path, "-v", "en+f5", "-p", "99", "-s", "80")
+                     * 30, -1, 1) * 0.5  # fmt: skip
+    rng = np.random.default_rng(0)
+    second = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([second, scream, second])
+    audio = (audio + rng.normal(0, 10 ** (-60 / 20), len(audio))).astype(np.float32)
+    assert _segments(VadConfig(loud_voice_db=0.0), audio) == []
+    [segment] = _segments(VadConfig(), audio)
+    assert 1.0 <= segment.start and segment.end <= 1.0 + len(scream) / SAMPLE_RATE + 0.1
+    noise = np.concatenate([second, rng.normal(0, 0.1, 3 * SAMPLE_RATE), second])
+    assert _segments(VadConfig(), noise.astype(np.float32)) == []
