@@ -98,7 +98,10 @@ class LiveCuts:
         path = self.out_dir / f"{digest[:16]}.flac"
         if not path.is_file():
             self._cutter = self._cutter or LiveCutter(self.options, self.vad)
-            rng = np.random.default_rng(int(digest[16:32], 16))
+            # the floor depends on the clip and the cut options, not on the segmenter's
+            # settings: a change of those changes only the cuts it changes
+            seed = clip_digest(clip, self.options)
+            rng = np.random.default_rng(int(seed[16:32], 16))
             write_clip(path, self._cutter.cut(read_clip(clip), rng))
         return path
 
