@@ -14,12 +14,13 @@ webrtcvad gate, the default :class:`~realtime_erc.config.VadConfig`) and keeps t
 segment it closes, pre-roll and tail included. Each copy is a speaker of its own for
 per-speaker standardisation (:func:`~.speed_perturb.perturbed_speaker`), as the speed copies are,
 so its statistics are those of its own cuts, as live. Clips are written once as FLAC under the
-cache (:class:`LiveCuts`); the floor is drawn from the clip's own recipe, so a rerun cuts the
-same audio. ``realtime-erc bench speakers`` attributes the same cuts.
+cache (:class:`LiveCuts`); the floor is drawn from the clip's name, so a rerun cuts the same
+audio. ``realtime-erc bench speakers`` attributes the same cuts.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ class LiveCutter:
 
 class LiveCuts:
     """``path(clip) -> Path``: the live cut of a clip file, made once and kept as FLAC under the
-    cache (the floor is drawn from the clip's own recipe, so a rerun cuts the same audio)."""
+    cache (the floor is drawn from the clip's name, so a rerun cuts the same audio)."""
 
     def __init__(self, options: LiveCutOptions = LiveCutOptions(), out_dir: Path | None = None):
         self.options = options
@@ -98,10 +99,10 @@ class LiveCuts:
         path = self.out_dir / f"{digest[:16]}.flac"
         if not path.is_file():
             self._cutter = self._cutter or LiveCutter(self.options, self.vad)
-            # the floor depends on the clip and the cut options, not on the segmenter's
-            # settings: a change of those changes only the cuts it changes
-            seed = clip_digest(clip, self.options)
-            rng = np.random.default_rng(int(seed[16:32], 16))
+            # the floor is drawn from the clip's name and the cut options alone: the same on
+            # every machine and mount, and a change of [vad] re-cuts only what it changes
+            seed = hashlib.sha1(f"{clip.name}|{self.options}".encode()).hexdigest()
+            rng = np.random.default_rng(int(seed[:16], 16))
             write_clip(path, self._cutter.cut(read_clip(clip), rng))
         return path
 
