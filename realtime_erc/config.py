@@ -70,6 +70,9 @@ class VadConfig(Section):
     loud_voice_min_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="The least Silero probability of such a window."
     )
+    loud_voice_windows: int = Field(
+        3, ge=1, description="Such windows count only from this many in a row (a 32 ms window)."
+    )
 
 
 class AsrConfig(Section):

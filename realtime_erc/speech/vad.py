@@ -130,6 +130,9 @@ class LoudVoiceOptions:
     """The least Silero must give it (music and noise bursts mostly score below)."""
     lift_to: float = 0.5
     """The probability such a window is given: the segmenter's onset threshold."""
+    min_run: int = 3
+    """Lift a window only once this many in a row (it included) qualify: the window where
+    ordinary speech begins or ends often qualifies alone, a scream's run on."""
 
 
 class NoiseFloor:
@@ -185,6 +188,7 @@ class SpeechDetector:
         self.gate = gate
         self.loud = loud if loud is not None and loud.above_floor_db > 0 else None
         self._floor = NoiseFloor()
+        self._run = 0  # qualifying windows in a row, up to the last one scored
         self.windows_scored = 0
         self.windows_gated = 0
         self.windows_lifted = 0
@@ -192,6 +196,7 @@ class SpeechDetector:
     def reset(self) -> None:
         self.silero.reset()
         self._floor = NoiseFloor()
+        self._run = 0
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
         probs = self._scores(windows)
@@ -199,7 +204,11 @@ class SpeechDetector:
             return probs
         levels = window_levels(windows)
         loud = levels >= self._floor.update(levels) + self.loud.above_floor_db
-        lift = loud & (probs >= self.loud.min_prob) & (probs < self.loud.lift_to)
+        qualifies = loud & (probs >= self.loud.min_prob)
+        lift = np.zeros(len(probs), dtype=bool)
+        for i, q in enumerate(qualifies):
+            self._run = self._run + 1 if q else 0
+            lift[i] = self._run >= self.loud.min_run and probs[i] < self.loud.lift_to
         self.windows_lifted += int(lift.sum())
         return np.where(lift, np.float32(self.loud.lift_to), probs)
 
@@ -228,5 +237,10 @@ class SpeechDetector:
 def speech_detector(config: VadConfig) -> SpeechDetector:
     """The detector ``[vad]`` describes: Silero, its webrtcvad gate and the loud-voice rule."""
     gate = WebRtcGate(config.webrtc_mode) if config.webrtc_gate else None
-    loud = LoudVoiceOptions(config.loud_voice_db, config.loud_voice_min_prob, config.threshold)
+    loud = LoudVoiceOptions(
+        config.loud_voice_db,
+        config.loud_voice_min_prob,
+        config.threshold,
+        config.loud_voice_windows,
+    )
     return SpeechDetector(SileroVad(), gate, loud)

@@ -157,7 +157,7 @@ class _FixedSilero:
 def test_loud_rule_lifts_only_loud_windows_silero_is_unsure_of(prob: float, lifted: bool) -> None:
     quiet = np.full((30, WINDOW), 10 ** (-60 / 20), np.float32)  # -60 dBFS: the floor
     loud = np.full((5, WINDOW), 10 ** (-30 / 20), np.float32)  # 30 dB over it
-    loud_rule = LoudVoiceOptions(above_floor_db=20.0, min_prob=0.1, lift_to=0.5)
+    loud_rule = LoudVoiceOptions(above_floor_db=20.0, min_prob=0.1, lift_to=0.5, min_run=1)
     detector = SpeechDetector(_FixedSilero(prob), None, loud_rule)  # type: ignore[arg-type]
     probs = detector.probabilities(np.concatenate([quiet, loud]))
     assert (probs[:30] == prob).all()  # at the floor: Silero's own score
@@ -191,3 +191,13 @@ def test_a_scream_silero_misses_is_an_utterance_and_noise_is_not(tmp_path: Path)
     assert segment.start >= 1.0 and segment.end <= 1.0 + len(scream) / SAMPLE_RATE + 0.1
     noise = np.concatenate([second, rng.normal(0, 0.1, 3 * SAMPLE_RATE), second])
     assert _segments(VadConfig(), noise.astype(np.float32)) == []
+
+
+def test_loud_windows_are_lifted_only_from_the_third_in_a_row_across_calls() -> None:
+    floor = np.full((30, WINDOW), 10 ** (-60 / 20), np.float32)
+    loud = np.full((1, WINDOW), 10 ** (-30 / 20), np.float32)
+    detector = SpeechDetector(_FixedSilero(0.2), None, LoudVoiceOptions(min_run=3))  # type: ignore[arg-type]
+    detector.probabilities(floor)
+    # one loud window, a quiet one, then loud ones fed one call at a time (a live stream)
+    probs = [detector.probabilities(w)[0] for w in (loud, floor[:1], loud, loud, loud, loud)]
+    assert probs == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.5, 0.5])
