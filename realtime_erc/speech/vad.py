@@ -9,13 +9,14 @@ webrtcvad is far cheaper and errs on the side of "voiced" (noise often passes it
 and quiet room tone do not, so gated-out windows skip Silero and score 0.
 
 Silero under-scores shouting and screaming: over RAVDESS's 1,198 clips levelled over a noise
-floor, it left 21 without a segment, every one at strong intensity (angry, fearful, happy, sad),
+floor, it left 24 without a segment, every one at strong intensity (angry, fearful, happy, sad),
 and on the development sessions it lost 6 of the valid half's ~200 RAVDESS turns. So a window
 that webrtcvad passes and that stands :attr:`LoudVoiceOptions.above_floor_db` over the running
 noise floor (:class:`NoiseFloor`) counts as speech (its probability lifted to the onset
-threshold) when Silero gives it at least :attr:`LoudVoiceOptions.min_prob`: loud and voiced is
-what a scream is, and stationary noise, knocks and clapping never stand that far over a floor
-that follows them (``docs/SESSIONS.md``, "Sixth pass").
+threshold) when Silero gives it at least :attr:`LoudVoiceOptions.min_prob`, from the
+:attr:`LoudVoiceOptions.min_run`-th such window in a row: loud and voiced is what a scream is,
+while stationary noise, knocks, claps, tones and melodies made none of those runs, and ordinary
+speech keeps the onsets Silero gives it (``docs/SESSIONS.md``, "Sixth pass").
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class SpeechDetector:
     Windows the gate rejects score 0 without running Silero; runs of consecutive accepted
     windows are scored in one batched Silero call. With ``loud`` (see the module docstring), a
     window standing ``loud.above_floor_db`` over the noise floor that Silero scores in
-    ``[loud.min_prob, loud.lift_to)`` is given ``loud.lift_to``.
+    ``[loud.min_prob, loud.lift_to)`` is given ``loud.lift_to`` once ``loud.min_run`` such
+    windows in a row (it the last) have come, across calls.
     """
 
     def __init__(
