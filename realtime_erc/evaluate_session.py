@@ -4,7 +4,8 @@ pipeline and score the stream against their ``annotations.jsonl``.
 Each annotated utterance is matched to the final event that overlaps it most in time (an
 annotation no event overlaps counts as missed: wrong for accuracy and F1). Reported per session:
 weighted F1 and accuracy over the annotations' emotions, the same for the provisional events
-where they exist, word error rate of the transcripts, speaker attribution (purity: events of one
+(over every annotation too: one the provisional stream said nothing about is wrong, so the two
+compare like for like), word error rate of the transcripts, speaker attribution (purity: events of one
 annotated speaker carrying one stream id; accuracy: utterances whose stream id maps to their
 speaker under the best one-to-one mapping), and latency (end-of-speech → final event, p50/p95).
 
@@ -85,7 +86,7 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
         )
     finals = [d for d in documents if not d["provisional"]]
     provisional = {d["utterance_id"]: d for d in documents if d["provisional"]}
-    truth, pred, early_truth, early_pred, rows = [], [], [], [], []
+    truth, pred, early_pred, rows = [], [], [], []
     speakers: dict[str, list[str]] = {}
     for a in labelled:
         best = max(finals, key=lambda d: _overlap(a, d), default=None)
@@ -99,9 +100,7 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
         early_label = early["label"] if early else _heads_label(best)
         if best is not None:
             speakers.setdefault(a.speaker, []).append(best["speaker"])
-        if early_label is not None:
-            early_truth.append(a.emotion)
-            early_pred.append(early_label)
+        early_pred.append(early_label)
         rows.append(
             {
                 "utterance_id": a.utterance_id,
@@ -119,6 +118,7 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
         )
     purity = sum(max(ids.count(s) for s in set(ids)) for ids in speakers.values())
     latencies = [d["latency_ms"]["total"] for d in finals]
+    final_figures, early_figures = _figures(truth, pred), _provisional_figures(truth, early_pred)
     first = finals[0] if finals else {}
     return SessionScores(
         session_id=first.get("session_id", ""),
@@ -126,16 +126,10 @@ def score_stream(annotations: list[Annotation], documents: list[dict]) -> Sessio
         label_set=first.get("label_set", ""),
         annotated=len(labelled),
         matched=sum(p is not None for p in pred),
-        weighted_f1=round(weighted_f1(truth, pred), 4),
-        accuracy=round(float(np.mean([t == p for t, p in zip(truth, pred, strict=True)])), 4),
-        provisional_weighted_f1=round(weighted_f1(early_truth, early_pred), 4)
-        if early_truth
-        else None,
-        provisional_accuracy=round(
-            float(np.mean([t == p for t, p in zip(early_truth, early_pred, strict=True)])), 4
-        )
-        if early_truth
-        else None,
+        weighted_f1=final_figures["weighted_f1"],
+        accuracy=final_figures["accuracy"],
+        provisional_weighted_f1=early_figures["weighted_f1"],
+        provisional_accuracy=early_figures["accuracy"],
         wer=round(
             word_error_rate(
                 " ".join(a.text for a in labelled), " ".join(d["text"] for d in finals)
@@ -196,6 +190,7 @@ def condition_of(recording: Path) -> str:
 
 
 def _figures(truth: list[str], pred: list[str | None]) -> dict[str, float | None]:
+    """Weighted F1 and accuracy, a None prediction wrong; both None when there is no truth."""
     if not truth:
         return {"weighted_f1": None, "accuracy": None}
     return {
@@ -204,25 +199,34 @@ def _figures(truth: list[str], pred: list[str | None]) -> dict[str, float | None
     }
 
 
+def _provisional_figures(truth: list[str], pred: list[str | None]) -> dict[str, float | None]:
+    """:func:`_figures` of the provisional labels; None where the stream sent none at all."""
+    if all(p is None for p in pred):
+        return {"weighted_f1": None, "accuracy": None}
+    return _figures(truth, pred)
+
+
 def pooled_scores(sessions: Sequence[SessionScores]) -> dict[str, Any]:
     """The annotated utterances of ``sessions`` pooled (micro-averaged).
 
     ``final``: weighted F1 and accuracy of the final events over every annotated utterance (one
-    no event overlaps counts as wrong). ``provisional``: the same over the utterances whose event
-    had a provisional one (``provisional_events`` of them; none is sent when the transcript beats
-    the analysis), None when there was none. ``speaker_accuracy``: each session under its own best
+    no event overlaps counts as wrong). ``provisional``: the same for the provisional labels,
+    also over every annotated utterance (``provisional_events`` had one; where the transcript
+    beat the analysis none was sent and the heads' scores on the final event stand in), None
+    when there was none. ``speaker_accuracy``: each session under its own best
     one-to-one cluster→speaker mapping, weighted by its annotated utterances.
     """
     rows = [r for s in sessions for r in s.per_utterance]
-    early = [r for r in rows if r.get("provisional") is not None]
     correct_speakers = sum(s.speaker_accuracy * s.annotated for s in sessions)
     return {
         "sessions": len(sessions),
         "annotated": len(rows),
         "matched": sum(r["predicted"] is not None for r in rows),
         "final": _figures([r["emotion"] for r in rows], [r["predicted"] for r in rows]),
-        "provisional_events": len(early),
-        "provisional": _figures([r["emotion"] for r in early], [r["provisional"] for r in early]),
+        "provisional_events": sum(r.get("provisional") is not None for r in rows),
+        "provisional": _provisional_figures(
+            [r["emotion"] for r in rows], [r.get("provisional") for r in rows]
+        ),
         "speaker_accuracy": round(correct_speakers / len(rows), 4) if rows else None,
     }
 

@@ -86,18 +86,28 @@ def test_sessions_are_pooled_per_condition_and_overall_provisional_and_final_apa
     assert words["final"]["weighted_f1"] == pytest.approx(4 / 9, abs=1e-4)
     assert words["final"]["accuracy"] == pytest.approx(1 / 3, abs=1e-4)
     assert words["matched"] == 2 and words["provisional_events"] == 1
-    assert words["provisional"] == {"weighted_f1": 1.0, "accuracy": 1.0}  # its only one is right
+    # provisional -/neutral/- (the missed one and the silent one wrong): neutral F1 2/3 (x2)
+    assert words["provisional"] == {"weighted_f1": pytest.approx(4 / 9, abs=1e-4),
+                                    "accuracy": pytest.approx(1 / 3, abs=1e-4)}  # fmt: skip
     # one cluster (S1) for A and B, one utterance missed: 1 of 3 attributed right
     assert words["speaker_accuracy"] == pytest.approx(1 / 3, abs=1e-4)
     # all 6 pooled: final right 3/6; joy 2/3 (x2), anger 2/3, neutral 2/3 (x2), sadness 0 → 5/9
     assert (both["sessions"], both["annotated"], both["matched"]) == (2, 6, 5)
     assert both["final"]["accuracy"] == 0.5
     assert both["final"]["weighted_f1"] == pytest.approx(5 / 9, abs=1e-4)
-    # 4 provisional events, 3 right; joy 2/3 (x2), anger 1, neutral 1 → 5/6
+    # 4 provisional events over 6 utterances, 3 right; joy 2/3 (x2), anger 1, neutral 2/3 (x2),
+    # sadness 0 → 11/18
     assert both["provisional_events"] == 4
-    assert both["provisional"]["accuracy"] == 0.75
-    assert both["provisional"]["weighted_f1"] == pytest.approx(5 / 6, abs=1e-4)
+    assert both["provisional"]["accuracy"] == 0.5
+    assert both["provisional"]["weighted_f1"] == pytest.approx(11 / 18, abs=1e-4)
     assert both["speaker_accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # (3 + 1) / 6
+
+
+def test_a_missed_utterance_is_wrong_for_the_provisional_figures_as_for_the_final_ones():
+    anns = [Annotation(0, "A", 0.0, 2.0, "hi", "joy"), Annotation(1, "A", 3.0, 5.0, "hi", "anger")]
+    scores = score_stream(anns, [doc(0, 0.1, 1.9, "joy", provisional=True), doc(0, 0.1, 1.9, "joy")])
+    assert (scores.accuracy, scores.provisional_accuracy) == (0.5, 0.5)
+    assert scores.provisional_weighted_f1 == scores.weighted_f1 == 0.5  # joy 1, anger 0
 
 
 def test_a_group_without_provisional_events_has_no_provisional_figures():
