@@ -5,9 +5,10 @@ Each annotated utterance is matched to the final event that overlaps it most in 
 annotation no event overlaps counts as missed: wrong for accuracy and F1). Reported per session:
 weighted F1 and accuracy over the annotations' emotions, the same for the provisional events
 (over every annotation too: one the provisional stream said nothing about is wrong, so the two
-compare like for like), word error rate of the transcripts, speaker attribution (purity: events of one
-annotated speaker carrying one stream id; accuracy: utterances whose stream id maps to their
-speaker under the best one-to-one mapping), and latency (end-of-speech → final event, p50/p95).
+compare like for like), word error rate of the transcripts, speaker attribution (purity: events
+of one annotated speaker carrying one stream id; accuracy: utterances whose stream id maps to
+their speaker under the best one-to-one mapping), and latency (end-of-speech → final event,
+p50/p95).
 
 Several sessions (:func:`evaluate_sessions`): each directory holding a ``session.json`` is
 replayed; its *condition* is its parent folder's name. :func:`aggregate` pools the annotated

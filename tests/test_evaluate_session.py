@@ -105,7 +105,8 @@ def test_sessions_are_pooled_per_condition_and_overall_provisional_and_final_apa
 
 def test_a_missed_utterance_is_wrong_for_the_provisional_figures_as_for_the_final_ones():
     anns = [Annotation(0, "A", 0.0, 2.0, "hi", "joy"), Annotation(1, "A", 3.0, 5.0, "hi", "anger")]
-    scores = score_stream(anns, [doc(0, 0.1, 1.9, "joy", provisional=True), doc(0, 0.1, 1.9, "joy")])
+    docs = [doc(0, 0.1, 1.9, "joy", provisional=True), doc(0, 0.1, 1.9, "joy")]
+    scores = score_stream(anns, docs)
     assert (scores.accuracy, scores.provisional_accuracy) == (0.5, 0.5)
     assert scores.provisional_weighted_f1 == scores.weighted_f1 == 0.5  # joy 1, anger 0
 
