@@ -186,8 +186,9 @@ def train_extractor_command(
         typer.Option(
             "--option",
             help="face: recipe setting KEY=VALUE (repeatable), e.g. erase_prob=0.25, "
-            "teacher=a.pt,b.pt, net.widths=64,128,256,512; speech: egemaps=false (the "
-            "permissive head, without openSMILE's features).",
+            "teacher=a.pt,b.pt, net.widths=64,128,256,512; speech: egemaps=false (without "
+            "openSMILE's features), layers=1,2 (the Whisper encoder states pooled; layers= "
+            "the last).",
         ),
     ] = None,
     config_file: ConfigOpt = None,

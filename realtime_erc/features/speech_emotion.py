@@ -67,6 +67,11 @@ class SpeechFeatureOptions:
     mel_stats: bool = True
     egemaps: bool = True
     """Append openSMILE eGeMAPSv02's 88 functionals (checkpoints written before it read False)."""
+    layers: tuple[int, ...] = (1, 2)
+    """The encoder states pooled, by :class:`~.whisper_encoder.WhisperEncoder`'s index (0:
+    after the convolutions, i: after block i, L + 1: the final LayerNorm), run in PyTorch;
+    ``()``: the last only, from CTranslate2 in int8 (checkpoints written before it read this).
+    The first two blocks hear emotion best (docs/SESSIONS.md, "Seventh pass")."""
     threads: int = 1
 
 
@@ -93,8 +98,8 @@ def trim_and_level(samples: np.ndarray, trim_db: float, target_rms_db: float) ->
 class SpeechFeatureExtractor:
     """``features(samples [n] float32 16 kHz) -> [dim]``: Whisper-encoder + log-mel statistics.
 
-    ``dim`` = 2 × encoder width (384 for tiny.en → 768) + 160 log-mel statistics + 88 eGeMAPS
-    functionals, each part when enabled.
+    ``dim`` = 2 × encoder width (384 for tiny.en → 768) per pooled layer (one when ``layers``
+    is empty) + 160 log-mel statistics + 88 eGeMAPS functionals, each part when enabled.
     """
 
     MIN_FRAMES = 100  # 1 s: the shortest window the encoder is run on
@@ -112,6 +117,17 @@ class SpeechFeatureExtractor:
             compute_type="int8",
             cpu_threads=options.threads,
         )
+        self.encoder = None
+        if options.layers:
+            from realtime_erc.features.whisper_encoder import WhisperEncoder
+
+            self.encoder = WhisperEncoder.from_ctranslate2(whisper_model_dir(options.whisper))
+            if max(options.layers) > len(self.encoder.blocks) + 1:
+                raise SpeechEmotionError(
+                    f"Whisper {options.whisper} has encoder states 0–"
+                    f"{len(self.encoder.blocks) + 1}, not {max(options.layers)}: pick layers "
+                    "among those"
+                )
         self.egemaps = None
         if options.egemaps:
             from realtime_erc.features.audio import AudioFeatures
@@ -131,10 +147,16 @@ class SpeechFeatureExtractor:
         frames = min(max(-(-used // 100) * 100, self.MIN_FRAMES), self.MAX_FRAMES)
         window = np.zeros((mel.shape[0], frames), dtype=np.float32)
         window[:, :used] = mel[:, :used]
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None]))
-        encoded = np.asarray(self.model.model.encode(view, to_cpu=True))[0]  # [frames/2, width]
-        states = encoded[: max(1, -(-used // 2))]
-        parts = [states.mean(0), states.std(0)]
+        n = max(1, -(-used // 2))  # the states of the voiced frames, not of the padding
+        if self.encoder is None:
+            view = ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None]))
+            encoded = np.asarray(self.model.model.encode(view, to_cpu=True))[0]  # [frames/2, d]
+            pooled = [encoded[:n]]
+        else:
+            with torch.inference_mode():
+                hidden = self.encoder(torch.from_numpy(window[None]), max(self.options.layers))
+            pooled = [hidden[k][0, :n].numpy() for k in self.options.layers]
+        parts = [stat for states in pooled for stat in (states.mean(0), states.std(0))]
         if self.options.mel_stats:
             parts += [mel[:, :used].mean(1), mel[:, :used].std(1)]
         if self.egemaps is not None:
@@ -219,7 +241,7 @@ def standardize_by_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 class SpeechNetOptions:
     """Architecture of :class:`SpeechEmotionNet` (stored in checkpoints)."""
 
-    input_dim: int = 1016
+    input_dim: int = 2 * 768 + 160 + 88
     hidden: int = 64
     dropout: float = 0.5
     labels: tuple[str, ...] = field(default=RAVDESS_LABELS)
@@ -283,7 +305,9 @@ class SpeechEmotionHead:
             state = torch.load(path, map_location="cpu", weights_only=False)
             net = SpeechEmotionNet(SpeechNetOptions(**_tuples(state["net_options"])))
             net.load_state_dict(state["model"])
-            features = SpeechFeatureOptions(**{"egemaps": False, **state["feature_options"]})
+            features = SpeechFeatureOptions(
+                **{"egemaps": False, "layers": (), **_tuples(state["feature_options"])}
+            )
             prior_mean, prior_std = state["prior_mean"], state["prior_std"]
         except (KeyError, TypeError, RuntimeError, EOFError) as e:
             raise SpeechEmotionError(

@@ -74,15 +74,26 @@ def default_checkpoint(kind: Extractor) -> Path:
 
 
 def speech_feature_options(options: list[str]) -> SpeechFeatureOptions:
-    """The speech head's feature options from ``KEY=VALUE`` settings (``egemaps`` only)."""
+    """The speech head's feature options from ``KEY=VALUE`` settings: ``egemaps=true|false``,
+    ``layers=1,2`` (the Whisper encoder states pooled; ``layers=`` the last one only)."""
     features = SpeechFeatureOptions()
     for setting in options:
         key, _, value = setting.partition("=")
-        if key != "egemaps" or value.lower() not in ("true", "false"):
-            raise UserError(
-                f"speech head option {setting!r}: the one setting is egemaps=true or egemaps=false"
-            )
-        features = replace(features, egemaps=value.lower() == "true")
+        try:
+            if key == "egemaps" and value.lower() in ("true", "false"):
+                features = replace(features, egemaps=value.lower() == "true")
+                continue
+            if key == "layers":
+                layers = tuple(int(k) for k in value.split(",") if k.strip())
+                if all(k >= 0 for k in layers):
+                    features = replace(features, layers=layers)
+                    continue
+        except ValueError:
+            pass
+        raise UserError(
+            f"speech head option {setting!r}: the settings are egemaps=true|false and "
+            "layers=I,J,... (encoder states by index, 0 after the convolutions)"
+        )
     return features
 
 

@@ -88,8 +88,9 @@ class SpeechScores:
         ] + [(self.eval_actors, self.train_actors)]
         """(actors scored, actors the head is fitted on), one head each."""
         features = asdict(self.feature_options) | {"threads": None}  # threads: not part of it
-        if not features["egemaps"]:
-            del features["egemaps"]  # recipes from before the option lack the key
+        for key in ("egemaps", "layers"):  # recipes from before these options lack the keys
+            if not features[key]:
+                del features[key]
         recipe = {
             "features": features,
             "train": {k: v for k, v in asdict(self.train_options).items() if k not in EXTRA_VOICES},

@@ -171,24 +171,30 @@ def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:
 def test_the_default_head_reads_egemaps_and_the_permissive_one_does_not(
     head: SpeechEmotionHead,
 ) -> None:
-    assert head.feature_options.egemaps and head.net.options.input_dim == 768 + 160 + 88
+    assert head.feature_options.egemaps and head.feature_options.layers == (1, 2)
+    assert head.net.options.input_dim == 2 * 768 + 160 + 88
     permissive = SpeechEmotionHead.load(speech_head_path(AudioOptions(backend="librosa")))
     assert PERMISSIVE_CHECKPOINT.is_file()
-    assert not permissive.feature_options.egemaps  # written before the option existed
+    # written before the options existed: the last encoder layer, no eGeMAPS
+    assert not permissive.feature_options.egemaps and permissive.feature_options.layers == ()
     assert permissive.net.options.input_dim == 768 + 160
     assert speech_head_path(AudioOptions()) == DEFAULT_CHECKPOINT
     samples = np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32)
-    assert head.extractor.features(samples).shape == (1016,)
-    assert np.allclose(  # the same Whisper and log-mel part, eGeMAPS appended
-        head.extractor.features(samples)[:928], permissive.extractor.features(samples), atol=1e-5
+    features = head.extractor.features(samples)
+    assert features.shape == (1784,)
+    assert np.allclose(  # the same log-mel part
+        features[1536:1696], permissive.extractor.features(samples)[768:], atol=1e-5
     )
 
 
 def test_speech_training_options_are_checked() -> None:
     assert not speech_feature_options(["egemaps=false"]).egemaps
     assert speech_feature_options([]).egemaps
-    with pytest.raises(UserError, match="egemaps=true or egemaps=false"):
-        speech_feature_options(["hidden=32"])
+    assert speech_feature_options(["layers=1,2"]).layers == (1, 2)
+    assert speech_feature_options(["layers=1", "layers="]).layers == ()
+    for bad in ("hidden=32", "layers=one", "layers=-1", "egemaps=maybe"):
+        with pytest.raises(UserError, match="egemaps=true|false and layers=I,J"):
+            speech_feature_options([bad])
 
 
 def test_default_checkpoint_is_packaged_with_its_scores(head: SpeechEmotionHead) -> None:
