@@ -107,20 +107,17 @@ class SpeechFeatureExtractor:
 
     def __init__(self, options: SpeechFeatureOptions = SpeechFeatureOptions()) -> None:
         from faster_whisper import WhisperModel
+        from faster_whisper.feature_extractor import FeatureExtractor
 
         from realtime_erc.features.assets import whisper_model_dir
 
         self.options = options
-        self.model = WhisperModel(
-            str(whisper_model_dir(options.whisper)),  # type: ignore[arg-type]
-            device="cpu",
-            compute_type="int8",
-            cpu_threads=options.threads,
-        )
+        self.model = None
         self.encoder = None
         if options.layers:
             from realtime_erc.features.whisper_encoder import WhisperEncoder
 
+            # only the encoder's weights: CTranslate2's model would also load the decoder
             self.encoder = WhisperEncoder.from_ctranslate2(whisper_model_dir(options.whisper))
             if max(options.layers) > len(self.encoder.blocks) + 1:
                 raise SpeechEmotionError(
@@ -128,6 +125,15 @@ class SpeechFeatureExtractor:
                     f"{len(self.encoder.blocks) + 1}, not {max(options.layers)}: pick layers "
                     "among those"
                 )
+            self.mel = FeatureExtractor(feature_size=self.encoder.conv1.in_channels)
+        else:
+            self.model = WhisperModel(
+                str(whisper_model_dir(options.whisper)),  # type: ignore[arg-type]
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=options.threads,
+            )
+            self.mel = self.model.feature_extractor
         self.egemaps = None
         if options.egemaps:
             from realtime_erc.features.audio import AudioFeatures
@@ -142,13 +148,13 @@ class SpeechFeatureExtractor:
         audio = trim_and_level(samples, self.options.trim_db, self.options.target_rms_db)
         if len(audio) < SAMPLE_RATE // 10:
             audio = np.pad(audio, (0, SAMPLE_RATE // 10 - len(audio)))
-        mel = self.model.feature_extractor(audio, chunk_length=None)[:, :-1]  # [80, frames]
+        mel = self.mel(audio, chunk_length=None)[:, :-1]  # [80, frames]
         used = min(mel.shape[1], self.MAX_FRAMES)
         frames = min(max(-(-used // 100) * 100, self.MIN_FRAMES), self.MAX_FRAMES)
         window = np.zeros((mel.shape[0], frames), dtype=np.float32)
         window[:, :used] = mel[:, :used]
         n = max(1, -(-used // 2))  # the states of the voiced frames, not of the padding
-        if self.encoder is None:
+        if self.model is not None:
             view = ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None]))
             encoded = np.asarray(self.model.model.encode(view, to_cpu=True))[0]  # [frames/2, d]
             pooled = [encoded[:n]]

@@ -93,11 +93,13 @@ class EncoderBlock(nn.Module):
 
 
 class WhisperEncoder(nn.Module):
-    """``forward(mel [B, 80, T]) -> [h_0 … h_{L+1}]``, each ``[B, ⌈T/2⌉, width]`` (module doc)."""
+    """``forward(mel [B, mels, T]) -> [h_0 … h_{L+1}]``, each ``[B, ⌈T/2⌉, width]`` (module doc)."""
 
-    def __init__(self, width: int, heads: int, layers: int, positions: int = 1500) -> None:
+    def __init__(
+        self, width: int, heads: int, layers: int, mels: int = 80, positions: int = 1500
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(80, width, 3, padding=1)
+        self.conv1 = nn.Conv1d(mels, width, 3, padding=1)
         self.conv2 = nn.Conv1d(width, width, 3, stride=2, padding=1)
         self.register_buffer("positions", torch.zeros(positions, width))
         self.blocks = nn.ModuleList(EncoderBlock(width, heads) for _ in range(layers))
@@ -126,7 +128,8 @@ class WhisperEncoder(nn.Module):
             width = v["encoder/conv1/bias"].shape[0]
             layers = sum(1 for k in v if k.endswith("self_attention/linear_0/weight")
                          and k.startswith("encoder/"))  # fmt: skip
-            encoder = cls(width, int(v["encoder/num_heads"]), layers)
+            mels = v["encoder/conv1/weight"].shape[1]
+            encoder = cls(width, int(v["encoder/num_heads"]), layers, mels)
             names = {
                 **_linear("conv1", "conv1"),
                 **_linear("conv2", "conv2"),
