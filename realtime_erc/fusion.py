@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -230,5 +229,6 @@ def fit_report(report: Mapping) -> FusionParams:
             "is the model's"
         )
     paths = [s["path"] for s in report.get("sessions", []) if "per_utterance" in s]
-    where = f"{len(paths)} sessions under {os.path.commonpath(paths)}" if paths else "?"
+    halves = sorted({str(Path(p).parents[1]) for p in paths})  # <half>/<condition>/<session>
+    where = f"{len(paths)} sessions under {' and '.join(halves)}" if paths else "?"
     return fit_fusion(rows, report["model"], fitted_on=f"{len(rows)} utterances of {where}")
