@@ -148,7 +148,7 @@ class SpeechFeatureExtractor:
         audio = trim_and_level(samples, self.options.trim_db, self.options.target_rms_db)
         if len(audio) < SAMPLE_RATE // 10:
             audio = np.pad(audio, (0, SAMPLE_RATE // 10 - len(audio)))
-        mel = self.mel(audio, chunk_length=None)[:, :-1]  # [80, frames]
+        mel = self.mel(audio, chunk_length=None)[:, :-1]  # [mels, frames]
         used = min(mel.shape[1], self.MAX_FRAMES)
         frames = min(max(-(-used // 100) * 100, self.MIN_FRAMES), self.MAX_FRAMES)
         window = np.zeros((mel.shape[0], frames), dtype=np.float32)
