@@ -7,7 +7,7 @@ of the first block's states beat the last layer's: see docs/SESSIONS.md, seventh
 :class:`WhisperEncoder` runs the same network (float32; within 1e-4 of CTranslate2 in float32)
 returning every layer's states::
 
-    h_0 = GELU(conv2(GELU(conv1(mel)))) + P          mel [B, 80, T] → [B, T/2, d]
+    h_0 = GELU(conv2(GELU(conv1(mel)))) + P          mel [B, mels, T] → [B, T/2, d]
     h_i = Block_i(h_{i-1})                             i = 1 … L (pre-LayerNorm transformer)
     h_{L+1} = LayerNorm(h_L)                           what CTranslate2's ``encode`` returns
 
@@ -104,10 +104,6 @@ class WhisperEncoder(nn.Module):
         self.register_buffer("positions", torch.zeros(positions, width))
         self.blocks = nn.ModuleList(EncoderBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
-
-    @property
-    def width(self) -> int:
-        return self.norm.normalized_shape[0]
 
     def forward(self, mel: Tensor, depth: int | None = None) -> list[Tensor]:
         """``[h_0 … h_depth]`` (``depth`` None: all ``L + 2``; the rest is not computed)."""
